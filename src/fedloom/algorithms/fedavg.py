@@ -1,0 +1,56 @@
+"""FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data"): sample clients, train locally, average weighted by sample count."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from ..aggregation import Aggregator, WeightedMean
+from ..registry import register_strategy
+from ..update import ClientUpdate
+from .base import Strategy
+
+log = logging.getLogger("fedloom")
+
+
+@register_strategy("fedavg")
+class FedAvg(Strategy):
+    """w_{t+1} = sum_k n_k w_k / sum_k n_k over the round's accepted clients.
+
+    Args:
+        clients_per_round / fraction: see :class:`Strategy` (the paper's C is ``fraction``).
+        weighted: weight by sample count (the paper) or uniformly.
+        aggregator: how buffers are combined; the weighted mean by default.
+    """
+
+    def __init__(
+        self,
+        clients_per_round: int | None = None,
+        fraction: float | None = None,
+        weighted: bool = True,
+        aggregator: Aggregator | None = None,
+    ):
+        super().__init__(clients_per_round, fraction)
+        self.weighted = weighted
+        self.aggregator = aggregator or WeightedMean()
+
+    def aggregate(
+        self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
+    ) -> torch.Tensor:
+        agg = self.aggregator
+        agg.reset(global_params)
+        for u in updates:
+            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0)
+        if agg.count == 0:
+            log.warning("round %d: no client update was accepted; the model is unchanged", round)
+            return global_params
+        return global_params.copy_(agg.result())
+
+    def state_dict(self) -> dict:
+        return {"aggregator": self.aggregator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aggregator.load_state_dict(state.get("aggregator", {}))

@@ -1,0 +1,130 @@
+"""A ready supervised classification task: a model plus a partitioned :class:`TensorDataset`.
+
+Data stays in the dataset's tensors. A client's epoch gathers its shuffled samples once
+(one indexing op) and yields views of that gathered block as batches, which is as cheap as
+batching a tensor can be; there is no DataLoader, no per-sample Python object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.base import TensorDataset
+from .task import ClientContext, Task
+
+OPTIMIZERS = {"sgd", "adam"}
+
+
+class ClassificationTask(Task):
+    """Train ``model_fn()`` on ``dataset`` split into ``parts`` (one index array per client).
+
+    Args:
+        model_fn: builds a fresh model (called once per process).
+        dataset: the tensors; ``dataset.test_*`` is used for server-side evaluation.
+        parts: per-client train-sample ids (from a partitioner or the dataset's natural split).
+        lr, momentum, weight_decay, optimizer: the client optimizer ("sgd" or "adam").
+        batch_size: local mini-batch size.
+        local_epochs: local epochs per round.
+        eval_batch_size: batch size of the server-side test.
+        device: where training runs ("cpu", "cuda", ...).
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        dataset: TensorDataset,
+        parts: Sequence[np.ndarray | torch.Tensor],
+        *,
+        lr: float = 0.01,
+        batch_size: int = 10,
+        local_epochs: int = 1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        optimizer: str = "sgd",
+        eval_batch_size: int = 1000,
+        device: str | torch.device = "cpu",
+    ):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if not parts:
+            raise ValueError("parts is empty: at least one client is needed")
+        self.model_fn = model_fn
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.parts = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in parts]
+        for cid, p in enumerate(self.parts):
+            if len(p) == 0:
+                raise ValueError(f"client {cid} has no training samples")
+        self.lr, self.batch_size, self.local_epochs = lr, batch_size, local_epochs
+        self.momentum, self.weight_decay, self.optimizer = momentum, weight_decay, optimizer
+        self.eval_batch_size = eval_batch_size
+        self._x = dataset.train_x.to(self.device)
+        self._y = dataset.train_y.to(self.device)
+        self._test_x = dataset.test_x.to(self.device)
+        self._test_y = dataset.test_y.to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return self.model_fn().to(self.device)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.parts)
+
+    def num_samples(self, client_id: int) -> int:
+        return len(self.parts[client_id])
+
+    def train_loader(self, client_id: int, ctx: ClientContext) -> Iterator:
+        idx = self.parts[client_id]
+        perm = torch.randperm(len(idx), generator=ctx.generator)
+        order = idx[perm].to(self.device)
+        x, y = self._x[order], self._y[order]
+        b = self.batch_size
+        for i in range(0, len(order), b):
+            yield x[i : i + b], y[i : i + b]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = len(self._test_y)
+        for i in range(0, n, self.eval_batch_size):
+            x, y = (
+                self._test_x[i : i + self.eval_batch_size],
+                self._test_y[i : i + self.eval_batch_size],
+            )
+            out = model(x)
+            loss += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+        model.train(was_training)
+        return {"accuracy": float(correct) / max(n, 1), "test_loss": float(loss) / max(n, 1)}
+
+    def describe(self) -> dict:
+        sizes = [len(p) for p in self.parts]
+        return {
+            "task": type(self).__name__,
+            "dataset": self.dataset.name,
+            "num_clients": self.num_clients,
+            "train_samples": sum(sizes),
+            "test_samples": len(self._test_y),
+            "samples_per_client": {"min": min(sizes), "max": max(sizes)},
+        }

@@ -1,0 +1,264 @@
+"""One config file for a run: TOML (or JSON, including the asmallbit ``conf.json`` keys).
+
+Validated by pydantic; a wrong key or value raises :class:`ConfigError` naming the key path
+and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "mnist5k"
+    root: str | None = None
+    download: bool = False
+    num_clients: int = Field(100, ge=1)
+    partition: str = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    exponent: float = Field(1.5, gt=0)
+    min_samples: int = Field(1, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    name: str = "small_cnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Section):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(10, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    device: str = "cpu"
+
+
+class StrategyConfig(_Section):
+    name: str = "fedavg"
+    clients_per_round: int | None = Field(10, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    clusters: int | None = Field(None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StrategyConfig:
+        if self.fraction is not None and self.clients_per_round is not None:
+            # fraction given explicitly wins over the default count
+            object.__setattr__(self, "clients_per_round", None)
+        return self
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1)
+    target_metric: str | None = None
+    target_value: float | None = None
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    tensorboard: bool = True
+    figures: bool = True
+    checkpoint: bool = True
+    progress: bool | None = None
+
+
+class NotifyConfig(_Section):
+    webhook_url: str | None = None
+    telegram_token: str | None = None
+    telegram_chat_id: str | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+    proxy: str | None = None
+    on_finish: bool = True
+    on_failure: bool = True
+
+
+class Config(_Section):
+    """A whole run. Every section has defaults, so ``Config()`` is the demo."""
+
+    name: str = "fedloom"
+    seed: int = 0
+    rounds: int = Field(50, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Config:
+        from . import registry  # the registries are filled by importing fedloom
+
+        checks = [
+            ("data.dataset", self.data.dataset, registry.DATASETS),
+            ("data.partition", self.data.partition, registry.PARTITIONERS),
+            ("model.name", self.model.name, registry.MODELS),
+            ("strategy.name", self.strategy.name, registry.STRATEGIES),
+        ]
+        for key, value, reg in checks:
+            if value not in reg:
+                raise ValueError(f"{key}: unknown {reg.kind} {value!r}; allowed: {reg.names()}")
+        if (self.eval.target_metric is None) != (self.eval.target_value is None):
+            raise ValueError("eval.target_metric and eval.target_value go together")
+        return self
+
+
+# -- asmallbit conf.json compatibility ---------------------------------------------------
+ASMALLBIT_KEYS = {
+    "model_name": "model.name",
+    "type": "data.dataset",
+    "global_epochs": "rounds",
+    "local_epochs": "train.local_epochs",
+    "alpha": "data.alpha",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+}
+_ASMALLBIT_ONLY = {
+    "lambda",
+    "k",
+    "is_push_enable",
+    "push_type",
+    "proxy_type",
+    "proxy_host",
+    "proxy_port",
+    "proxy_username",
+    "proxy_password",
+    "telegram_id",
+    "api_key",
+    *ASMALLBIT_KEYS,
+}
+
+
+def from_asmallbit(flat: dict[str, Any]) -> dict[str, Any]:
+    """Translate the asmallbit project's flat ``conf.json`` into fedloom's nested config."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in ASMALLBIT_KEYS:
+            set_path(out, ASMALLBIT_KEYS[key], value)
+        elif key == "lambda":
+            if value:
+                set_path(out, "strategy.name", "fedprox")
+                set_path(out, "strategy.options.mu", value)
+        elif key == "k":
+            set_path(out, "strategy.clusters", int(value) if value else None)
+        elif key in _ASMALLBIT_ONLY:
+            continue  # push and proxy keys are handled together below
+        else:
+            out[key] = value  # fedloom's own keys may be mixed in
+    if flat.get("is_push_enable") and flat.get("push_type", "telegram") == "telegram":
+        set_path(out, "notify.telegram_token", flat.get("api_key"))
+        set_path(out, "notify.telegram_chat_id", str(flat.get("telegram_id")))
+    if flat.get("proxy_type") and flat.get("proxy_host"):
+        auth = ""
+        if flat.get("proxy_username"):
+            auth = f"{flat['proxy_username']}:{flat.get('proxy_password') or ''}@"
+        proxy = f"{flat['proxy_type']}://{auth}{flat['proxy_host']}:{flat.get('proxy_port')}"
+        set_path(out, "notify.proxy", proxy)
+    if "alpha" in flat:
+        out.setdefault("data", {}).setdefault("partition", "dirichlet")
+    return out
+
+
+# -- loading ------------------------------------------------------------------------------
+def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        nxt = d.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+        d = nxt
+    d[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.path=value``; the value is read as TOML (numbers, booleans, strings, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] = ()
+) -> Config:
+    """Load and validate a config from a file path, a dict or a Config, applying overrides."""
+    if isinstance(source, Config):
+        data = source.model_dump()
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif source is None:
+        data = {}
+    else:
+        data = read_file(Path(source))
+    if _ASMALLBIT_ONLY & set(data) and not {"data", "train", "model"} & set(data):
+        data = from_asmallbit(data)
+    for item in overrides:
+        set_path(data, *parse_override(item))
+    return validate(data)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+
+
+def format_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            section = _section_for(err["loc"][:-1])
+            allowed = ", ".join(section.model_fields) if section else "?"
+            lines.append(f"{loc}: unknown key; allowed keys here: {allowed}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["loc"]:
+                lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
+            else:
+                lines.append(msg)
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model

@@ -1,0 +1,216 @@
+"""From a config to a finished run: dataset, partition, model, task, strategy, loop, run dir.
+
+    import fedloom
+    result = fedloom.run("examples/mnist_dirichlet.toml", overrides=["rounds=5"])
+
+is all the CLI's ``fedloom run`` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .algorithms.base import Strategy
+from .classification import ClassificationTask
+from .config import Config, load_config
+from .data.base import TensorDataset
+from .errors import ConfigError
+from .federation import Federation, RunResult, load_checkpoint
+from .federation.recorder import RunRecorder
+from .models import build_model
+from .observe import TelegramNotifier, WebhookNotifier
+from .registry import DATASETS, PARTITIONERS, STRATEGIES
+from .seeding import derive_seed
+
+log = logging.getLogger("fedloom")
+
+
+def load_dataset(cfg: Config) -> TensorDataset:
+    """Call the registered loader with the config's root/download/seed where it takes them."""
+    loader = DATASETS.get(cfg.data.dataset)
+    offered = {"root": cfg.data.root, "download": cfg.data.download, "seed": cfg.seed}
+    if cfg.data.partition == "natural":
+        offered["num_clients"] = cfg.data.num_clients
+    kwargs = _accepted(loader, offered, drop_none=True)
+    return loader(**kwargs, **cfg.data.options)
+
+
+def partition(cfg: Config, dataset: TensorDataset) -> list[np.ndarray]:
+    """Split the training set as the config says, seeded from the run seed."""
+    d = cfg.data
+    if d.partition == "natural":
+        if dataset.natural_partition is None:
+            raise ConfigError(
+                f"data.partition: dataset {d.dataset!r} has no natural partition; "
+                f"choose one of {[p for p in PARTITIONERS.names() if p != 'natural']}"
+            )
+        return [np.asarray(p) for p in dataset.natural_partition]
+    cls = PARTITIONERS.get(d.partition)
+    offered = {
+        "num_clients": d.num_clients,
+        "alpha": d.alpha,
+        "shards_per_client": d.shards_per_client,
+        "exponent": d.exponent,
+        "min_samples": d.min_samples,
+    }
+    try:
+        partitioner = cls(**_accepted(cls, offered))
+        return partitioner(dataset.train_y.numpy(), derive_seed(cfg.seed, "partition"))
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+
+
+def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> ClassificationTask:
+    t = cfg.train
+    model_fn = partial(
+        build_model, cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options
+    )
+    return ClassificationTask(
+        model_fn,
+        dataset,
+        parts,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        local_epochs=t.local_epochs,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        optimizer=t.optimizer,
+        device=t.device,
+    )
+
+
+def build_strategy(cfg: Config) -> Strategy:
+    s = cfg.strategy
+    cls = STRATEGIES.get(s.name)
+    kwargs: dict[str, Any] = {"clients_per_round": s.clients_per_round, "fraction": s.fraction}
+    if s.clusters is not None:
+        if "clusters" in inspect.signature(cls).parameters:
+            kwargs["clusters"] = s.clusters
+        elif s.clusters > 1:
+            log.warning(
+                "strategy %s does not cluster clients: clusters=%d ignored", s.name, s.clusters
+            )
+    unknown = set(s.options) - set(inspect.signature(cls).parameters)
+    if unknown:
+        raise ConfigError(
+            f"strategy.options: {sorted(unknown)} not taken by {s.name}; it takes "
+            f"{[p for p in inspect.signature(cls).parameters if p not in kwargs]}"
+        )
+    try:
+        return cls(**kwargs, **s.options)
+    except ValueError as e:
+        raise ConfigError(f"strategy: {e}") from None
+
+
+def notifiers(cfg: Config) -> list:
+    n = cfg.notify
+    out: list = []
+    if n.webhook_url:
+        out.append(WebhookNotifier(n.webhook_url, proxy=n.proxy))
+    if n.telegram_token and n.telegram_chat_id:
+        out.append(
+            TelegramNotifier(
+                n.telegram_token, n.telegram_chat_id, n.telegram_api_base, proxy=n.proxy
+            )
+        )
+    return out
+
+
+@dataclass
+class Experiment:
+    """A configured run, built but not started; ``run()`` starts (or resumes) it."""
+
+    config: Config
+    dataset: TensorDataset
+    parts: list[np.ndarray]
+    task: ClassificationTask
+    federation: Federation
+    recorder: RunRecorder
+
+    @classmethod
+    def from_config(
+        cls,
+        source: Any = None,
+        overrides: list[str] = (),
+        *,
+        resume: bool = False,
+        progress: bool | None = None,
+    ) -> Experiment:
+        cfg = load_config(source, list(overrides))
+        dataset = load_dataset(cfg)
+        parts = partition(cfg, dataset)
+        task = build_task(cfg, dataset, parts)
+        run_dir = Path(cfg.output.dir) / cfg.name
+        target = (
+            (cfg.eval.target_metric, cfg.eval.target_value)
+            if cfg.eval.target_metric is not None
+            else None
+        )
+        recorder = RunRecorder(
+            run_dir,
+            cfg.model_dump(),
+            resume=resume,
+            tensorboard=cfg.output.tensorboard,
+            figures=cfg.output.figures,
+            checkpoint=cfg.output.checkpoint,
+            progress=cfg.output.progress if progress is None else progress,
+            notifiers=notifiers(cfg),
+            notify_on_finish=cfg.notify.on_finish,
+            notify_on_failure=cfg.notify.on_failure,
+            extra_report={"task": task.describe()},
+        )
+        fed = Federation(
+            task,
+            build_strategy(cfg),
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+            eval_every=cfg.eval.every,
+            target=target,
+            callbacks=[recorder],  # type: ignore[arg-type]
+        )
+        if resume:
+            fed.load_state_dict(load_checkpoint(recorder.checkpoint_path))
+        return cls(cfg, dataset, parts, task, fed, recorder)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.recorder.dir
+
+    def write_partition_figure(self) -> Path:
+        from .data.partition import partition_report, plot_partition
+
+        report = partition_report(
+            self.parts, self.dataset.train_y.numpy(), self.dataset.num_classes
+        )
+        path = self.run_dir / "figures" / "partition.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_partition(report, path)
+        return path
+
+    def run(self) -> RunResult:
+        if self.config.output.figures:
+            self.write_partition_figure()
+        return self.federation.run()
+
+
+def run(
+    source: Any = None,
+    overrides: list[str] = (),
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    """Run (or resume) the experiment a config describes; returns the result."""
+    return Experiment.from_config(source, overrides, resume=resume, progress=progress).run()
+
+
+def _accepted(fn: Any, offered: dict[str, Any], drop_none: bool = False) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in offered.items() if k in params and not (drop_none and v is None)}

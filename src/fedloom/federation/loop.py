@@ -1,0 +1,248 @@
+"""The round loop: AlphaMed's explicit states, shared by the simulation and the network runtime.
+
+    START_ROUND -> DISTRIBUTE -> TRAIN -> UPLOAD -> AGGREGATE -> CLOSE_ROUND ... -> FINISH
+
+Where clients train is the backend's business (in this process, in worker processes, over
+gRPC). The loop samples, streams accepted updates into the strategy, rejects bad ones with a
+logged reason, evaluates, and tells callbacks (recording, checkpoints, stop rules). Updates
+are aggregated as they arrive, so TRAIN and UPLOAD overlap: in a simulation client by client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..algorithms.base import RoundPlan, Strategy
+from ..errors import WireError
+from ..params import ParamSpec, flatten_module
+from ..seeding import derive_seed
+from ..task import Task
+from ..update import ClientUpdate
+from ..wire import check_finite_values, encode
+
+log = logging.getLogger("fedloom")
+
+
+class RoundState(StrEnum):
+    START_ROUND = "start_round"
+    DISTRIBUTE = "distribute"
+    TRAIN = "train"
+    UPLOAD = "upload"
+    AGGREGATE = "aggregate"
+    CLOSE_ROUND = "close_round"
+    FINISH = "finish"
+
+
+class Backend(Protocol):
+    """Where clients train. ``collect`` yields updates in a deterministic order."""
+
+    def available_clients(self, round: int) -> list[int]: ...
+    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None: ...
+    def collect(self) -> Iterator[ClientUpdate]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Callback:
+    """Hooks into the loop. ``on_round_end`` returning True stops training after that round."""
+
+    def on_start(self, fed: Federation) -> None: ...
+    def on_state(self, fed: Federation, state: RoundState, round: int) -> None: ...
+    def on_update(self, fed: Federation, update: ClientUpdate, error: str | None) -> None: ...
+    def on_round_end(self, fed: Federation, record: dict[str, Any]) -> bool | None: ...
+    def on_finish(self, fed: Federation, result: RunResult) -> None: ...
+    def on_error(self, fed: Federation, exc: BaseException) -> None: ...
+
+
+@dataclass
+class RunResult:
+    params: torch.Tensor
+    history: list[dict[str, Any]]
+    final_metrics: dict[str, float]
+    stop_reason: str
+    rounds: int = field(default=0)
+
+
+class Federation:
+    """Runs ``rounds`` rounds of ``strategy`` over ``backend``'s clients for ``task``.
+
+    Args:
+        task: the user's task (model, data, hooks).
+        strategy: sampling and aggregation.
+        backend: where clients train; the in-process simulation by default.
+        rounds: maximum number of rounds.
+        seed: the run seed; drives initial model, sampling and every client's training.
+        eval_every: evaluate the global model every N rounds (and after the last).
+        target: ``(metric, value)``; stop once an evaluation reaches it (``*loss`` metrics
+            must fall to it, others rise to it).
+        callbacks: recording, checkpointing, extra stop rules.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        strategy: Strategy,
+        backend: Backend | None = None,
+        *,
+        rounds: int,
+        seed: int = 0,
+        eval_every: int = 1,
+        target: tuple[str, float] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        self.task, self.strategy, self.seed = task, strategy, seed
+        self.rounds, self.eval_every, self.target = rounds, eval_every, target
+        self.callbacks = list(callbacks)
+        torch.manual_seed(derive_seed(seed, "init"))
+        self.model = task.build_model()
+        self.spec: ParamSpec
+        self.spec, self.params = flatten_module(self.model, task.personal_layers)
+        if backend is None:
+            from ..simulation import InProcessClients
+
+            backend = InProcessClients(task, seed)
+        self.backend = backend
+        self.round = 0
+        self.plan = RoundPlan([])
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, float] = {}
+        self.wire_bytes = len(encode(self.params, self.spec, {"round": 0, "version": 0}))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        for cb in self.callbacks:
+            cb.on_start(self)
+        try:
+            reason = "max_rounds"
+            while self.round < self.rounds:
+                record = self.run_round(self.round + 1)
+                stop = [bool(cb.on_round_end(self, record)) for cb in self.callbacks]
+                if self._target_reached(record):
+                    reason = "target"
+                    break
+                if any(stop):
+                    reason = "callback"
+                    break
+            self._state(RoundState.FINISH, self.round)
+            result = RunResult(self.params, self.history, dict(self.last_eval), reason, self.round)
+        except BaseException as e:
+            for cb in self.callbacks:
+                cb.on_error(self, e)
+            raise
+        for cb in self.callbacks:
+            cb.on_finish(self, result)
+        return result
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self._state(RoundState.START_ROUND, rnd)
+        rng = np.random.default_rng(derive_seed(self.seed, "sample", rnd))
+        plan = self.plan = self.strategy.configure(rnd, self.backend.available_clients(rnd), rng)
+        self._state(RoundState.DISTRIBUTE, rnd)
+        self.backend.distribute(rnd, plan, self.params)
+        self._state(RoundState.TRAIN, rnd)
+        stats: dict[str, Any] = {"accepted": 0, "rejected": 0, "loss": 0.0, "samples": 0}
+        self.strategy.aggregate(
+            rnd, self.params, self._accepted(rnd, self.backend.collect(), stats)
+        )
+        self._state(RoundState.AGGREGATE, rnd)
+        self.round = rnd
+        self._state(RoundState.CLOSE_ROUND, rnd)
+        record: dict[str, Any] = {
+            "round": rnd,
+            "clients": stats["accepted"],
+            "rejected": stats["rejected"],
+            "samples": stats["samples"],
+            "train_loss": stats["loss"] / stats["samples"] if stats["samples"] else float("nan"),
+            "bytes_down": len(plan.clients) * self.wire_bytes,
+            "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
+        }
+        if rnd % self.eval_every == 0 or rnd == self.rounds:
+            record.update(self.evaluate())
+        record["seconds"] = time.perf_counter() - t0
+        self.history.append(record)
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        """Server-side test of the current global model (its tensors are views of params)."""
+        self.last_eval = dict(self.task.evaluate(self.model))
+        return self.last_eval
+
+    # -- updates ------------------------------------------------------------------------------
+    def _accepted(
+        self, rnd: int, updates: Iterable[ClientUpdate], stats: dict[str, Any]
+    ) -> Iterator[ClientUpdate]:
+        first = True
+        for u in updates:
+            if first:
+                self._state(RoundState.UPLOAD, rnd)
+                first = False
+            error = self._check(u)
+            for cb in self.callbacks:
+                cb.on_update(self, u, error)
+            if error:
+                stats["rejected"] += 1
+                log.warning("round %d: rejected update of client %d: %s", rnd, u.client_id, error)
+                continue
+            stats["accepted"] += 1
+            stats["samples"] += u.num_samples
+            stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
+            yield u
+
+    def _check(self, u: ClientUpdate) -> str | None:
+        p = u.params
+        if p.numel() != self.spec.numel or p.dtype != self.spec.dtype:
+            return f"buffer of {p.numel()} {p.dtype} values, expected {self.spec}"
+        if u.num_samples <= 0:
+            return f"num_samples must be > 0, got {u.num_samples}"
+        try:
+            check_finite_values(p, self.spec)
+        except WireError as e:
+            return str(e)
+        return None
+
+    # -- state -------------------------------------------------------------------------------
+    def _state(self, state: RoundState, rnd: int) -> None:
+        for cb in self.callbacks:
+            cb.on_state(self, state, rnd)
+
+    def _target_reached(self, record: dict[str, Any]) -> bool:
+        if self.target is None or self.target[0] not in record:
+            return False
+        name, value = self.target
+        return record[name] <= value if name.endswith("loss") else record[name] >= value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "seed": self.seed,
+            "params": self.params.clone(),
+            "strategy": self.strategy.state_dict(),
+            "backend": self.backend.state_dict(),
+            "history": list(self.history),
+            "last_eval": dict(self.last_eval),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint was made with seed {state['seed']}, not {self.seed}")
+        self.params.copy_(state["params"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.backend.load_state_dict(state["backend"])
+        self.round = int(state["round"])
+        self.history = list(state["history"])
+        self.last_eval = dict(state["last_eval"])
+        torch.set_rng_state(state["rng"]["torch"])

@@ -1,0 +1,157 @@
+"""The run directory: everything a run leaves behind, written by one loop callback.
+
+runs/<name>/config.json       the resolved config
+runs/<name>/metrics.jsonl     one record per round
+runs/<name>/tb/               TensorBoard event files
+runs/<name>/figures/*.png     accuracy, loss, partition
+runs/<name>/checkpoint.pt     atomic, after every round (resume)
+runs/<name>/model.safetensors the final global model
+runs/<name>/report.{json,md}  the final metric report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..observe import MetricsLog, Progress, TensorBoardLog, notify_all, plot_curves, write_report
+from ..wire import encode
+from .checkpoint import save_checkpoint
+from .loop import Callback, Federation, RoundState, RunResult
+
+log = logging.getLogger("fedloom")
+
+CHECKPOINT = "checkpoint.pt"
+_OWNED = ("metrics.jsonl", CHECKPOINT, "model.safetensors", "report.json", "report.md")
+
+
+class RunRecorder(Callback):
+    """Writes the run directory, draws progress and sends notifications.
+
+    Args:
+        run_dir: the run's folder. A fresh run clears the files a previous run of the same
+            name left there; a resumed run keeps them and continues.
+        config: the resolved config, written as ``config.json`` and into the report.
+        resume: continue an interrupted run (the metrics file is cut back to the checkpoint).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any] | None = None,
+        *,
+        resume: bool = False,
+        tensorboard: bool = True,
+        figures: bool = True,
+        checkpoint: bool = True,
+        progress: bool | None = None,
+        notifiers: list = (),  # type: ignore[assignment]
+        notify_on_finish: bool = True,
+        notify_on_failure: bool = True,
+        extra_report: dict[str, Any] | None = None,
+    ):
+        self.dir = Path(run_dir)
+        self.config = config or {}
+        self.resume, self.use_tb, self.figures = resume, tensorboard, figures
+        self.checkpoint, self.progress_flag = checkpoint, progress
+        self.notifiers = list(notifiers)
+        self.on_finish_flag, self.on_failure_flag = notify_on_finish, notify_on_failure
+        self.extra_report = extra_report or {}
+        self._t0 = time.perf_counter()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    def on_start(self, fed: Federation) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            for name in _OWNED:
+                (self.dir / name).unlink(missing_ok=True)
+            for sub in ("tb",):
+                for f in sorted((self.dir / sub).glob("**/*"), reverse=True):
+                    f.unlink() if f.is_file() else f.rmdir()
+        (self.dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+        self.metrics = MetricsLog(self.dir / "metrics.jsonl")
+        if self.resume:
+            self.metrics.truncate_after(fed.round)
+        self.tb = (
+            TensorBoardLog(self.dir / "tb", purge_step=fed.round + 1 if self.resume else None)
+            if self.use_tb
+            else None
+        )
+        cohort = fed.strategy.cohort_size(len(fed.backend.available_clients(fed.round + 1)))
+        self.progress = Progress(fed.rounds, cohort, enabled=self.progress_flag)
+        if fed.round:
+            self.progress.resume_at(fed.round)
+
+    def on_state(self, fed: Federation, state: RoundState, round: int) -> None:
+        if state is RoundState.DISTRIBUTE:
+            self.progress.start_round(round, len(fed.plan.clients))
+
+    def on_update(self, fed: Federation, update, error: str | None) -> None:
+        self.progress.client_done()
+
+    def on_round_end(self, fed: Federation, record: dict[str, Any]) -> bool:
+        self.metrics.append(record)
+        if self.tb is not None:
+            self.tb.log(record, step=record["round"])
+        self.progress.end_round(record)
+        if self.checkpoint:
+            save_checkpoint(self.checkpoint_path, fed.state_dict())
+        return False
+
+    def on_finish(self, fed: Federation, result: RunResult) -> None:
+        self._close()
+        (self.dir / "model.safetensors").write_bytes(
+            encode(fed.params, fed.spec, {"round": fed.round, "format": "fedloom"})
+        )
+        if self.figures:
+            plot_curves(fed.history, self.dir / "figures", title=self.config.get("name"))
+        summary = self._summary(fed, result)
+        write_report(self.dir, summary)
+        if self.on_finish_flag and self.notifiers:
+            acc = result.final_metrics.get("accuracy")
+            text = f"{fed.round} rounds, stop: {result.stop_reason}" + (
+                f", accuracy {acc:.4f}" if acc is not None else ""
+            )
+            notify_all(self.notifiers, f"fedloom run {self.dir.name} finished", text, "finished")
+
+    def on_error(self, fed: Federation, exc: BaseException) -> None:
+        self._close()
+        if self.on_failure_flag and self.notifiers:
+            notify_all(
+                self.notifiers,
+                f"fedloom run {self.dir.name} failed",
+                f"round {fed.round + 1}: {type(exc).__name__}: {exc}",
+                "failed",
+            )
+
+    def _close(self) -> None:
+        for part in ("metrics", "tb", "progress"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+
+    def _summary(self, fed: Federation, result: RunResult) -> dict[str, Any]:
+        hist = fed.history
+        evals = [r for r in hist if "accuracy" in r]
+        best = max(evals, key=lambda r: r["accuracy"]) if evals else None
+        return {
+            "name": self.dir.name,
+            "rounds": fed.round,
+            "stop_reason": result.stop_reason,
+            "final": result.final_metrics,
+            "best_accuracy": best["accuracy"] if best else None,
+            "best_round": best["round"] if best else None,
+            "bytes_up": sum(r.get("bytes_up", 0) for r in hist),
+            "bytes_down": sum(r.get("bytes_down", 0) for r in hist),
+            "train_seconds": sum(r.get("seconds", 0.0) for r in hist),
+            "wall_seconds": time.perf_counter() - self._t0,
+            "model": {"tensors": len(fed.spec.entries), "parameters": fed.spec.numel},
+            **self.extra_report,
+            "config": self.config,
+        }

@@ -1,0 +1,109 @@
+"""In-process simulation: every client trained in turn on one reused model.
+
+Per client this costs what the plain PyTorch loop costs: one ``copy_`` of the global buffer
+into the model, building the optimizer, the user's epochs. The update handed to the strategy
+is the model's own flat buffer (no copy); the strategy folds it in before the next client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..algorithms.base import RoundPlan
+from ..errors import ClientError
+from ..params import flatten_module
+from ..seeding import derive_seed
+from ..task import ClientContext, Task
+from ..update import ClientUpdate
+
+
+class InProcessClients:
+    """The simulation backend: trains the clients of a round in this process.
+
+    Per-client state (``ctx.state``, personal layers, optimizer state when the task keeps it)
+    is stored only for clients that have some, and is part of ``state_dict`` for checkpoints.
+    """
+
+    def __init__(self, task: Task, seed: int = 0):
+        self.task = task
+        self.seed = seed
+        torch.manual_seed(derive_seed(seed, "init"))
+        self.model = task.build_model()
+        self.spec, self.flat = flatten_module(self.model, task.personal_layers)
+        self._global = torch.empty_like(self.flat)
+        self._personal = self._personal_tensors()
+        self._personal_init = {k: v.detach().clone() for k, v in self._personal.items()}
+        self.states: dict[int, dict[str, Any]] = {}
+        self._plan = RoundPlan([])
+        self._round = 0
+
+    def available_clients(self, round: int) -> list[int]:
+        return list(range(self.task.num_clients))
+
+    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
+        """Snapshot the global model for this round (once, not per client)."""
+        self._global.copy_(global_params)
+        self._plan, self._round = plan, round
+
+    def collect(self) -> Iterator[ClientUpdate]:
+        """Train the planned clients one after another, yielding each update as it is ready."""
+        for cid in self._plan.clients:
+            yield self.train_client(self._round, cid, self._plan.config)
+
+    def train_client(self, round: int, cid: int, config: dict[str, Any]) -> ClientUpdate:
+        task, model = self.task, self.model
+        self.flat.copy_(self._global)
+        state = self.states.get(cid, {})
+        if self._personal:
+            saved = state.get("personal", self._personal_init)
+            for name, t in self._personal.items():
+                t.copy_(saved[name])
+        seed = derive_seed(self.seed, "client", round, cid)
+        torch.manual_seed(seed)
+        ctx = ClientContext(
+            cid, round, torch.Generator().manual_seed(seed), state, config, self._global
+        )
+        epochs = int(config.get("local_epochs", task.local_epochs))
+        model.train()
+        loss_sum, steps = 0.0, 0
+        try:
+            optimizer = task.build_optimizer(model)
+            if task.keep_optimizer_state and "optimizer" in state:
+                optimizer.load_state_dict(state["optimizer"])
+            for _ in range(epochs):
+                m = task.train_an_epoch(model, optimizer, ctx)
+                loss_sum += float(m.get("loss", 0.0)) * int(m.get("steps", 1))
+                steps += int(m.get("steps", 1))
+        except Exception as e:
+            raise ClientError(cid, round, "local training", e) from e
+        if task.keep_optimizer_state:
+            state["optimizer"] = optimizer.state_dict()
+        if self._personal:
+            state["personal"] = {k: v.detach().clone() for k, v in self._personal.items()}
+        if state:
+            self.states[cid] = state
+        return ClientUpdate(
+            cid,
+            self.flat,
+            task.num_samples(cid),
+            {"loss": loss_sum / max(steps, 1), "steps": steps, "epochs": epochs},
+            round,
+        )
+
+    def _personal_tensors(self) -> dict[str, torch.Tensor]:
+        fed = set(self.spec.names)
+        prefixes = self.task.personal_layers
+        return {
+            n: t
+            for n, t in self.model.state_dict(keep_vars=True).items()
+            if n not in fed and any(n == p or n.startswith(p.rstrip(".") + ".") for p in prefixes)
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clients": {str(k): v for k, v in self.states.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.states = {int(k): v for k, v in state.get("clients", {}).items()}

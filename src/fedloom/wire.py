@@ -1,0 +1,178 @@
+"""Model bytes on the wire: the safetensors format, checked against the model's spec.
+
+The encoder writes a standard safetensors buffer (8-byte little-endian header length, a JSON
+header with ``dtype``/``shape``/``data_offsets`` per tensor and string ``__metadata__``, then raw
+little-endian data), so any safetensors reader can open fedloom's bytes and vice versa.
+
+The decoder is fedloom's own, because it must refuse bad bytes *before* using them and write
+good ones straight into a flat buffer: it checks the header against the :class:`ParamSpec`
+(unknown or missing names, shapes, dtypes, offsets, truncated or trailing data) and the values
+(NaN/Inf), and raises :class:`WireError` naming what was wrong. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from .errors import WireError
+from .params import DTYPE_NAMES, DTYPES, ParamSpec
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
+    raise ImportError("fedloom's wire format needs a little-endian host")
+
+
+def encode(flat: torch.Tensor, spec: ParamSpec, meta: Mapping[str, object] | None = None) -> bytes:
+    """Serialise the flat buffer ``flat`` laid out by ``spec`` as safetensors bytes."""
+    if flat.numel() != spec.numel or flat.dtype != spec.dtype:
+        raise WireError(
+            f"buffer of {flat.numel()} {flat.dtype} values does not fit spec "
+            f"({spec.numel} {spec.dtype} values)"
+        )
+    header: dict[str, object] = {}
+    if meta:
+        header["__metadata__"] = {str(k): str(v) for k, v in meta.items()}
+    itemsize = _ITEMSIZE[DTYPE_NAMES[spec.dtype]]
+    start = 0
+    for e in spec.entries:
+        end = start + e.numel * itemsize
+        header[e.name] = {
+            "dtype": DTYPE_NAMES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [start, end],
+        }
+        start = end
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    payload = flat.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return struct.pack("<Q", len(head)) + head + payload
+
+
+def read_header(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, str], int]:
+    """Parse the safetensors header: (tensor entries, metadata, offset of the data section)."""
+    view = memoryview(data)
+    if len(view) < 8:
+        raise WireError(f"truncated message: {len(view)} bytes, not even a header length")
+    (hlen,) = struct.unpack("<Q", view[:8])
+    if hlen > MAX_HEADER_BYTES or 8 + hlen > len(view):
+        raise WireError(f"header length {hlen} does not fit a message of {len(view)} bytes")
+    try:
+        header = json.loads(bytes(view[8 : 8 + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WireError("__metadata__ must map strings to strings")
+    return header, meta, 8 + hlen
+
+
+def decode(
+    data: bytes | bytearray | memoryview,
+    spec: ParamSpec,
+    out: torch.Tensor | None = None,
+    check_finite: bool = True,
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """Check ``data`` against ``spec`` and return (flat buffer, metadata).
+
+    ``out``, when given, receives the values (no allocation); it is left untouched if the bytes
+    are rejected, so a bad update never corrupts state.
+    """
+    header, meta, base = read_header(data)
+    layout = _check_header(header, spec)
+    got = len(data) - base
+    if got != spec.nbytes:
+        what = "truncated" if got < spec.nbytes else "trailing bytes"
+        raise WireError(f"{what}: data section has {got} bytes, the spec needs {spec.nbytes}")
+    values = _gather(memoryview(data)[base:], spec, layout)
+    if check_finite:
+        check_finite_values(values, spec)
+    if out is None:
+        return (values if layout is not None else values.clone()), meta
+    if out.numel() != spec.numel or out.dtype != spec.dtype:
+        raise ValueError(f"out buffer ({out.numel()} {out.dtype}) does not fit {spec}")
+    out.copy_(values)
+    return out, meta
+
+
+def _gather(buf: memoryview, spec: ParamSpec, layout: list[int] | None) -> torch.Tensor:
+    """The values in spec order: a zero-copy view when the bytes are laid out in spec order."""
+    if spec.numel == 0:
+        return torch.empty(0, dtype=spec.dtype)
+    with warnings.catch_warnings():  # read-only bytes: we copy before anyone writes
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.frombuffer(buf, dtype=torch.uint8)
+    if layout is None:
+        return raw.view(spec.dtype)
+    itemsize = _ITEMSIZE[DTYPE_NAMES[spec.dtype]]
+    return torch.cat(
+        [raw[s : s + e.numel * itemsize].view(spec.dtype) for e, s in zip(spec.entries, layout)]
+    )
+
+
+def check_finite_values(flat: torch.Tensor, spec: ParamSpec, where: str = "update") -> None:
+    """Raise :class:`WireError` naming the tensors that hold NaN or Inf."""
+    if bool(torch.isfinite(flat.sum())):
+        return  # one fused reduction; only a non-finite (or overflowing) buffer pays the scan
+    bad = [n for n, t in spec.unflatten(flat).items() if not bool(torch.isfinite(t).all())]
+    raise WireError(f"{where} has NaN or Inf values in {bad or 'the sum (overflow)'}")
+
+
+def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
+    """Validate names, dtypes, shapes and offsets; return per-tensor starts, or None if in order.
+
+    Any layout a safetensors writer may choose is accepted (the reference library sorts by
+    name), as long as the tensors tile the data section exactly, without gaps or overlaps.
+    """
+    unknown = sorted(set(header) - set(spec.names))
+    missing = [n for n in spec.names if n not in header]
+    problems = []
+    if unknown:
+        problems.append(f"unknown tensors {unknown}")
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    starts: list[int] = []
+    spans: list[tuple[int, int, str]] = []
+    for e in spec.entries:
+        h = header.get(e.name)
+        if h is None:
+            continue
+        if not isinstance(h, dict):
+            problems.append(f"{e.name}: malformed entry")
+            continue
+        dtype, shape, offsets = h.get("dtype"), h.get("shape"), h.get("data_offsets")
+        if DTYPES.get(dtype) != e.dtype:  # type: ignore[arg-type]
+            problems.append(f"{e.name}: dtype {dtype}, expected {DTYPE_NAMES[e.dtype]}")
+        if not isinstance(shape, list) or tuple(shape) != e.shape:
+            problems.append(f"{e.name}: shape {shape}, expected {list(e.shape)}")
+        size = e.numel * _ITEMSIZE[DTYPE_NAMES[e.dtype]]
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or offsets[1] - offsets[0] != size
+        ):
+            problems.append(f"{e.name}: data_offsets {offsets} do not hold {size} bytes")
+            continue
+        starts.append(offsets[0])
+        spans.append((offsets[0], offsets[1], e.name))
+    if not problems:
+        pos = 0
+        for begin, end, name in sorted(spans):
+            if begin != pos:
+                problems.append(f"{name}: data_offsets start at {begin}, expected {pos}")
+                break
+            pos = end
+    if problems:
+        raise WireError("message does not match the model spec: " + "; ".join(problems))
+    in_order = all(b <= a for b, a in zip(starts, starts[1:])) if starts else True
+    return None if in_order else starts
