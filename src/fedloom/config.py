@@ -6,6 +6,7 @@ and the allowed keys or values.
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
@@ -205,7 +206,7 @@ def load_config(
     if isinstance(source, Config):
         data = source.model_dump()
     elif isinstance(source, dict):
-        data = dict(source)
+        data = copy.deepcopy(source)
     elif source is None:
         data = {}
     else:

@@ -28,5 +28,9 @@ class ClientError(FedloomError, RuntimeError):
         )
 
 
+class CheckpointError(FedloomError, ValueError):
+    """A checkpoint that is missing or does not belong to this run."""
+
+
 class DatasetError(FedloomError, ValueError):
     """A dataset file that is missing, corrupt or of the wrong format."""

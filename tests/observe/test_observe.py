@@ -75,6 +75,9 @@ def test_metrics_torn_last_line_and_numpy_values(tmp_path) -> None:
         f.write('{"round": 2, "acc')  # killed mid-write
     recs = read_metrics(tmp_path / "m.jsonl")
     assert recs[0]["accuracy"] == 0.5 and isinstance(recs[0]["note"], str) and len(recs) == 1
+    with MetricsLog(tmp_path / "m.jsonl") as log:  # the resumed writer drops the torn line
+        log.append({"round": 2})
+    assert [r["round"] for r in read_metrics(tmp_path / "m.jsonl")] == [1, 2]
 
 
 # --- tensorboard -------------------------------------------------------------------------
@@ -212,6 +215,8 @@ def test_webhook_posts_json(server) -> None:
     with pytest.raises(NotifyError, match="HTTP 500") as err:
         WebhookNotifier(server.url + "/secret-path").send("t", "x")
     assert "secret-path" not in str(err.value)
+    with pytest.raises(NotifyError, match="http"):
+        WebhookNotifier("file:///etc/passwd").send("t", "x")
 
 
 def test_telegram_send_path_and_errors(server) -> None:

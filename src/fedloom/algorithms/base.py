@@ -49,7 +49,7 @@ class Strategy(ABC):
     def cohort_size(self, available: int) -> int:
         if self.clients_per_round is not None:
             return min(self.clients_per_round, available)
-        return max(1, min(available, round(self.fraction * available)))  # type: ignore[operator]
+        return max(1, min(available, int(self.fraction * available + 0.5)))  # type: ignore[operator]
 
     def configure(
         self, round: int, available: Sequence[int], rng: np.random.Generator

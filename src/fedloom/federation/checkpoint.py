@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
@@ -34,5 +36,5 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume")
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume")
     return torch.load(path, map_location="cpu", weights_only=True)

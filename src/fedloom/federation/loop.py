@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..algorithms.base import RoundPlan, Strategy
-from ..errors import WireError
+from ..errors import CheckpointError, WireError
 from ..params import ParamSpec, flatten_module
-from ..seeding import derive_seed
+from ..seeding import derive_seed, seed_torch
 from ..task import Task
 from ..update import ClientUpdate
 from ..wire import check_finite_values, encode
@@ -105,7 +105,7 @@ class Federation:
         self.task, self.strategy, self.seed = task, strategy, seed
         self.rounds, self.eval_every, self.target = rounds, eval_every, target
         self.callbacks = list(callbacks)
-        torch.manual_seed(derive_seed(seed, "init"))
+        seed_torch(derive_seed(seed, "init"))
         self.model = task.build_model()
         self.spec: ParamSpec
         self.spec, self.params = flatten_module(self.model, task.personal_layers)
@@ -238,7 +238,10 @@ class Federation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"checkpoint was made with seed {state['seed']}, not {self.seed}")
+            raise CheckpointError(
+                f"checkpoint was made with seed {state['seed']}, not {self.seed}: "
+                "resume with the same config, or start a fresh run"
+            )
         self.params.copy_(state["params"])
         self.strategy.load_state_dict(state["strategy"])
         self.backend.load_state_dict(state["backend"])

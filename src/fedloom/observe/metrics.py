@@ -70,8 +70,18 @@ class MetricsLog:
 
     def _handle(self) -> IO[str]:
         if self._file is None or self._file.closed:
+            self._drop_torn_tail()
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         return self._file
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a partial last line left by a killed writer, so new lines do not glue onto it."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record as a single line and flush it, so a crash loses nothing written."""

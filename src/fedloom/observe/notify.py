@@ -41,7 +41,10 @@ def _post_json(
     import urllib.error  # here, not at module level: only a notifying run pays for it
     import urllib.request
 
-    where = f"{what} at {urlsplit(url).scheme}://{urlsplit(url).hostname}"
+    parts = urlsplit(url)
+    where = f"{what} at {parts.scheme}://{parts.hostname}"
+    if parts.scheme not in ("http", "https"):  # urllib would also open file:// and ftp://
+        raise NotifyError(f"{where}: only http(s) URLs are supported")
     handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy})] if proxy else []
     opener = urllib.request.build_opener(*handlers)  # no proxy given: environment proxies
     req = urllib.request.Request(

@@ -16,16 +16,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-_ROWS = (
-    ("rounds", "Rounds"),
-    ("final_accuracy", "Final accuracy"),
-    ("best_accuracy", "Best accuracy"),
-    ("final_train_loss", "Final train loss"),
-    ("final_test_loss", "Final test loss"),
-    ("bytes_up", "Bytes up"),
-    ("bytes_down", "Bytes down"),
-    ("wall_time_s", "Wall time"),
-)
+_LABELS = {
+    "rounds": "Rounds",
+    "final_accuracy": "Final accuracy",
+    "best_accuracy": "Best accuracy",
+    "final_train_loss": "Final train loss",
+    "final_test_loss": "Final test loss",
+    "bytes_up": "Bytes up",
+    "bytes_down": "Bytes down",
+    "wall_time_s": "Wall time",
+}
 _HIDDEN = {"run_name", "config", "final_accuracy_round", "best_accuracy_round"}
 
 
@@ -47,15 +47,21 @@ def summarize(
         "rounds": max((r["round"] for r in rounds), default=0),
     }
     if evals:
-        out["final_accuracy_round"], out["final_accuracy"] = evals[-1]
         # max() keeps the first of equal accuracies: the earliest round that reached the best.
-        out["best_accuracy_round"], out["best_accuracy"] = max(evals, key=lambda e: e[1])
+        best = max(evals, key=lambda e: e[1])
+        out.update(
+            final_accuracy=evals[-1][1],
+            final_accuracy_round=evals[-1][0],
+            best_accuracy=best[1],
+            best_accuracy_round=best[0],
+        )
     for key in ("train_loss", "test_loss"):
         vals = [r[key] for r in rounds if _num(r.get(key))]
         if vals:
             out[f"final_{key}"] = vals[-1]
     for key in ("bytes_up", "bytes_down"):
-        out[key] = sum(int(r[key]) for r in rounds if _num(r.get(key)))
+        if any(_num(r.get(key)) for r in rounds):  # absent means not measured, not zero
+            out[key] = sum(int(r[key]) for r in rounds if _num(r.get(key)))
     secs = [r["seconds"] for r in rounds if _num(r.get("seconds"))]
     out["wall_time_s"] = wall_time_s if wall_time_s is not None else float(sum(secs))
     if config:
@@ -65,26 +71,27 @@ def summarize(
 
 def _bytes(n: float) -> str:
     """Human size plus the exact count, e.g. ``1.18 MiB (1,234,567 B)``."""
-    if n < 1024:
-        return f"{n:,.0f} B"
-    v = n
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        v /= 1024
-        if v < 1024 or unit == "TiB":
-            break
-    return f"{v:,.2f} {unit} ({int(n):,} B)"
+    exp = min(4, max(0, (int(n).bit_length() - 1) // 10))
+    return f"{n:,.0f} B" if exp == 0 else f"{n / 1024**exp:,.2f} {' KMGT'[exp]}iB ({int(n):,} B)"
 
 
 def _cell(key: str, v: Any, summary: Mapping[str, Any]) -> str:
-    if key in ("final_accuracy", "best_accuracy") and _num(v):
+    """One value as shown in report.md: accuracies with their round, sizes, durations."""
+    if not _num(v):
+        return _escape(str(v))
+    if key in ("final_accuracy", "best_accuracy"):
         rnd = summary.get(f"{key}_round")
         return f"{v:.4f}" + (f" (round {rnd})" if rnd is not None else "")
-    if key in ("bytes_up", "bytes_down") and _num(v):
+    if key in ("bytes_up", "bytes_down"):
         return _bytes(float(v))
-    if key == "wall_time_s" and _num(v):
+    if key == "wall_time_s":
         m, s = divmod(float(v), 60)
         return f"{int(m)}m {s:.1f}s" if m else f"{s:.1f}s"
-    text = f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.4f}" if key.startswith("final_") else f"{v:.6g}"
+
+
+def _escape(text: str) -> str:
+    """Keep a value inside its Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -108,25 +115,21 @@ def write_report(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) ->
     tmp.write_text(json.dumps(dict(summary), indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, json_path)  # a reader never sees half a report
 
-    known = {k for k, _ in _ROWS}
-    rows = [
-        (label, _cell(k, summary[k], summary)) for k, label in _ROWS if summary.get(k) is not None
-    ]
-    rows += [
-        (k, _cell(k, v, summary))
-        for k, v in summary.items()
-        if k not in known and k not in _HIDDEN and v is not None
+    rows = [(label, k) for k, label in _LABELS.items()]
+    rows += [(_escape(k), k) for k in summary if k not in _LABELS and k not in _HIDDEN]
+    cells = [
+        (label, _cell(k, summary[k], summary)) for label, k in rows if summary.get(k) is not None
     ]
     lines = [
         f"# Run report: {summary.get('run_name') or run.name}",
         "",
         "| Metric | Value |",
         "|---|---|",
-        *(f"| {a} | {b} |" for a, b in rows),
+        *(f"| {a} | {b} |" for a, b in cells),
     ]
     config = summary.get("config")
     if isinstance(config, Mapping) and config:
         lines += ["", "## Configuration", "", "| Key | Value |", "|---|---|"]
-        lines += [f"| {k} | {_cell(k, v, {})} |" for k, v in _flatten(config)]
+        lines += [f"| {_escape(k)} | {_escape(str(v))} |" for k, v in _flatten(config)]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path

@@ -15,7 +15,7 @@ import torch
 from ..algorithms.base import RoundPlan
 from ..errors import ClientError
 from ..params import flatten_module
-from ..seeding import derive_seed
+from ..seeding import derive_seed, seed_torch
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
 
@@ -30,7 +30,7 @@ class InProcessClients:
     def __init__(self, task: Task, seed: int = 0):
         self.task = task
         self.seed = seed
-        torch.manual_seed(derive_seed(seed, "init"))
+        seed_torch(derive_seed(seed, "init"))
         self.model = task.build_model()
         self.spec, self.flat = flatten_module(self.model, task.personal_layers)
         self._global = torch.empty_like(self.flat)
@@ -59,10 +59,11 @@ class InProcessClients:
         state = self.states.get(cid, {})
         if self._personal:
             saved = state.get("personal", self._personal_init)
-            for name, t in self._personal.items():
-                t.copy_(saved[name])
+            with torch.no_grad():
+                for name, t in self._personal.items():
+                    t.copy_(saved[name])
         seed = derive_seed(self.seed, "client", round, cid)
-        torch.manual_seed(seed)
+        seed_torch(seed)
         ctx = ClientContext(
             cid, round, torch.Generator().manual_seed(seed), state, config, self._global
         )

@@ -1,0 +1,147 @@
+"""Shared fixtures: tiny tasks on random tensors, mnist5k run overrides, a local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from fedloom import ClassificationTask, TensorDataset
+
+# Tiny models train fastest on one thread; several OpenMP threads on a busy 2-core machine
+# make each small matmul wait for the others (seen: 60x slower).
+torch.set_num_threads(1)
+
+IN_FEATURES, NUM_CLASSES = 8, 3
+CLIENT_SIZES = (12, 20, 8, 16, 24, 10)
+
+
+def tiny_dataset(seed: int = 0, n_test: int = 30) -> TensorDataset:
+    """A random, learnable 3-class problem with 8 features."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(CLIENT_SIZES)
+    centers = torch.randn(NUM_CLASSES, IN_FEATURES, generator=g) * 2
+    y = torch.randint(0, NUM_CLASSES, (n + n_test,), generator=g)
+    x = centers[y] + torch.randn(n + n_test, IN_FEATURES, generator=g)
+    return TensorDataset("tiny", x[:n], y[:n], x[n:], y[n:], NUM_CLASSES)
+
+
+def tiny_parts(sizes: tuple[int, ...] = CLIENT_SIZES) -> list[torch.Tensor]:
+    """Contiguous, unequal client splits of the tiny training set."""
+    out, start = [], 0
+    for s in sizes:
+        out.append(torch.arange(start, start + s))
+        start += s
+    return out
+
+
+def tiny_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(IN_FEATURES, 6), nn.ReLU(), nn.Linear(6, NUM_CLASSES))
+
+
+def make_tiny_task(cls: type[ClassificationTask] = ClassificationTask, **kwargs: Any):
+    """A ``ClassificationTask`` (or subclass) over the tiny dataset and six clients."""
+    kwargs.setdefault("lr", 0.1)
+    kwargs.setdefault("batch_size", 4)
+    return cls(tiny_mlp, tiny_dataset(), tiny_parts(), **kwargs)
+
+
+@pytest.fixture
+def tiny_task() -> ClassificationTask:
+    return make_tiny_task()
+
+
+def run_overrides(out_dir: Path, name: str = "run", **extra: Any) -> list[str]:
+    """``--set`` overrides for a quick mnist5k run whose directory lies under ``out_dir``."""
+    base = {
+        "name": name,
+        "seed": 0,
+        "rounds": 2,
+        "data.dataset": "mnist5k",
+        "data.num_clients": 10,
+        "data.partition": "iid",
+        "model.name": "logreg",
+        "strategy.clients_per_round": 3,
+        "train.batch_size": 20,
+        "train.lr": 0.05,
+        "output.dir": Path(out_dir).as_posix(),
+        "output.progress": False,
+    }
+    base.update(extra)
+    return [f"{k}={toml_value(v)}" for k, v in base.items()]
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return "'" + v + "'"  # a TOML literal string: no escapes, safe for paths
+    return repr(v)
+
+
+class RecordingServer:
+    """A local HTTP server recording every POST as (path, JSON body); replies ``{"ok": true}``."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((self.path, json.loads(body)))
+                data = b'{"ok": true, "result": {}}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def http_server(monkeypatch) -> Iterator[RecordingServer]:
+    for var in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    server = RecordingServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def register_temp_model() -> Iterator[Callable[[str, Callable], None]]:
+    """Register models for one test and remove them afterwards."""
+    from fedloom.registry import MODELS
+
+    added: list[str] = []
+
+    def register(name: str, factory: Callable) -> None:
+        MODELS.register(name, factory, overwrite=True)
+        added.append(name)
+
+    yield register
+    for name in added:
+        MODELS._items.pop(name.lower(), None)
