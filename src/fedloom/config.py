@@ -40,9 +40,9 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(5, ge=1)
     batch_size: int = Field(10, ge=1)
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..observe import MetricsLog, Progress, TensorBoardLog, notify_all, plot_curves, write_report
+from ..observe import (
+    MetricsLog,
+    Progress,
+    TensorBoardLog,
+    notify_all,
+    plot_curves,
+    summarize,
+    write_report,
+)
 from ..wire import encode
 from .checkpoint import save_checkpoint
 from .loop import Callback, Federation, RoundState, RunResult
@@ -137,21 +145,16 @@ class RunRecorder(Callback):
                 obj.close()
 
     def _summary(self, fed: Federation, result: RunResult) -> dict[str, Any]:
-        hist = fed.history
-        evals = [r for r in hist if "accuracy" in r]
-        best = max(evals, key=lambda r: r["accuracy"]) if evals else None
-        return {
-            "name": self.dir.name,
-            "rounds": fed.round,
-            "stop_reason": result.stop_reason,
-            "final": result.final_metrics,
-            "best_accuracy": best["accuracy"] if best else None,
-            "best_round": best["round"] if best else None,
-            "bytes_up": sum(r.get("bytes_up", 0) for r in hist),
-            "bytes_down": sum(r.get("bytes_down", 0) for r in hist),
-            "train_seconds": sum(r.get("seconds", 0.0) for r in hist),
-            "wall_seconds": time.perf_counter() - self._t0,
-            "model": {"tensors": len(fed.spec.entries), "parameters": fed.spec.numel},
+        summary = summarize(
+            fed.history,
+            run_name=self.dir.name,
+            config=self.config,
+            wall_time_s=time.perf_counter() - self._t0,
+        )
+        summary.update(
+            stop_reason=result.stop_reason,
+            final_metrics=result.final_metrics,
+            model=f"{len(fed.spec.entries)} tensors, {fed.spec.numel:,} parameters",
             **self.extra_report,
-            "config": self.config,
-        }
+        )
+        return summary
