@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.base import TensorDataset
+from .data.partition.base import Partitioner
+from .seeding import derive_seed
 from .task import ClientContext, Task
 
 OPTIMIZERS = {"sgd", "adam"}
@@ -26,7 +28,8 @@ class ClassificationTask(Task):
     Args:
         model_fn: builds a fresh model (called once per process).
         dataset: the tensors; ``dataset.test_*`` is used for server-side evaluation.
-        parts: per-client train-sample ids (from a partitioner or the dataset's natural split).
+        parts: per-client train-sample ids, or a :class:`Partitioner` to split the train set
+            with (seeded by ``seed``), so a model and a dataset are enough.
         lr, momentum, weight_decay, optimizer: the client optimizer ("sgd" or "adam").
         batch_size: local mini-batch size.
         local_epochs: local epochs per round.
@@ -38,8 +41,9 @@ class ClassificationTask(Task):
         self,
         model_fn: Callable[[], nn.Module],
         dataset: TensorDataset,
-        parts: Sequence[np.ndarray | torch.Tensor],
+        parts: Sequence[np.ndarray | torch.Tensor] | Partitioner,
         *,
+        seed: int = 0,
         lr: float = 0.01,
         batch_size: int = 10,
         local_epochs: int = 1,
@@ -57,6 +61,8 @@ class ClassificationTask(Task):
             raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if isinstance(parts, Partitioner):
+            parts = parts(dataset.train_y.numpy(), derive_seed(seed, "partition"))
         if not parts:
             raise ValueError("parts is empty: at least one client is needed")
         self.model_fn = model_fn
