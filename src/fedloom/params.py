@@ -97,15 +97,20 @@ class ParamSpec:
             return torch.empty(0, dtype=self.dtype)
         return torch.cat([tensors[e.name].reshape(-1) for e in self.entries])
 
+    def name_problems(self, names: Iterable[str]) -> list[str]:
+        """Descriptions of the unknown and missing names among ``names`` (empty if none)."""
+        given = set(names)
+        unknown = sorted(given - set(self._by_name))
+        missing = [n for n in self.names if n not in given]
+        return [
+            f"{what} tensors {which}"
+            for what, which in (("unknown", unknown), ("missing", missing))
+            if which
+        ]
+
     def check(self, tensors: Mapping[str, torch.Tensor], where: str = "update") -> None:
         """Raise :class:`WireError` naming every unknown, missing or mis-shaped tensor."""
-        unknown = sorted(set(tensors) - set(self._by_name))
-        missing = [n for n in self.names if n not in tensors]
-        problems = []
-        if unknown:
-            problems.append(f"unknown tensors {unknown}")
-        if missing:
-            problems.append(f"missing tensors {missing}")
+        problems = self.name_problems(tensors)
         for e in self.entries:
             t = tensors.get(e.name)
             if t is None:

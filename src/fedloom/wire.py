@@ -134,13 +134,7 @@ def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
     Any layout a safetensors writer may choose is accepted (the reference library sorts by
     name), as long as the tensors tile the data section exactly, without gaps or overlaps.
     """
-    unknown = sorted(set(header) - set(spec.names))
-    missing = [n for n in spec.names if n not in header]
-    problems = []
-    if unknown:
-        problems.append(f"unknown tensors {unknown}")
-    if missing:
-        problems.append(f"missing tensors {missing}")
+    problems = spec.name_problems(header)
     starts: list[int] = []
     spans: list[tuple[int, int, str]] = []
     for e in spec.entries:

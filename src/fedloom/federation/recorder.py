@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..observe import (
     MetricsLog,
+    Notifier,
     Progress,
     TensorBoardLog,
     notify_all,
@@ -56,7 +59,7 @@ class RunRecorder(Callback):
         figures: bool = True,
         checkpoint: bool = True,
         progress: bool | None = None,
-        notifiers: list = (),  # type: ignore[assignment]
+        notifiers: Sequence[Notifier] = (),
         notify_on_finish: bool = True,
         notify_on_failure: bool = True,
         extra_report: dict[str, Any] | None = None,
@@ -79,9 +82,7 @@ class RunRecorder(Callback):
         if not self.resume:
             for name in _OWNED:
                 (self.dir / name).unlink(missing_ok=True)
-            for sub in ("tb",):
-                for f in sorted((self.dir / sub).glob("**/*"), reverse=True):
-                    f.unlink() if f.is_file() else f.rmdir()
+            shutil.rmtree(self.dir / "tb", ignore_errors=True)
         (self.dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
         self.metrics = MetricsLog(self.dir / "metrics.jsonl")
         if self.resume:
