@@ -510,7 +510,8 @@ def test_run_directory_contents(uninterrupted) -> None:
     assert meta["round"] == "4"
     report = json.loads((d / "report.json").read_text())
     assert report["rounds"] == 4 and report["stop_reason"] == "max_rounds"
-    assert report["final"] == result.final_metrics
+    assert report["final_metrics"] == result.final_metrics
+    assert report["final_accuracy"] == result.final_metrics["accuracy"]
     assert "mnist" in (d / "report.md").read_text()
     checkpoint = load_checkpoint(d / "checkpoint.pt")
     assert checkpoint["round"] == 4 and torch.equal(checkpoint["params"], result.params)
