@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fedloom-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/fedavg_mnist.py
+
+# Regenerate the gRPC modules from the committed .proto (the generated files are committed).
+proto: $(STAMP)
+	cd src/fedloom/runtime/proto && ../../../../$(PY) -m grpc_tools.protoc -I. \
+		--python_out=. --grpc_python_out=. fedloom.proto
+	sed -i 's/^import fedloom_pb2 as/from . import fedloom_pb2 as/' \
+		src/fedloom/runtime/proto/fedloom_pb2_grpc.py
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache

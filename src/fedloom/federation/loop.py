@@ -202,6 +202,8 @@ class Federation:
             yield u
 
     def _check(self, u: ClientUpdate) -> str | None:
+        if "error" in u.extras:  # refused by the backend (e.g. on arrival over the network)
+            return str(u.extras["error"])
         p = u.params
         if p.numel() != self.spec.numel or p.dtype != self.spec.dtype:
             return f"buffer of {p.numel()} {p.dtype} values, expected {self.spec}"

@@ -1,0 +1,203 @@
+"""A data holder: dials out to the aggregator, trains the user's Task, uploads updates.
+
+The client trains with the simulation's own engine (:class:`InProcessClients`), seeded from
+the run seed the aggregator sends at check-in, so a client's update is bit-identical to what
+the simulation computes for that client and round.
+
+Check-in retries with exponential backoff until the aggregator answers. While training, a
+heartbeat thread keeps the membership alive. If the aggregator restarts (``--resume``), the
+client sees "not checked in", checks in again and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from ..algorithms.base import RoundPlan
+from ..errors import FedloomError
+from ..params import ParamSpec
+from ..simulation import InProcessClients
+from ..task import Task
+from ..wire import decode, encode
+from .proto import fedloom_pb2 as pb
+from .proto import fedloom_pb2_grpc as pb_grpc
+from .security import TLSConfig, channel_credentials
+from .transport import GRPC_OPTIONS, iter_chunks, join_chunks
+
+log = logging.getLogger("fedloom.client")
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class RefusedError(FedloomError, PermissionError):
+    """The aggregator refused this client (unknown client, bad token, wrong task)."""
+
+
+class RuntimeClient:
+    """Runs one data holder until the aggregator says STOP.
+
+    Args:
+        task: the user's task (the same class the simulation uses).
+        server: the aggregator's ``host:port``.
+        client_id: this data holder's id (an index of ``task``'s clients).
+        token: the secret the aggregator expects from this client, if it uses tokens.
+        tls: CA (and client cert/key for mutual TLS); ``None`` for a plain channel.
+        retry_for: seconds to keep retrying an unreachable aggregator before giving up.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        server: str,
+        client_id: int,
+        *,
+        token: str = "",
+        task_id: str = "fedloom",
+        tls: TLSConfig | None = None,
+        retry_for: float = 60.0,
+        backoff: tuple[float, float] = (0.05, 2.0),
+        on_round: Callable[[int, dict], None] | None = None,
+    ):
+        self.task, self.server, self.client_id = task, server, int(client_id)
+        self.token, self.task_id, self.tls = token, task_id, tls
+        self.retry_for, self.backoff, self.on_round = retry_for, backoff, on_round
+        self.engine: InProcessClients | None = None
+        self.rounds_done = 0
+        self.chunk_size = 1 << 20
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train until told to stop; returns the number of rounds this client trained."""
+        with self._channel() as channel:
+            self.stub = pb_grpc.AggregatorStub(channel)
+            self._check_in()
+            while True:
+                ins = self._call(self.stub.Poll, self._poll())
+                if ins.kind == pb.Instruction.STOP:
+                    log.info("client %d: task finished after %d rounds", self.client_id,
+                             self.rounds_done)
+                    return self.rounds_done
+                if ins.kind == pb.Instruction.WAIT:
+                    time.sleep(ins.wait_s or 0.05)
+                    continue
+                self._train(ins)
+
+    def _train(self, ins) -> None:
+        assert self.engine is not None
+        request = pb.DownloadRequest(
+            task_id=self.task_id, client_id=str(self.client_id), token=self.token,
+            round=ins.round, version=ins.version,
+        )
+        _, data = join_chunks(self._call(self.stub.Download, request), self.engine.spec.nbytes
+                              + (1 << 20))
+        params, _ = decode(data, self.engine.spec)
+        config = json.loads(ins.config_json or "{}")
+        self.engine.distribute(ins.round, RoundPlan([self.client_id], config), params)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
+        beat.start()
+        t0 = time.perf_counter()
+        try:
+            update = next(self.engine.collect())
+        finally:
+            stop.set()
+            beat.join()
+        metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
+        payload = encode(update.params, self.engine.spec, {"round": ins.round})
+        chunks = lambda: iter_chunks(  # noqa: E731 (rebuilt for each retry)
+            payload, self.chunk_size, task_id=self.task_id, client_id=str(self.client_id),
+            token=self.token, round=ins.round, version=ins.version,
+            num_samples=update.num_samples, metrics_json=json.dumps(metrics),
+        )
+        reply = self._call(lambda _: self.stub.Upload(chunks()), None)
+        if not reply.accepted:
+            log.warning("client %d: round %d update refused: %s", self.client_id, ins.round,
+                        reply.reason)
+        self.rounds_done += 1
+        log.info("client %d: round %d trained (loss %.4f, %.2f s)", self.client_id, ins.round,
+                 metrics.get("loss", float("nan")), metrics["seconds"])
+        if self.on_round:
+            self.on_round(ins.round, metrics)
+
+    # -- membership --------------------------------------------------------------------------
+    def _check_in(self) -> None:
+        request = pb.CheckInRequest(
+            task_id=self.task_id, client_id=str(self.client_id), token=self.token,
+            num_samples=self.task.num_samples(self.client_id),
+        )
+        reply = self._retry(lambda: self.stub.CheckIn(request))
+        if not reply.accepted:
+            raise RefusedError(f"client {self.client_id}: check-in refused: {reply.reason}")
+        self.chunk_size = reply.chunk_size or self.chunk_size
+        self.heartbeat_s = reply.heartbeat_s or 5.0
+        if self.engine is None or self.engine.seed != reply.seed:
+            self.engine = InProcessClients(self.task, reply.seed)
+        server_spec = ParamSpec.from_json(json.loads(reply.spec_json))
+        if server_spec != self.engine.spec:
+            raise FedloomError(
+                f"client {self.client_id}: the aggregator's model spec ({server_spec}) differs "
+                f"from this task's model ({self.engine.spec}); run the same task on both sides"
+            )
+        log.info("client %d checked in%s", self.client_id, " again" if reply.duplicate else "")
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        request = self._poll(busy=True)
+        while not stop.wait(self.heartbeat_s):
+            try:
+                self.stub.Poll(request, timeout=10)
+            except grpc.RpcError as e:
+                log.debug("client %d: heartbeat failed: %s", self.client_id, e.code())
+
+    def _poll(self, busy: bool = False):
+        return pb.PollRequest(
+            task_id=self.task_id, client_id=str(self.client_id), token=self.token, busy=busy
+        )
+
+    # -- calls with retry --------------------------------------------------------------------
+    def _call(self, method, request):
+        """Call with retry; check in again if the aggregator no longer knows us (restart)."""
+        while True:
+            try:
+                return self._retry(lambda: method(request))
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    log.info("client %d: aggregator forgot us (restarted?); checking in",
+                             self.client_id)
+                    self._check_in()
+                    continue
+                raise
+
+    def _retry(self, fn):
+        delay, cap = self.backoff
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                result = fn()
+                if hasattr(result, "__next__"):  # server stream: pull it now, inside the retry
+                    result = list(result)
+                return result
+            except grpc.RpcError as e:
+                code = e.code()
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                            grpc.StatusCode.INVALID_ARGUMENT):
+                    raise RefusedError(f"client {self.client_id}: {e.details()}") from None
+                if code not in RETRYABLE or time.monotonic() > deadline:
+                    raise
+                log.debug("client %d: aggregator unavailable (%s); retry in %.2f s",
+                          self.client_id, code, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, cap)
+
+    def _channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.server, options=GRPC_OPTIONS)
+        options = list(GRPC_OPTIONS)
+        if self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return grpc.secure_channel(self.server, channel_credentials(self.tls), options=options)

@@ -1,0 +1,320 @@
+"""The aggregator: a gRPC service that is also the round loop's backend.
+
+:class:`Federation` runs unchanged; where the simulation trains clients in-process, this
+backend hands each sampled client its work through ``Poll``, serves the model through
+``Download`` and receives updates through ``Upload``. Updates are checked on arrival (token,
+round, version, spec, NaN/Inf) and handed to the strategy in client-id order, so a sync run
+aggregates exactly as the simulation does: same seed, bit-identical parameters.
+
+Membership follows AlphaMed's check-in: the aggregator starts once ``min_clients`` have
+checked in (or ``start_timeout`` passes); a repeated check-in is recognised, not counted
+twice; a client that joins later is sampled from the next round; a client silent for
+``heartbeat_timeout`` is dropped and the round completes if ``quorum`` updates arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import torch
+
+from ..algorithms.base import RoundPlan
+from ..errors import FedloomError, WireError
+from ..params import ParamSpec
+from ..update import ClientUpdate
+from ..wire import decode, encode
+from .proto import fedloom_pb2 as pb
+from .proto import fedloom_pb2_grpc as pb_grpc
+from .security import TLSConfig, server_credentials
+from .transport import DEFAULT_CHUNK, GRPC_OPTIONS, iter_chunks, join_chunks
+
+log = logging.getLogger("fedloom.server")
+
+
+class QuorumError(FedloomError, RuntimeError):
+    """Too few clients returned an update for a round to count."""
+
+
+@dataclass
+class Member:
+    client_id: int
+    num_samples: int
+    last_seen: float
+    joined_round: int
+
+
+class AggregatorServer(pb_grpc.AggregatorServicer):
+    """gRPC aggregator and :class:`~fedloom.federation.Backend` in one object.
+
+    Args:
+        spec: the model spec uploads are checked against.
+        task_id: every message must name it.
+        seed: the run seed, sent to clients so their training matches the simulation's.
+        address: ``host:port`` to listen on (port 0 picks a free one; see ``port``).
+        min_clients: check-ins needed before the first round starts.
+        start_timeout: seconds to wait for ``min_clients``; after it, start with those present
+            (at least one). ``None`` waits for ever.
+        quorum: updates a round needs to count; fewer raises :class:`QuorumError`.
+        heartbeat_timeout: a client silent this long is dropped.
+        round_timeout: seconds a round waits for its clients before closing with what it has.
+        tokens: client id -> token; when given, every call must carry its client's token and
+            unknown clients are refused.
+        tls: server certificate and key (and client CA for mutual TLS).
+        chunk_size: bytes per streamed chunk.
+        max_update_bytes: the largest upload accepted (default: the model's size plus 1 MiB).
+    """
+
+    def __init__(
+        self,
+        spec: ParamSpec,
+        *,
+        task_id: str = "fedloom",
+        seed: int = 0,
+        address: str = "127.0.0.1:0",
+        min_clients: int = 1,
+        start_timeout: float | None = None,
+        quorum: int = 1,
+        heartbeat_timeout: float = 30.0,
+        round_timeout: float | None = None,
+        tokens: dict[int, str] | None = None,
+        tls: TLSConfig | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        max_update_bytes: int | None = None,
+        poll_interval: float = 0.05,
+        max_workers: int = 64,
+    ):
+        if min_clients < 1 or quorum < 1:
+            raise ValueError("min_clients and quorum must be >= 1")
+        self.spec, self.task_id, self.seed = spec, task_id, seed
+        self.min_clients, self.start_timeout, self.quorum = min_clients, start_timeout, quorum
+        self.heartbeat_timeout, self.round_timeout = heartbeat_timeout, round_timeout
+        self.tokens = {int(k): v for k, v in tokens.items()} if tokens else None
+        self.chunk_size, self.poll_interval = chunk_size, poll_interval
+        self.max_update_bytes = max_update_bytes or spec.nbytes + (1 << 20)
+        self.members: dict[int, Member] = {}
+        self.rejections: list[tuple[int, int, str]] = []
+        self._cv = threading.Condition()
+        self._round = 0
+        self._version = 0
+        self._plan = RoundPlan([])
+        self._model: bytes = b""
+        self._config_json = "{}"
+        self._handed: set[int] = set()
+        self._results: dict[int, ClientUpdate] = {}
+        self._finished = False
+        self._created = time.monotonic()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS
+        )
+        pb_grpc.add_AggregatorServicer_to_server(self, self._server)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, server_credentials(tls))
+        if self.port == 0:
+            raise FedloomError(f"cannot listen on {address}")
+        self.host = address.rsplit(":", 1)[0]
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> AggregatorServer:
+        self._server.start()
+        log.info("aggregator %s listening on %s", self.task_id, self.address)
+        return self
+
+    def finish(self) -> None:
+        """Tell clients the task is over (their next poll gets STOP)."""
+        with self._cv:
+            self._finished = True
+            self._cv.notify_all()
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.finish()
+        self._server.stop(grace).wait()
+
+    # -- the Backend protocol -----------------------------------------------------------------
+    def available_clients(self, round: int) -> list[int]:
+        """Block until the task may start (check-in quorum), then the live members."""
+        deadline = None if self.start_timeout is None else self._created + self.start_timeout
+        with self._cv:
+            while True:
+                self._drop_silent()
+                n = len(self.members)
+                if n >= self.min_clients or (deadline and time.monotonic() > deadline and n):
+                    return sorted(self.members)
+                self._cv.wait(timeout=self.poll_interval * 4)
+
+    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
+        model = encode(global_params, self.spec, {"round": round, "version": round - 1})
+        with self._cv:
+            self._round, self._version = round, round - 1
+            self._plan, self._model = plan, model
+            self._config_json = json.dumps(plan.config)
+            self._handed, self._results = set(), {}
+            self._round_started = time.monotonic()
+            self._cv.notify_all()
+
+    def collect(self) -> Iterator[ClientUpdate]:
+        """Yield updates in client-id order as they arrive, skipping clients that vanished."""
+        delivered = 0
+        for cid in sorted(self._plan.clients):
+            update = self._wait_for(cid)
+            if update is None:
+                continue
+            if "error" not in update.extras:
+                delivered += 1
+            yield update
+        if delivered < self.quorum:
+            raise QuorumError(
+                f"round {self._round}: {delivered} of {len(self._plan.clients)} clients returned "
+                f"a valid update; the quorum is {self.quorum}"
+            )
+
+    def _wait_for(self, cid: int) -> ClientUpdate | None:
+        with self._cv:
+            while cid not in self._results:
+                self._drop_silent()
+                if cid not in self.members:
+                    log.warning("round %d: client %d is gone; going on without it", self._round, cid)
+                    return None
+                if self.round_timeout is not None and (
+                    time.monotonic() - self._round_started > self.round_timeout
+                ):
+                    log.warning("round %d: client %d timed out", self._round, cid)
+                    return None
+                self._cv.wait(timeout=self.poll_interval * 4)
+            return self._results[cid]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    # -- RPCs -------------------------------------------------------------------------------
+    def CheckIn(self, request, context):  # noqa: N802 (gRPC's method names)
+        cid = self._authorise(request, context)
+        with self._cv:
+            known = cid in self.members
+            if known:
+                self.members[cid].last_seen = time.monotonic()
+            else:
+                self.members[cid] = Member(
+                    cid, int(request.num_samples), time.monotonic(), self._round + 1
+                )
+                log.info("client %d checked in (%d members)", cid, len(self.members))
+            self._cv.notify_all()
+        return pb.CheckInReply(
+            accepted=True, seed=self.seed, spec_json=json.dumps(self.spec.to_json()),
+            chunk_size=self.chunk_size, heartbeat_s=self.heartbeat_timeout / 3, duplicate=known,
+        )
+
+    def Poll(self, request, context):  # noqa: N802
+        cid = self._member(request, context)
+        with self._cv:
+            self.members[cid].last_seen = time.monotonic()
+            if self._finished:
+                return pb.Instruction(kind=pb.Instruction.STOP, task_id=self.task_id)
+            todo = (
+                not request.busy and cid in self._plan.clients
+                and cid not in self._handed and cid not in self._results
+            )
+            if todo:
+                self._handed.add(cid)
+                return pb.Instruction(
+                    kind=pb.Instruction.TRAIN, round=self._round, version=self._version,
+                    config_json=self._config_json, task_id=self.task_id,
+                )
+        return pb.Instruction(kind=pb.Instruction.WAIT, wait_s=self.poll_interval)
+
+    def Download(self, request, context):  # noqa: N802
+        cid = self._member(request, context)
+        with self._cv:
+            current = (request.round, request.version) == (self._round, self._version)
+            model, rnd, version = self._model, self._round, self._version
+        if not current:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model of round {request.round} version {request.version} is not current "
+                f"(round {rnd}, version {version})",
+            )
+        log.debug("client %d downloads round %d", cid, rnd)
+        yield from iter_chunks(
+            model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
+        )
+
+    def Upload(self, request_iterator, context):  # noqa: N802
+        try:
+            head, data = join_chunks(request_iterator, self.max_update_bytes)
+        except WireError as e:
+            return pb.UploadReply(accepted=False, reason=str(e))
+        cid = self._member(head, context)
+        with self._cv:
+            self.members[cid].last_seen = time.monotonic()
+            expected = cid in self._plan.clients and cid not in self._results
+            stale = (head.round, head.version) != (self._round, self._version)
+        if stale or not expected:
+            why = "stale round/version" if stale else "not asked for this round"
+            return self._reject(cid, head.round, f"update refused: {why}", record=False)
+        try:
+            params, _ = decode(data, self.spec)
+            metrics = json.loads(head.metrics_json or "{}")
+        except (WireError, ValueError) as e:
+            return self._reject(cid, head.round, str(e))
+        update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
+        with self._cv:
+            self._results[cid] = update
+            self._cv.notify_all()
+        return pb.UploadReply(accepted=True)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _reject(self, cid: int, rnd: int, reason: str, record: bool = True) -> pb.UploadReply:
+        log.warning("round %d: rejected update of client %d: %s", rnd, cid, reason)
+        self.rejections.append((rnd, cid, reason))
+        if record:
+            bad = ClientUpdate(cid, torch.empty(0), 0, {}, rnd, extras={"error": reason})
+            with self._cv:
+                self._results[cid] = bad
+                self._cv.notify_all()
+        return pb.UploadReply(accepted=False, reason=reason)
+
+    def _authorise(self, msg, context) -> int:
+        if msg.task_id != self.task_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"task {msg.task_id!r} is not served here (this is {self.task_id!r})")
+        try:
+            cid = int(msg.client_id)
+        except ValueError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"client id must be an integer, got {msg.client_id!r}")
+        if self.tokens is not None:
+            if cid not in self.tokens:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown client {cid}")
+            if msg.token != self.tokens[cid]:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bad token for client {cid}")
+        return cid
+
+    def _member(self, msg, context) -> int:
+        cid = self._authorise(msg, context)
+        with self._cv:
+            if cid not in self.members:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"client {cid} has not checked in")
+        return cid
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        for cid, m in list(self.members.items()):
+            if now - m.last_seen > self.heartbeat_timeout:
+                del self.members[cid]
+                log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
