@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .errors import FedloomError
+from .errors import ConfigError, FedloomError
 
 DEMO_OVERRIDES = ['name="demo"']
 
@@ -33,6 +34,36 @@ def main(argv: list[str] | None = None) -> int:
     p_part.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     p_part.add_argument("--figure", type=Path, help="also draw the split to this PNG")
 
+    p_srv = sub.add_parser("server", help="run the aggregator of a networked run (gRPC)")
+    p_srv.add_argument("config", type=Path)
+    p_srv.add_argument("--address", help="host:port to listen on (default: runtime.address)")
+    _common(p_srv)
+    p_srv.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+
+    p_cli = sub.add_parser("client", help="run one data holder of a networked run")
+    p_cli.add_argument("config", type=Path)
+    p_cli.add_argument("--server", help="the aggregator's host:port (default: runtime.address)")
+    p_cli.add_argument("--client-id", type=int, required=True)
+    p_cli.add_argument("--token", help="this client's token (or env FEDLOOM_TOKEN)")
+    p_cli.add_argument("--data", help="where this client's data lives (sets data.root)")
+    p_cli.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+    p_start = sub.add_parser(
+        "start", help="aggregator or client, as --role or RANK (torchrun, fedloom launch) says"
+    )
+    p_start.add_argument("config", type=Path)
+    p_start.add_argument("--role", choices=["server", "client"])
+    p_start.add_argument("--client-id", type=int)
+    p_start.add_argument("--address", help="aggregator host:port")
+    _common(p_start)
+    p_start.add_argument("--resume", action="store_true")
+
+    p_launch = sub.add_parser("launch", help="start 1 aggregator + N-1 clients on this machine")
+    p_launch.add_argument("--nproc", type=int, required=True)
+    p_launch.add_argument("--master-port", type=int)
+    p_launch.add_argument("target", help="a config file, or a .py script run in every process")
+    p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -41,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "partition":
             return _partition(args)
+        if args.command in ("server", "client", "start", "launch"):
+            return _runtime(args)
         source = None if args.command == "demo" else args.config
         overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + args.overrides
         return _run(source, overrides, args.resume, args.progress)
@@ -77,6 +110,49 @@ def _run(source, overrides: list[str], resume: bool, progress: bool | None) -> i
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"fedloom: {exp.config.name}: {result.rounds} rounds ({result.stop_reason}); {final}")
     print(f"fedloom: results in {exp.run_dir}")
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from .runtime import launch, roles
+
+    if args.command == "launch":
+        return launch.launch(args.nproc, args.target, args.args, master_port=args.master_port)
+    overrides = list(args.overrides)
+    role_name, address, client_id = args.command, None, getattr(args, "client_id", None)
+    if args.command == "start":
+        env_role = roles.role_from_env()
+        role_name = args.role or (env_role.name if env_role else None)
+        if role_name is None:
+            raise ConfigError("fedloom start: give --role, or run under torchrun/fedloom launch")
+        address = args.address or (env_role.address if env_role else None)
+        if client_id is None and env_role is not None:
+            client_id = env_role.client_id
+        if env_role is not None and role_name == "server" and "WORLD_SIZE" in os.environ:
+            overrides.insert(0, f"runtime.min_clients={int(os.environ['WORLD_SIZE']) - 1}")
+    if role_name == "server":
+        result = roles.run_server(
+            args.config,
+            overrides,
+            address=address or getattr(args, "address", None),
+            resume=args.resume,
+            progress=args.progress,
+        )
+        final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
+        print(f"fedloom: aggregator done: {result.rounds} rounds ({result.stop_reason}); {final}")
+        return 0
+    if client_id is None:
+        raise ConfigError("a client needs --client-id")
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data!r}")
+    rounds = roles.run_client(
+        args.config,
+        overrides,
+        server=address or getattr(args, "server", None),
+        client_id=client_id,
+        token=getattr(args, "token", None),
+    )
+    print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0
 
 

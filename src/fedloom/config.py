@@ -88,6 +88,26 @@ class NotifyConfig(_Section):
     on_failure: bool = True
 
 
+class RuntimeConfig(_Section):
+    """The network runtime (``fedloom server`` / ``client`` / ``start`` / ``launch``)."""
+
+    address: str = "127.0.0.1:50051"
+    task_id: str = "fedloom"
+    min_clients: int = Field(1, ge=1)
+    start_timeout: float | None = Field(None, gt=0)
+    quorum: int = Field(1, ge=1)
+    heartbeat_timeout: float = Field(30.0, gt=0)
+    round_timeout: float | None = Field(None, gt=0)
+    retry_for: float = Field(60.0, gt=0)
+    chunk_size: int = Field(1 << 20, ge=1)
+    tokens: dict[str, str] = Field(default_factory=dict)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_client_ca: str | None = None
+    tls_server_name: str | None = None
+
+
 class Config(_Section):
     """A whole run. Every section has defaults, so ``Config()`` is the demo."""
 
@@ -101,6 +121,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:

@@ -142,7 +142,10 @@ class Experiment:
         *,
         resume: bool = False,
         progress: bool | None = None,
+        backend: Any = None,
     ) -> Experiment:
+        """Build the run a config describes. ``backend(cfg)``, when given, makes what replaces
+        the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC)."""
         cfg = load_config(source, list(overrides))
         dataset = load_dataset(cfg)
         parts = partition(cfg, dataset)
@@ -169,6 +172,7 @@ class Experiment:
         fed = Federation(
             task,
             build_strategy(cfg),
+            backend(cfg) if backend is not None else None,
             rounds=cfg.rounds,
             seed=cfg.seed,
             eval_every=cfg.eval.every,

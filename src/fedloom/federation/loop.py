@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -77,7 +77,8 @@ class Federation:
     Args:
         task: the user's task (model, data, hooks).
         strategy: sampling and aggregation.
-        backend: where clients train; the in-process simulation by default.
+        backend: where clients train; the in-process simulation by default. A callable is
+            called with the model's spec to make the backend (the network aggregator needs it).
         rounds: maximum number of rounds.
         seed: the run seed; drives initial model, sampling and every client's training.
         eval_every: evaluate the global model every N rounds (and after the last).
@@ -90,7 +91,7 @@ class Federation:
         self,
         task: Task,
         strategy: Strategy,
-        backend: Backend | None = None,
+        backend: Backend | Callable[[ParamSpec], Backend] | None = None,
         *,
         rounds: int,
         seed: int = 0,
@@ -113,7 +114,9 @@ class Federation:
             from ..simulation import InProcessClients
 
             backend = InProcessClients(task, seed)
-        self.backend = backend
+        elif callable(backend) and not hasattr(backend, "collect"):
+            backend = backend(self.spec)  # a factory that needs the model spec (the server)
+        self.backend: Backend = backend
         self.round = 0
         self.plan = RoundPlan([])
         self.history: list[dict[str, Any]] = []

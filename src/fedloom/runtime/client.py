@@ -80,8 +80,9 @@ class RuntimeClient:
             while True:
                 ins = self._call(self.stub.Poll, self._poll())
                 if ins.kind == pb.Instruction.STOP:
-                    log.info("client %d: task finished after %d rounds", self.client_id,
-                             self.rounds_done)
+                    log.info(
+                        "client %d: task finished after %d rounds", self.client_id, self.rounds_done
+                    )
                     return self.rounds_done
                 if ins.kind == pb.Instruction.WAIT:
                     time.sleep(ins.wait_s or 0.05)
@@ -91,11 +92,15 @@ class RuntimeClient:
     def _train(self, ins) -> None:
         assert self.engine is not None
         request = pb.DownloadRequest(
-            task_id=self.task_id, client_id=str(self.client_id), token=self.token,
-            round=ins.round, version=ins.version,
+            task_id=self.task_id,
+            client_id=str(self.client_id),
+            token=self.token,
+            round=ins.round,
+            version=ins.version,
         )
-        _, data = join_chunks(self._call(self.stub.Download, request), self.engine.spec.nbytes
-                              + (1 << 20))
+        _, data = join_chunks(
+            self._call(self.stub.Download, request), self.engine.spec.nbytes + (1 << 20)
+        )
         params, _ = decode(data, self.engine.spec)
         config = json.loads(ins.config_json or "{}")
         self.engine.distribute(ins.round, RoundPlan([self.client_id], config), params)
@@ -111,24 +116,38 @@ class RuntimeClient:
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
         payload = encode(update.params, self.engine.spec, {"round": ins.round})
         chunks = lambda: iter_chunks(  # noqa: E731 (rebuilt for each retry)
-            payload, self.chunk_size, task_id=self.task_id, client_id=str(self.client_id),
-            token=self.token, round=ins.round, version=ins.version,
-            num_samples=update.num_samples, metrics_json=json.dumps(metrics),
+            payload,
+            self.chunk_size,
+            task_id=self.task_id,
+            client_id=str(self.client_id),
+            token=self.token,
+            round=ins.round,
+            version=ins.version,
+            num_samples=update.num_samples,
+            metrics_json=json.dumps(metrics),
         )
         reply = self._call(lambda _: self.stub.Upload(chunks()), None)
         if not reply.accepted:
-            log.warning("client %d: round %d update refused: %s", self.client_id, ins.round,
-                        reply.reason)
+            log.warning(
+                "client %d: round %d update refused: %s", self.client_id, ins.round, reply.reason
+            )
         self.rounds_done += 1
-        log.info("client %d: round %d trained (loss %.4f, %.2f s)", self.client_id, ins.round,
-                 metrics.get("loss", float("nan")), metrics["seconds"])
+        log.info(
+            "client %d: round %d trained (loss %.4f, %.2f s)",
+            self.client_id,
+            ins.round,
+            metrics.get("loss", float("nan")),
+            metrics["seconds"],
+        )
         if self.on_round:
             self.on_round(ins.round, metrics)
 
     # -- membership --------------------------------------------------------------------------
     def _check_in(self) -> None:
         request = pb.CheckInRequest(
-            task_id=self.task_id, client_id=str(self.client_id), token=self.token,
+            task_id=self.task_id,
+            client_id=str(self.client_id),
+            token=self.token,
             num_samples=self.task.num_samples(self.client_id),
         )
         reply = self._retry(lambda: self.stub.CheckIn(request))
@@ -167,8 +186,9 @@ class RuntimeClient:
                 return self._retry(lambda: method(request))
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
-                    log.info("client %d: aggregator forgot us (restarted?); checking in",
-                             self.client_id)
+                    log.info(
+                        "client %d: aggregator forgot us (restarted?); checking in", self.client_id
+                    )
                     self._check_in()
                     continue
                 raise
@@ -184,13 +204,20 @@ class RuntimeClient:
                 return result
             except grpc.RpcError as e:
                 code = e.code()
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                            grpc.StatusCode.INVALID_ARGUMENT):
+                if code in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
                     raise RefusedError(f"client {self.client_id}: {e.details()}") from None
                 if code not in RETRYABLE or time.monotonic() > deadline:
                     raise
-                log.debug("client %d: aggregator unavailable (%s); retry in %.2f s",
-                          self.client_id, code, delay)
+                log.debug(
+                    "client %d: aggregator unavailable (%s); retry in %.2f s",
+                    self.client_id,
+                    code,
+                    delay,
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, cap)
 

@@ -186,7 +186,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             while cid not in self._results:
                 self._drop_silent()
                 if cid not in self.members:
-                    log.warning("round %d: client %d is gone; going on without it", self._round, cid)
+                    log.warning(
+                        "round %d: client %d is gone; going on without it", self._round, cid
+                    )
                     return None
                 if self.round_timeout is not None and (
                     time.monotonic() - self._round_started > self.round_timeout
@@ -216,8 +218,12 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 log.info("client %d checked in (%d members)", cid, len(self.members))
             self._cv.notify_all()
         return pb.CheckInReply(
-            accepted=True, seed=self.seed, spec_json=json.dumps(self.spec.to_json()),
-            chunk_size=self.chunk_size, heartbeat_s=self.heartbeat_timeout / 3, duplicate=known,
+            accepted=True,
+            seed=self.seed,
+            spec_json=json.dumps(self.spec.to_json()),
+            chunk_size=self.chunk_size,
+            heartbeat_s=self.heartbeat_timeout / 3,
+            duplicate=known,
         )
 
     def Poll(self, request, context):  # noqa: N802
@@ -227,14 +233,19 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             if self._finished:
                 return pb.Instruction(kind=pb.Instruction.STOP, task_id=self.task_id)
             todo = (
-                not request.busy and cid in self._plan.clients
-                and cid not in self._handed and cid not in self._results
+                not request.busy
+                and cid in self._plan.clients
+                and cid not in self._handed
+                and cid not in self._results
             )
             if todo:
                 self._handed.add(cid)
                 return pb.Instruction(
-                    kind=pb.Instruction.TRAIN, round=self._round, version=self._version,
-                    config_json=self._config_json, task_id=self.task_id,
+                    kind=pb.Instruction.TRAIN,
+                    round=self._round,
+                    version=self._version,
+                    config_json=self._config_json,
+                    task_id=self.task_id,
                 )
         return pb.Instruction(kind=pb.Instruction.WAIT, wait_s=self.poll_interval)
 
@@ -291,13 +302,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
 
     def _authorise(self, msg, context) -> int:
         if msg.task_id != self.task_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"task {msg.task_id!r} is not served here (this is {self.task_id!r})")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {msg.task_id!r} is not served here (this is {self.task_id!r})",
+            )
         try:
             cid = int(msg.client_id)
         except ValueError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"client id must be an integer, got {msg.client_id!r}")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"client id must be an integer, got {msg.client_id!r}",
+            )
         if self.tokens is not None:
             if cid not in self.tokens:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown client {cid}")

@@ -1,0 +1,126 @@
+"""``fedloom launch``: one aggregator and N-1 data holders as local processes.
+
+Each process gets the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``
+variables torchrun would give it, so the same config or script runs under either. Output
+lines are prefixed with the process's role; Ctrl-C (or any process failing) ends them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def command_for(target: str, args: Sequence[str]) -> list[str]:
+    """A ``.py`` script runs as is; anything else is a config for ``fedloom start``."""
+    if target.endswith(".py"):
+        return [sys.executable, target, *args]
+    return [sys.executable, "-m", "fedloom", "start", target, *args]
+
+
+def launch(
+    nproc: int,
+    target: str,
+    args: Sequence[str] = (),
+    *,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    grace: float = 10.0,
+    out=None,
+) -> int:
+    """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded."""
+    if nproc < 2:
+        raise ValueError(f"--nproc must be >= 2 (one aggregator, at least one client), got {nproc}")
+    if not target.endswith(".py") and not Path(target).exists():
+        raise FileNotFoundError(f"{target} does not exist")
+    out = out or sys.stdout
+    port = master_port or free_port(master_addr)
+    aggregator_port = free_port(master_addr)
+    procs: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    pumps = []
+    for rank in range(nproc):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(port),
+            FEDLOOM_PORT=str(aggregator_port),
+            PYTHONUNBUFFERED="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                command_for(target, args),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+        label = "aggregator" if rank == 0 else f"client {rank - 1}"
+        t = threading.Thread(target=_pump, args=(procs[-1], label, out, lock), daemon=True)
+        t.start()
+        pumps.append(t)
+    try:
+        return _wait(procs, grace)
+    except KeyboardInterrupt:
+        _terminate(procs, grace)
+        return 130
+    finally:
+        for t in pumps:
+            t.join(timeout=1)
+
+
+def _wait(procs: list[subprocess.Popen], grace: float) -> int:
+    server, clients = procs[0], procs[1:]
+    while True:
+        code = server.poll()
+        failed = [p for p in clients if p.poll() not in (None, 0)]
+        if failed or code is not None:
+            break
+        time.sleep(0.1)
+    if code is None or code != 0:  # a client failed, or the aggregator did: end the rest
+        _terminate(procs, grace)
+        return 1
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in clients) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _terminate(procs, grace)
+    return 0 if all(p.returncode == 0 for p in procs) else 1
+
+
+def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _pump(proc: subprocess.Popen, label: str, out, lock: threading.Lock) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        with lock:
+            out.write(f"[{label}] {line}")
+            out.flush()

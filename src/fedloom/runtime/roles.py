@@ -1,0 +1,149 @@
+"""Roles from a config: the aggregator, a data holder, or whichever the environment says.
+
+One script or command serves every process (OpenFed's unified frontend/backend): the role is
+a flag, or, under ``torchrun``/``fedloom launch``, ``RANK`` (0 aggregates, rank r > 0 is data
+holder r - 1) with the aggregator at ``MASTER_ADDR`` and port ``FEDLOOM_PORT`` (default
+``MASTER_PORT + 1``: torchrun's own store already listens on ``MASTER_PORT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config, RuntimeConfig
+from ..errors import ConfigError
+from ..federation import RunResult
+from .client import RuntimeClient
+from .security import TLSConfig
+from .server import AggregatorServer
+
+log = logging.getLogger("fedloom")
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str  # "server" or "client"
+    address: str  # where the aggregator listens / is reached
+    client_id: int | None = None
+
+
+def role_from_env(env: dict[str, str] | None = None) -> Role | None:
+    """The role ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` give, or None."""
+    env = dict(os.environ if env is None else env)
+    if "RANK" not in env:
+        return None
+    try:
+        rank = int(env["RANK"])
+        port = int(env.get("FEDLOOM_PORT") or int(env.get("MASTER_PORT", "29500")) + 1)
+    except ValueError as e:
+        raise ConfigError(f"bad RANK/MASTER_PORT/FEDLOOM_PORT in the environment: {e}") from None
+    host = env.get("MASTER_ADDR", "127.0.0.1")
+    if rank == 0:
+        return Role("server", f"{host}:{port}")
+    return Role("client", f"{host}:{port}", rank - 1)
+
+
+def server_tls(rt: RuntimeConfig) -> TLSConfig | None:
+    if not (rt.tls_cert or rt.tls_key):
+        return None
+    return TLSConfig(cert=rt.tls_cert, key=rt.tls_key, client_ca=rt.tls_client_ca)
+
+
+def client_tls(rt: RuntimeConfig) -> TLSConfig | None:
+    if not rt.tls_ca:
+        return None
+    return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)
+
+
+def aggregator(address: str | None = None):
+    """A backend factory for :meth:`Experiment.from_config`: the gRPC aggregator."""
+
+    def make(cfg: Config):
+        rt = cfg.runtime
+
+        def with_spec(spec):
+            return AggregatorServer(
+                spec,
+                task_id=rt.task_id,
+                seed=cfg.seed,
+                address=address or rt.address,
+                min_clients=rt.min_clients,
+                start_timeout=rt.start_timeout,
+                quorum=rt.quorum,
+                heartbeat_timeout=rt.heartbeat_timeout,
+                round_timeout=rt.round_timeout,
+                tokens={int(k): v for k, v in rt.tokens.items()} or None,
+                tls=server_tls(rt),
+                chunk_size=rt.chunk_size,
+            ).start()
+
+        return with_spec
+
+    return make
+
+
+def run_server(
+    source: Any,
+    overrides: list[str] = (),
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    linger: float = 2.0,
+) -> RunResult:
+    """Run the aggregator for a config until the run ends; clients are told to stop."""
+    from ..experiment import Experiment
+
+    exp = Experiment.from_config(
+        source, overrides, resume=resume, progress=progress, backend=aggregator(address)
+    )
+    server: AggregatorServer = exp.federation.backend  # type: ignore[assignment]
+    try:
+        result = exp.run()
+        server.finish()
+        time.sleep(linger)  # let polling clients hear STOP before the port closes
+        return result
+    finally:
+        server.stop()
+
+
+def run_client(
+    source: Any,
+    overrides: list[str] = (),
+    *,
+    server: str | None = None,
+    client_id: int,
+    token: str | None = None,
+) -> int:
+    """Run one data holder for a config until the aggregator says STOP."""
+    from ..config import load_config
+    from ..experiment import build_task, load_dataset, partition
+
+    cfg = load_config(source, list(overrides))
+    dataset = load_dataset(cfg)
+    task = build_task(cfg, dataset, partition(cfg, dataset))
+    if not 0 <= client_id < task.num_clients:
+        raise ConfigError(
+            f"client id {client_id} is not one of the task's "
+            f"{task.num_clients} clients (0..{task.num_clients - 1})"
+        )
+    rt = cfg.runtime
+    token = (
+        token
+        if token is not None
+        else os.environ.get("FEDLOOM_TOKEN") or rt.tokens.get(str(client_id), "")
+    )
+    client = RuntimeClient(
+        task,
+        server or rt.address,
+        client_id,
+        token=token,
+        task_id=rt.task_id,
+        tls=client_tls(rt),
+        retry_for=rt.retry_for,
+    )
+    return client.run()
