@@ -6,7 +6,7 @@ network runtime) as a real deployment. Everything a user needs is importable fro
 
 from . import models
 from .aggregation import Aggregator, WeightedMean
-from .algorithms import FedAvg, RoundPlan, Strategy
+from .algorithms import AsyncStrategy, FedAsync, FedAvg, FedBuff, RoundPlan, Strategy
 from .classification import ClassificationTask
 from .config import Config, load_config
 from .data import (
@@ -34,6 +34,7 @@ from .federation import (
     load_checkpoint,
     save_checkpoint,
 )
+from .federation.async_loop import AsyncFederation
 from .federation.recorder import RunRecorder
 from .models import build_model
 from .params import ParamSpec, flatten_module
@@ -56,6 +57,10 @@ from .wire import decode, encode
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncFederation",
+    "AsyncStrategy",
+    "FedAsync",
+    "FedBuff",
     "DATASETS",
     "IID",
     "MODELS",

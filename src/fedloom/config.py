@@ -54,6 +54,7 @@ class StrategyConfig(_Section):
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     clusters: int | None = Field(None, ge=1)
+    every_seconds: float | None = Field(None, gt=0)  # async: also aggregate every T seconds
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from .algorithms.asynchronous import AsyncStrategy
 from .algorithms.base import Strategy
 from .classification import ClassificationTask
 from .config import Config, load_config
 from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
+from .federation.async_loop import AsyncFederation
 from .federation.recorder import RunRecorder
 from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
@@ -86,10 +88,15 @@ def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> 
     )
 
 
-def build_strategy(cfg: Config) -> Strategy:
+def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
     s = cfg.strategy
     cls = STRATEGIES.get(s.name)
-    kwargs: dict[str, Any] = {"clients_per_round": s.clients_per_round, "fraction": s.fraction}
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {
+        k: v
+        for k, v in (("clients_per_round", s.clients_per_round), ("fraction", s.fraction))
+        if k in params
+    }
     if s.clusters is not None:
         if "clusters" in inspect.signature(cls).parameters:
             kwargs["clusters"] = s.clusters
@@ -169,16 +176,25 @@ class Experiment:
             notify_on_failure=cfg.notify.on_failure,
             extra_report={"task": task.describe()},
         )
-        fed = Federation(
-            task,
-            build_strategy(cfg),
-            backend(cfg) if backend is not None else None,
+        strategy = build_strategy(cfg)
+        loop: dict[str, Any] = dict(
             rounds=cfg.rounds,
             seed=cfg.seed,
             eval_every=cfg.eval.every,
             target=target,
-            callbacks=[recorder],  # type: ignore[arg-type]
+            callbacks=[recorder],
         )
+        if isinstance(strategy, AsyncStrategy):
+            if backend is None:
+                raise ConfigError(
+                    f"strategy {cfg.strategy.name!r} is asynchronous: run it over the network "
+                    "runtime (fedloom server/client, start or launch), not as a simulation"
+                )
+            fed: Federation = AsyncFederation(
+                task, strategy, backend(cfg), every_seconds=cfg.strategy.every_seconds, **loop
+            )
+        else:
+            fed = Federation(task, strategy, backend(cfg) if backend else None, **loop)
         if resume:
             fed.load_state_dict(load_checkpoint(recorder.checkpoint_path))
         return cls(cfg, dataset, parts, task, fed, recorder)

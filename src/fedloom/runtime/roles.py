@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..algorithms.asynchronous import AsyncStrategy
 from ..config import Config, RuntimeConfig
 from ..errors import ConfigError
 from ..federation import RunResult
+from ..registry import STRATEGIES
 from .client import RuntimeClient
 from .security import TLSConfig
 from .server import AggregatorServer
@@ -64,6 +66,7 @@ def aggregator(address: str | None = None):
 
     def make(cfg: Config):
         rt = cfg.runtime
+        asynchronous = issubclass(STRATEGIES.get(cfg.strategy.name), AsyncStrategy)
 
         def with_spec(spec):
             return AggregatorServer(
@@ -79,6 +82,7 @@ def aggregator(address: str | None = None):
                 tokens={int(k): v for k, v in rt.tokens.items()} or None,
                 tls=server_tls(rt),
                 chunk_size=rt.chunk_size,
+                mode="async" if asynchronous else "sync",
             ).start()
 
         return with_spec

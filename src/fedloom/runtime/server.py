@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -90,9 +91,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         max_update_bytes: int | None = None,
         poll_interval: float = 0.05,
         max_workers: int = 64,
+        mode: str = "sync",
+        keep_versions: int = 21,
     ):
         if min_clients < 1 or quorum < 1:
             raise ValueError("min_clients and quorum must be >= 1")
+        if mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+        self.mode, self.keep_versions = mode, keep_versions
+        self._versions: dict[int, tuple[bytes, torch.Tensor]] = {}
+        self._busy: set[int] = set()
+        self._queue: queue.Queue[ClientUpdate] = queue.Queue()
         self.spec, self.task_id, self.seed = spec, task_id, seed
         self.min_clients, self.start_timeout, self.quorum = min_clients, start_timeout, quorum
         self.heartbeat_timeout, self.round_timeout = heartbeat_timeout, round_timeout
@@ -198,6 +207,28 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 self._cv.wait(timeout=self.poll_interval * 4)
             return self._results[cid]
 
+    # -- the async backend (FedAsync, FedBuff) --------------------------------------------------
+    def publish(self, params: torch.Tensor, version: int) -> None:
+        """Make ``version`` the model idle clients get; keep recent ones for stale uploads."""
+        model = encode(params, self.spec, {"version": version})
+        with self._cv:
+            self._versions[version] = (model, params.detach().clone())
+            for old in [v for v in self._versions if v <= version - self.keep_versions]:
+                del self._versions[old]
+            self._round, self._version, self._model = version + 1, version, model
+            self._cv.notify_all()
+
+    def next_update(self, timeout: float) -> ClientUpdate | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            with self._cv:
+                self._drop_silent()
+            return None
+
+    def base(self, version: int) -> torch.Tensor:
+        return self._versions[version][1]
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -232,12 +263,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             self.members[cid].last_seen = time.monotonic()
             if self._finished:
                 return pb.Instruction(kind=pb.Instruction.STOP, task_id=self.task_id)
-            todo = (
-                not request.busy
-                and cid in self._plan.clients
-                and cid not in self._handed
-                and cid not in self._results
-            )
+            if self.mode == "async":
+                todo = not request.busy and cid not in self._busy and bool(self._versions)
+                if todo:
+                    self._busy.add(cid)
+            else:
+                todo = (
+                    not request.busy
+                    and cid in self._plan.clients
+                    and cid not in self._handed
+                    and cid not in self._results
+                )
             if todo:
                 self._handed.add(cid)
                 return pb.Instruction(
@@ -254,6 +290,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         with self._cv:
             current = (request.round, request.version) == (self._round, self._version)
             model, rnd, version = self._model, self._round, self._version
+            if self.mode == "async" and request.version in self._versions:
+                current, version = True, request.version
+                model, rnd = self._versions[version][0], request.round
         if not current:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -273,8 +312,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         cid = self._member(head, context)
         with self._cv:
             self.members[cid].last_seen = time.monotonic()
-            expected = cid in self._plan.clients and cid not in self._results
-            stale = (head.round, head.version) != (self._round, self._version)
+            if self.mode == "async":
+                expected = cid in self._busy
+                self._busy.discard(cid)
+                stale = head.version not in self._versions
+            else:
+                expected = cid in self._plan.clients and cid not in self._results
+                stale = (head.round, head.version) != (self._round, self._version)
         if stale or not expected:
             why = "stale round/version" if stale else "not asked for this round"
             return self._reject(cid, head.round, f"update refused: {why}", record=False)
@@ -284,20 +328,23 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         except (WireError, ValueError) as e:
             return self._reject(cid, head.round, str(e))
         update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
-        with self._cv:
-            self._results[cid] = update
-            self._cv.notify_all()
+        self._deliver(update)
         return pb.UploadReply(accepted=True)
+
+    def _deliver(self, update: ClientUpdate) -> None:
+        if self.mode == "async":
+            self._queue.put(update)
+            return
+        with self._cv:
+            self._results[update.client_id] = update
+            self._cv.notify_all()
 
     # -- helpers ----------------------------------------------------------------------------
     def _reject(self, cid: int, rnd: int, reason: str, record: bool = True) -> pb.UploadReply:
         log.warning("round %d: rejected update of client %d: %s", rnd, cid, reason)
         self.rejections.append((rnd, cid, reason))
         if record:
-            bad = ClientUpdate(cid, torch.empty(0), 0, {}, rnd, extras={"error": reason})
-            with self._cv:
-                self._results[cid] = bad
-                self._cv.notify_all()
+            self._deliver(ClientUpdate(cid, torch.empty(0), 0, {}, rnd, extras={"error": reason}))
         return pb.UploadReply(accepted=False, reason=reason)
 
     def _authorise(self, msg, context) -> int:
@@ -332,4 +379,5 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         for cid, m in list(self.members.items()):
             if now - m.last_seen > self.heartbeat_timeout:
                 del self.members[cid]
+                self._busy.discard(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)

@@ -1,0 +1,109 @@
+"""The asynchronous loop: clients train whenever idle, on whatever version is newest.
+
+One "round" here is one new global version, so recording, checkpoints, evaluation and stop
+rules are the synchronous loop's own. Aggregate triggers: the strategy's count (FedBuff's
+K updates, FedAsync's every update) or ``every_seconds`` (OpenFed's time trigger); stop
+conditions: ``rounds`` versions (OpenFed's max version) or the target metric.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import torch
+
+from ..algorithms.asynchronous import AsyncStrategy
+from ..update import ClientUpdate
+from .loop import Federation, RoundState
+
+
+class AsyncBackend(Protocol):
+    def available_clients(self, round: int) -> list[int]: ...
+    def publish(self, params: torch.Tensor, version: int) -> None: ...
+    def next_update(self, timeout: float) -> ClientUpdate | None: ...
+    def base(self, version: int) -> torch.Tensor: ...
+
+
+class AsyncFederation(Federation):
+    """Like :class:`Federation`, with an :class:`AsyncStrategy` and an async backend.
+
+    Args (beyond Federation's):
+        every_seconds: also make a new version when this much time passed since the last one
+            and at least one update is pending.
+    """
+
+    def __init__(
+        self,
+        task,
+        strategy: AsyncStrategy,
+        backend,
+        *,
+        every_seconds: float | None = None,
+        **kwargs: Any,
+    ):
+        if every_seconds is not None and every_seconds <= 0:
+            raise ValueError(f"every_seconds must be > 0, got {every_seconds}")
+        super().__init__(task, strategy, backend, **kwargs)  # type: ignore[arg-type]
+        self.every_seconds = every_seconds
+        self._published = -1
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        strategy: AsyncStrategy = self.strategy  # type: ignore[assignment]
+        self._state(RoundState.START_ROUND, rnd)
+        if self._published != rnd - 1:
+            self.backend.available_clients(rnd)  # the check-in quorum, before the first model
+            self.backend.publish(self.params, rnd - 1)  # type: ignore[attr-defined]
+            self._published = rnd - 1
+        self._state(RoundState.DISTRIBUTE, rnd)
+        self._state(RoundState.TRAIN, rnd)
+        stats = {"accepted": 0, "rejected": 0, "loss": 0.0, "samples": 0}
+        stale: list[int] = []
+        first = True
+        while not strategy.ready():
+            waited = time.perf_counter() - t0
+            if self.every_seconds and waited >= self.every_seconds and strategy.pending():
+                break
+            u = self.backend.next_update(0.1)  # type: ignore[attr-defined]
+            if u is None:
+                continue
+            if first:
+                self._state(RoundState.UPLOAD, rnd)
+                first = False
+            staleness = (rnd - 1) - u.version
+            error = self._check(u)
+            if error is None and not 0 <= staleness <= strategy.max_staleness:
+                error = f"staleness {staleness} outside [0, {strategy.max_staleness}]"
+            for cb in self.callbacks:
+                cb.on_update(self, u, error)
+            if error:
+                stats["rejected"] += 1
+                continue
+            strategy.accept(self.params, u, staleness, self.backend.base(u.version))  # type: ignore[attr-defined]
+            stale.append(staleness)
+            stats["accepted"] += 1
+            stats["samples"] += u.num_samples
+            stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
+        self._state(RoundState.AGGREGATE, rnd)
+        strategy.apply(self.params)
+        self.round = rnd
+        self.backend.publish(self.params, rnd)  # type: ignore[attr-defined]
+        self._published = rnd
+        self._state(RoundState.CLOSE_ROUND, rnd)
+        record: dict[str, Any] = {
+            "round": rnd,
+            "version": rnd,
+            "clients": stats["accepted"],
+            "rejected": stats["rejected"],
+            "samples": stats["samples"],
+            "train_loss": stats["loss"] / stats["samples"] if stats["samples"] else float("nan"),
+            "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
+            "staleness_max": max(stale, default=0),
+            "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
+        }
+        if rnd % self.eval_every == 0 or rnd == self.rounds:
+            record.update(self.evaluate())
+        record["seconds"] = time.perf_counter() - t0
+        self.history.append(record)
+        return record
