@@ -156,7 +156,13 @@ class Federation:
         self._state(RoundState.DISTRIBUTE, rnd)
         self.backend.distribute(rnd, plan, self.params)
         self._state(RoundState.TRAIN, rnd)
-        stats: dict[str, Any] = {"accepted": 0, "rejected": 0, "loss": 0.0, "samples": 0}
+        stats: dict[str, Any] = {
+            "accepted": 0,
+            "rejected": 0,
+            "loss": 0.0,
+            "samples": 0,
+            "client_seconds": {},
+        }
         self.strategy.aggregate(
             rnd, self.params, self._accepted(rnd, self.backend.collect(), stats)
         )
@@ -171,6 +177,7 @@ class Federation:
             "train_loss": stats["loss"] / stats["samples"] if stats["samples"] else float("nan"),
             "bytes_down": len(plan.clients) * self.wire_bytes,
             "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
+            "client_seconds": stats["client_seconds"],
         }
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
@@ -202,6 +209,8 @@ class Federation:
             stats["accepted"] += 1
             stats["samples"] += u.num_samples
             stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
+            if "seconds" in u.metrics:
+                stats["client_seconds"][str(u.client_id)] = round(float(u.metrics["seconds"]), 4)
             yield u
 
     def _check(self, u: ClientUpdate) -> str | None:

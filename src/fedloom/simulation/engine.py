@@ -7,6 +7,7 @@ is the model's own flat buffer (no copy); the strategy folds it in before the ne
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +70,7 @@ class InProcessClients:
         )
         epochs = int(config.get("local_epochs", task.local_epochs))
         model.train()
+        t0 = time.perf_counter()
         loss_sum, steps = 0.0, 0
         try:
             optimizer = task.build_optimizer(model)
@@ -90,7 +92,12 @@ class InProcessClients:
             cid,
             self.flat,
             task.num_samples(cid),
-            {"loss": loss_sum / max(steps, 1), "steps": steps, "epochs": epochs},
+            {
+                "loss": loss_sum / max(steps, 1),
+                "steps": steps,
+                "epochs": epochs,
+                "seconds": time.perf_counter() - t0,
+            },
             round,
         )
 
