@@ -52,8 +52,8 @@ def encode(flat: torch.Tensor, spec: ParamSpec, meta: Mapping[str, object] | Non
         start = end
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    payload = flat.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-    return struct.pack("<Q", len(head)) + head + payload
+    values = flat.detach().cpu().contiguous().view(torch.uint8).numpy()  # a view, no copy
+    return b"".join((struct.pack("<Q", len(head)), head, memoryview(values)))  # one copy
 
 
 def read_header(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, str], int]:
@@ -81,11 +81,14 @@ def decode(
     spec: ParamSpec,
     out: torch.Tensor | None = None,
     check_finite: bool = True,
+    copy: bool = True,
 ) -> tuple[torch.Tensor, dict[str, str]]:
     """Check ``data`` against ``spec`` and return (flat buffer, metadata).
 
     ``out``, when given, receives the values (no allocation); it is left untouched if the bytes
-    are rejected, so a bad update never corrupts state.
+    are rejected, so a bad update never corrupts state. ``copy=False`` lets the result share a
+    writable buffer's memory (a received ``bytearray`` the caller gives up), saving a copy of
+    the whole model; by default the result owns its memory.
     """
     header, meta, base = read_header(data)
     layout = _check_header(header, spec)
@@ -97,7 +100,8 @@ def decode(
     if check_finite:
         check_finite_values(values, spec)
     if out is None:
-        return (values if layout is not None else values.clone()), meta
+        shared = layout is None and not copy and not memoryview(data).readonly
+        return (values if layout is not None or shared else values.clone()), meta
     if out.numel() != spec.numel or out.dtype != spec.dtype:
         raise ValueError(f"out buffer ({out.numel()} {out.dtype}) does not fit {spec}")
     out.copy_(values)

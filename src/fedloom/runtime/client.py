@@ -98,10 +98,9 @@ class RuntimeClient:
             round=ins.round,
             version=ins.version,
         )
-        _, data = join_chunks(
-            self._call(self.stub.Download, request), self.engine.spec.nbytes + (1 << 20)
-        )
-        params, _ = decode(data, self.engine.spec)
+        limit = self.engine.spec.nbytes + (1 << 20)
+        _, data = self._call(lambda r: join_chunks(self.stub.Download(r), limit), request)
+        params, _ = decode(data, self.engine.spec, copy=False)
         config = json.loads(ins.config_json or "{}")
         self.engine.distribute(ins.round, RoundPlan([self.client_id], config), params)
         stop = threading.Event()

@@ -114,7 +114,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self._round = 0
         self._version = 0
         self._plan = RoundPlan([])
-        self._model: bytes = b""
+        self._chunks: list[bytes] = []
         self._config_json = "{}"
         self._handed: set[int] = set()
         self._results: dict[int, ClientUpdate] = {}
@@ -123,7 +123,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS
         )
-        pb_grpc.add_AggregatorServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers((self._handlers(),))
         if tls is None:
             self.port = self._server.add_insecure_port(address)
         else:
@@ -165,10 +165,10 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 self._cv.wait(timeout=self.poll_interval * 4)
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        model = encode(global_params, self.spec, {"round": round, "version": round - 1})
+        chunks = self._serialize(global_params, round, round - 1)
         with self._cv:
             self._round, self._version = round, round - 1
-            self._plan, self._model = plan, model
+            self._plan, self._chunks = plan, chunks
             self._config_json = json.dumps(plan.config)
             self._handed, self._results = set(), {}
             self._round_started = time.monotonic()
@@ -210,12 +210,12 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     # -- the async backend (FedAsync, FedBuff) --------------------------------------------------
     def publish(self, params: torch.Tensor, version: int) -> None:
         """Make ``version`` the model idle clients get; keep recent ones for stale uploads."""
-        model = encode(params, self.spec, {"version": version})
+        chunks = self._serialize(params, version + 1, version)
         with self._cv:
-            self._versions[version] = (model, params.detach().clone())
+            self._versions[version] = (chunks, params.detach().clone())
             for old in [v for v in self._versions if v <= version - self.keep_versions]:
                 del self._versions[old]
-            self._round, self._version, self._model = version + 1, version, model
+            self._round, self._version, self._chunks = version + 1, version, chunks
             self._cv.notify_all()
 
     def next_update(self, timeout: float) -> ClientUpdate | None:
@@ -236,6 +236,24 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         del state
 
     # -- RPCs -------------------------------------------------------------------------------
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        """The generated service's handlers, but Download sends pre-serialised chunks."""
+        h = {
+            "CheckIn": grpc.unary_unary_rpc_method_handler(
+                self.CheckIn, pb.CheckInRequest.FromString, pb.CheckInReply.SerializeToString
+            ),
+            "Poll": grpc.unary_unary_rpc_method_handler(
+                self.Poll, pb.PollRequest.FromString, pb.Instruction.SerializeToString
+            ),
+            "Download": grpc.unary_stream_rpc_method_handler(
+                self.Download, pb.DownloadRequest.FromString, bytes
+            ),
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                self.Upload, pb.Chunk.FromString, pb.UploadReply.SerializeToString
+            ),
+        }
+        return grpc.method_handlers_generic_handler("fedloom.v1.Aggregator", h)
+
     def CheckIn(self, request, context):  # noqa: N802 (gRPC's method names)
         cid = self._authorise(request, context)
         with self._cv:
@@ -283,16 +301,23 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                     config_json=self._config_json,
                     task_id=self.task_id,
                 )
-        return pb.Instruction(kind=pb.Instruction.WAIT, wait_s=self.poll_interval)
+            idle = self.mode == "sync" and cid not in self._plan.clients
+            # a client with no work this round polls less often, more so with many members
+            wait = (
+                min(1.0, self.poll_interval * max(1.0, len(self.members) / 10))
+                if idle
+                else (self.poll_interval)
+            )
+        return pb.Instruction(kind=pb.Instruction.WAIT, wait_s=wait)
 
     def Download(self, request, context):  # noqa: N802
         cid = self._member(request, context)
         with self._cv:
             current = (request.round, request.version) == (self._round, self._version)
-            model, rnd, version = self._model, self._round, self._version
+            chunks, rnd, version = self._chunks, self._round, self._version
             if self.mode == "async" and request.version in self._versions:
                 current, version = True, request.version
-                model, rnd = self._versions[version][0], request.round
+                chunks = self._versions[version][0]
         if not current:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -300,9 +325,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 f"(round {rnd}, version {version})",
             )
         log.debug("client %d downloads round %d", cid, rnd)
-        yield from iter_chunks(
-            model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
-        )
+        yield from chunks  # serialised once per version, sent as is to every client
+
+    def _serialize(self, params: torch.Tensor, rnd: int, version: int) -> list[bytes]:
+        """The model's Chunk messages, serialised once for all the clients of a version."""
+        model = encode(params, self.spec, {"round": rnd, "version": version})
+        return [
+            c.SerializeToString()
+            for c in iter_chunks(
+                model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
+            )
+        ]
 
     def Upload(self, request_iterator, context):  # noqa: N802
         try:
@@ -323,7 +356,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             why = "stale round/version" if stale else "not asked for this round"
             return self._reject(cid, head.round, f"update refused: {why}", record=False)
         try:
-            params, _ = decode(data, self.spec)
+            params, _ = decode(data, self.spec, copy=False)  # data is ours: no second copy
             metrics = json.loads(head.metrics_json or "{}")
         except (WireError, ValueError) as e:
             return self._reject(cid, head.round, str(e))
