@@ -14,14 +14,21 @@ small safetensors header) is moved through the real :class:`AggregatorServer` ov
   ``UploadReply`` arrives; the server joins the chunks, decodes and checks them before replying,
   and the reply is asserted to be ``accepted`` (each upload gets a fresh round, untimed);
 * raw TCP: a receiver thread ``recv_into``s a preallocated bytearray, the sender ``sendall``s
-  the encoded model on an already connected socket; the clock stops when the last byte is in.
+  the encoded model on an already connected socket; the clock stops when the last byte is in;
+* bare gRPC: gRPC's own ceiling in this setting, a server stream of pre-sliced ``bytes`` (1 MiB)
+  with identity serializers, drained by a client that only counts them (no protobuf, no
+  fedloom code, no receive buffer): what fedloom's transfers could reach at best over grpcio.
 
 Server and client live in this one process (as the raw copy's two ends do), so Python work on
 either side shares one GIL; the raw copy releases it in ``recv_into``/``sendall``. Each figure is
-the median of ``--repeats`` timed transfers after one untimed warm-up; MB is 10^6 bytes. Chunk
-sizes 256 KiB, 1 MiB (fedloom's default) and 4 MiB are tried; the headline is the default, the
-best is reported beside it. The time of each step (stream+join, decode, encode) is recorded
-separately, along with the cost of one plain 100 MB memory copy, to show where time goes.
+the median of ``--repeats`` timed transfers after one untimed warm-up; every repeat runs every
+contender once (interleaved, so load from other processes hits all alike) and the ``*_vs_raw``
+ratios are medians of the ratios within a repeat. MB is 10^6 bytes. Chunk sizes 256 KiB, 1 MiB
+(fedloom's default) and 4 MiB are tried; the headline is the default, the best is reported
+beside it. To show where time goes, each step (stream+join, decode, encode) is timed
+separately, the peak RSS growth of each transfer is recorded, and so are the costs of one copy
+of the model's bytes into a touched buffer and of one fresh zeroed buffer of its size (page
+faults: on some VMs these cost more than the copy).
 
 Part 2, rounds at scale. An aggregator (min_clients = ``--clients``) runs in this process; the
 clients run as ``RuntimeClient`` threads in ``--client-procs`` separate processes (this script
@@ -53,6 +60,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -121,141 +129,181 @@ def big_spec(model_mb: float) -> ParamSpec:
     return ParamSpec.from_module(layer)
 
 
-def time_memcpy(nbytes: int, repeats: int) -> float:
-    """Median seconds of one plain copy of ``nbytes`` (bytearray slice assignment)."""
-    src, dst = bytearray(nbytes), bytearray(nbytes)
-    src[::4096] = b"\1" * len(src[::4096])  # touch the pages so the copy does not fault them in
-    dst[::4096] = b"\1" * len(dst[::4096])
-    times = []
+def time_memory(nbytes: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of (one copy of ``nbytes`` into a touched buffer, one fresh zeroed
+    ``bytearray(nbytes)``): what each extra copy and each fresh model-sized buffer costs."""
+    src, dst = bytearray(nbytes), bytearray(nbytes)  # zero-filled: every page is touched
+    copies, allocs = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         dst[:] = src
-        times.append(time.perf_counter() - t0)
-    return median(times)
+        t1 = time.perf_counter()
+        fresh = bytearray(nbytes)
+        t2 = time.perf_counter()
+        del fresh
+        copies.append(t1 - t0)
+        allocs.append(t2 - t1)
+    return median(copies), median(allocs)
 
 
-def raw_tcp(payload: bytes, repeats: int) -> list[float]:
-    """Seconds to move ``payload`` over a connected loopback TCP socket, per repeat (+1 warm-up)."""
-    n = len(payload)
-    buf = bytearray(n)
-    times: list[float] = []
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(30)
-        port = listener.getsockname()[1]
-        for i in range(repeats + 1):
-            done: dict[str, Any] = {}
+class RawTCP:
+    """A loopback TCP receiver thread that ``recv_into``s a preallocated bytearray."""
 
-            def receive(done: dict[str, Any] = done) -> None:
-                conn, _ = listener.accept()
-                with conn:
-                    conn.settimeout(30)
-                    view, pos = memoryview(buf), 0
-                    while pos < n:
-                        got = conn.recv_into(view[pos:])
-                        if got == 0:
-                            break
-                        pos += got
-                    done["t1"], done["bytes"] = time.perf_counter(), pos
+    def __init__(self, nbytes: int):
+        self.buf = bytearray(nbytes)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(30)
+        self.port = self.listener.getsockname()[1]
 
-            receiver = threading.Thread(target=receive, daemon=True)
-            receiver.start()
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as sender:
-                t0 = time.perf_counter()
-                sender.sendall(payload)
-                receiver.join(60)
-            if done.get("bytes") != n:
-                raise RuntimeError(f"raw TCP copy moved {done.get('bytes')} of {n} bytes")
-            if i:  # the first is a warm-up
-                times.append(done["t1"] - t0)
-    if buf != payload:
-        raise RuntimeError("raw TCP copy corrupted the bytes")
-    return times
+    def transfer(self, payload: bytes) -> float:
+        """Seconds from the first ``sendall`` byte to the last byte received."""
+        n, done = len(payload), {}
+
+        def receive() -> None:
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(30)
+                view, pos = memoryview(self.buf), 0
+                while pos < n:
+                    got = conn.recv_into(view[pos:])
+                    if got == 0:
+                        break
+                    pos += got
+                done["t1"], done["bytes"] = time.perf_counter(), pos
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sender:
+            t0 = time.perf_counter()
+            sender.sendall(payload)
+            receiver.join(60)
+        if done.get("bytes") != n:
+            raise RuntimeError(f"raw TCP copy moved {done.get('bytes')} of {n} bytes")
+        return done["t1"] - t0
+
+    def close(self) -> None:
+        self.listener.close()
 
 
-def grpc_transfers(
-    spec: ParamSpec, params: torch.Tensor, chunk_size: int, repeats: int
-) -> dict[str, Any]:
-    """Download and upload ``params`` through a real AggregatorServer with ``chunk_size``."""
-    server = AggregatorServer(
-        spec, task_id=TASK_ID, address="127.0.0.1:0", chunk_size=chunk_size
-    ).start()
-    channel = grpc.insecure_channel(server.address, options=GRPC_OPTIONS)
-    try:
-        stub = pb_grpc.AggregatorStub(channel)
-        reply = stub.CheckIn(
+class BareGrpc:
+    """gRPC's own ceiling: a server stream of pre-sliced ``bytes`` with identity serializers
+    (no protobuf, no fedloom code), drained by a client that only counts the bytes."""
+
+    def __init__(self, payload: bytes, chunk_size: int):
+        pieces = [payload[s : s + chunk_size] for s in range(0, len(payload), chunk_size)]
+        self.nbytes = len(payload)
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Bare",
+            {"Stream": grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter(pieces))},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
+        self.server.add_generic_rpc_handlers((handler,))
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+        self.call = self.channel.unary_stream("/bench.Bare/Stream")
+
+    def transfer(self) -> float:
+        t0, n = time.perf_counter(), 0
+        for piece in self.call(b"", timeout=120):
+            n += len(piece)
+        dt = time.perf_counter() - t0
+        if n != self.nbytes:
+            raise RuntimeError(f"bare gRPC stream moved {n} of {self.nbytes} bytes")
+        return dt
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0)
+
+
+class FedloomEnd:
+    """A real AggregatorServer with ``chunk_size`` and one checked-in client (id 0) on a stub."""
+
+    def __init__(self, spec: ParamSpec, params: torch.Tensor, chunk_size: int):
+        self.spec, self.params, self.chunk_size = spec, params, chunk_size
+        self.server = AggregatorServer(
+            spec, task_id=TASK_ID, address="127.0.0.1:0", chunk_size=chunk_size
+        ).start()
+        self.channel = grpc.insecure_channel(self.server.address, options=GRPC_OPTIONS)
+        self.stub = pb_grpc.AggregatorStub(self.channel)
+        reply = self.stub.CheckIn(
             pb.CheckInRequest(task_id=TASK_ID, client_id="0", num_samples=1), timeout=30
         )
-        assert reply.accepted and reply.chunk_size == chunk_size
-        limit = spec.nbytes + (1 << 20)
-        out: dict[str, Any] = {"chunk_size": chunk_size}
+        assert reply.accepted and reply.chunk_size == chunk_size, reply
+        self.limit = spec.nbytes + (1 << 20)
+        self.round = 0
+        self.request = self.next_round()
+        # RuntimeClient's own call path (retry; list() of a server stream), on this stub.
+        self.client = RuntimeClient(None, self.server.address, 0, task_id=TASK_ID)  # type: ignore[arg-type]
+        self.client.stub = self.stub
 
-        # Download: the stub's stream straight into join_chunks, then decode.
-        server.distribute(1, RoundPlan([0]), params)
-        request = pb.DownloadRequest(task_id=TASK_ID, client_id="0", round=1, version=0)
-        total, join_s, decode_s = [], [], []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            head, data = join_chunks(stub.Download(request, timeout=120), limit)
-            t1 = time.perf_counter()
-            got, _ = decode(data, spec)
-            t2 = time.perf_counter()
-            if i == 0:  # warm-up; check the bytes once
-                assert torch.equal(got, params), "downloaded model differs"
-                out["wire_bytes"] = len(data)
-                continue
-            total.append(t2 - t0)
-            join_s.append(t1 - t0)
-            decode_s.append(t2 - t1)
-            del head, data, got
-        nbytes = out["wire_bytes"]
-        out["download"] = summary(total, nbytes, stream_join_s=join_s, decode_s=decode_s)
+    def next_round(self) -> pb.DownloadRequest:
+        """Untimed: a fresh round (server.distribute encodes the model) for client 0."""
+        self.round += 1
+        self.server.distribute(self.round, RoundPlan([0]), self.params)
+        self.request = pb.DownloadRequest(
+            task_id=TASK_ID, client_id="0", round=self.round, version=self.round - 1
+        )
+        return self.request
 
-        # Download the way RuntimeClient does it: _call -> _retry, which list()s the stream.
-        client = RuntimeClient(None, server.address, 0, task_id=TASK_ID, retry_for=30)  # type: ignore[arg-type]
-        client.stub = stub
-        total = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            _, data = join_chunks(client._call(stub.Download, request), limit)
-            got, _ = decode(data, spec)
-            if i:
-                total.append(time.perf_counter() - t0)
-            del data, got
-        out["download_client_path"] = summary(total, nbytes)
+    def download(self, check: bool) -> tuple[float, float, float]:
+        """(total, stream+join, decode) seconds of stub.Download -> join_chunks -> decode."""
+        t0 = time.perf_counter()
+        _, data = join_chunks(self.stub.Download(self.request, timeout=120), self.limit)
+        t1 = time.perf_counter()
+        got, _ = decode(data, self.spec)
+        t2 = time.perf_counter()
+        if check and not torch.equal(got, self.params):
+            raise RuntimeError("downloaded model differs from the one distributed")
+        return t2 - t0, t1 - t0, t2 - t1
 
-        # Upload: encode + streamed Upload until the reply; the server decodes and checks it.
-        total, encode_s = [], []
-        for i in range(repeats + 1):
-            rnd = 2 + i
-            server.distribute(rnd, RoundPlan([0]), params)  # a fresh round for each upload
-            t0 = time.perf_counter()
-            payload = encode(params, spec, {"round": rnd})
-            t1 = time.perf_counter()
-            chunks = iter_chunks(
-                payload,
-                reply.chunk_size,
-                task_id=TASK_ID,
-                client_id="0",
-                round=rnd,
-                version=rnd - 1,
-                num_samples=1,
-                metrics_json="{}",
-            )
-            answer = stub.Upload(chunks, timeout=120)
-            t2 = time.perf_counter()
-            if not answer.accepted:
-                raise RuntimeError(f"upload refused: {answer.reason}")
-            if i == 0:
-                assert torch.equal(server._results[0].params, params), "uploaded model differs"
-                continue
-            total.append(t2 - t0)
-            encode_s.append(t1 - t0)
-            del payload
-        out["upload"] = summary(total, nbytes, encode_s=encode_s)
-        return out
-    finally:
-        channel.close()
-        server.stop(0)
+    def download_client_path(self) -> float:
+        """The same through RuntimeClient._call (what RuntimeClient._train does)."""
+        t0 = time.perf_counter()
+        _, data = join_chunks(self.client._call(self.stub.Download, self.request), self.limit)
+        decode(data, self.spec)
+        return time.perf_counter() - t0
+
+    def upload(self, check: bool) -> tuple[float, float]:
+        """(total, encode) seconds of encode + streamed Upload until an accepted reply."""
+        self.next_round()
+        rnd = self.round
+        t0 = time.perf_counter()
+        payload = encode(self.params, self.spec, {"round": rnd})
+        t1 = time.perf_counter()
+        chunks = iter_chunks(
+            payload,
+            self.chunk_size,
+            task_id=TASK_ID,
+            client_id="0",
+            round=rnd,
+            version=rnd - 1,
+            num_samples=1,
+            metrics_json="{}",
+        )
+        answer = self.stub.Upload(chunks, timeout=120)
+        t2 = time.perf_counter()
+        if not answer.accepted:
+            raise RuntimeError(f"upload refused: {answer.reason}")
+        if check and not torch.equal(self.server._results[0].params, self.params):
+            raise RuntimeError("uploaded model differs from the one sent")
+        self.server._results.clear()  # drop the 100 MB update before the next measurement
+        return t2 - t0, t1 - t0
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0)
+
+
+def measured(fn: Callable[[], Any], peaks: dict[str, float], key: str) -> Any:
+    """Run ``fn``; record in ``peaks[key]`` the largest RSS growth above the RSS before it."""
+    reset = reset_peak_rss()
+    base = proc_status_mb("VmRSS")
+    out = fn()
+    if reset and base is not None:
+        peaks[key] = max(peaks.get(key, 0.0), peak_rss_mb() - base)
+    return out
 
 
 def summary(times: list[float], nbytes: int, **parts: list[float]) -> dict[str, Any]:
@@ -271,47 +319,109 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
     params = torch.randn(spec.numel, generator=torch.Generator().manual_seed(0))
     payload = encode(params, spec, {"round": 1, "version": 0})
     nbytes = len(payload)
-    log(f"transfer: model {spec} = {nbytes / MB:.1f} MB on the wire, {args.repeats} repeats")
+    log(
+        f"transfer: {spec} = {nbytes / MB:.1f} MB on the wire; chunks {args.chunk_kib} KiB; "
+        f"{args.repeats} interleaved repeats after a warm-up"
+    )
+    memcpy_s, alloc_s = time_memory(nbytes, args.repeats)
+    raw = RawTCP(nbytes)
+    default_kib = DEFAULT_CHUNK // 1024
+    bare = BareGrpc(payload, DEFAULT_CHUNK)
+    ends = {kib: FedloomEnd(spec, params, kib * 1024) for kib in args.chunk_kib}
+    t: dict[str, list[float]] = {"raw": [], "bare": []}
+    peaks: dict[str, float] = {}
+    for kib in ends:
+        for k in ("down", "down_join", "down_decode", "client", "up", "up_encode"):
+            t[f"{k}_{kib}"] = []
+    try:
+        # Every repeat runs every contender once, so load from other processes (this is a
+        # shared machine) hits all alike; ratios are also taken within each repeat.
+        for rep in range(args.repeats + 1):
+            warm = rep == 0
+            row = {"raw": raw.transfer(payload), "bare": bare.transfer()}
+            for kib, end in ends.items():
+                d = measured(
+                    lambda end=end, warm=warm: end.download(warm), peaks, f"download_{kib}"
+                )
+                row[f"down_{kib}"], row[f"down_join_{kib}"], row[f"down_decode_{kib}"] = d
+                row[f"client_{kib}"] = measured(
+                    end.download_client_path, peaks, f"download_client_path_{kib}"
+                )
+                u = measured(lambda end=end, warm=warm: end.upload(warm), peaks, f"upload_{kib}")
+                row[f"up_{kib}"], row[f"up_encode_{kib}"] = u
+            if not warm:
+                for k, v in row.items():
+                    t[k].append(v)
+            log(
+                f"  {'warm-up' if warm else f'repeat {rep}'}: raw {nbytes / MB / row['raw']:.0f}"
+                f", bare gRPC {nbytes / MB / row['bare']:.0f}, "
+                + ", ".join(
+                    f"{kib} KiB down {nbytes / MB / row[f'down_{kib}']:.0f} "
+                    f"up {nbytes / MB / row[f'up_{kib}']:.0f}"
+                    for kib in ends
+                )
+                + " MB/s"
+            )
+    finally:
+        for end in ends.values():
+            end.close()
+        bare.close()
+        raw.close()
 
-    raw = raw_tcp(payload, args.repeats)
-    raw_s = median(raw)
-    log(f"  raw TCP: {nbytes / MB / raw_s:7.0f} MB/s ({raw_s * 1e3:.0f} ms)")
-    memcpy_s = time_memcpy(nbytes, args.repeats)
-    log(f"  one memcpy of the model: {memcpy_s * 1e3:.0f} ms ({nbytes / MB / memcpy_s:.0f} MB/s)")
-    del payload
-
+    raw_mb_s = nbytes / MB / median(t["raw"])
     by_chunk: dict[str, Any] = {}
-    for kib in args.chunk_kib:
-        reset_peak_rss()
-        base = proc_status_mb("VmRSS")
-        r = grpc_transfers(spec, params, kib * 1024, args.repeats)
-        peak = peak_rss_mb()
-        r["peak_rss_growth_mb"] = None if base is None else peak - base
-        by_chunk[str(kib)] = r
-        d, c, u = r["download"], r["download_client_path"], r["upload"]
+    for kib in ends:
+        ratio = lambda k, kib=kib: median([r / x for r, x in zip(t["raw"], t[f"{k}_{kib}"])])  # noqa: E731
+        by_chunk[str(kib)] = {
+            "download": summary(
+                t[f"down_{kib}"],
+                nbytes,
+                stream_join_s=t[f"down_join_{kib}"],
+                decode_s=t[f"down_decode_{kib}"],
+            )
+            | {"vs_raw_paired": ratio("down"), "peak_rss_growth_mb": peaks.get(f"download_{kib}")},
+            "download_client_path": summary(t[f"client_{kib}"], nbytes)
+            | {"peak_rss_growth_mb": peaks.get(f"download_client_path_{kib}")},
+            "upload": summary(t[f"up_{kib}"], nbytes, encode_s=t[f"up_encode_{kib}"])
+            | {"vs_raw_paired": ratio("up"), "peak_rss_growth_mb": peaks.get(f"upload_{kib}")},
+        }
+        b = by_chunk[str(kib)]
+        d, c, u = b["download"], b["download_client_path"], b["upload"]
         log(
-            f"  gRPC chunk {kib:5d} KiB: download {d['mb_s']:6.0f} MB/s "
-            f"(stream+join {d['stream_join_s'] * 1e3:.0f} ms, decode {d['decode_s'] * 1e3:.0f} ms)"
-            f", via client {c['mb_s']:6.0f} MB/s, upload {u['mb_s']:6.0f} MB/s "
-            f"(encode {u['encode_s'] * 1e3:.0f} ms), peak RSS +{r['peak_rss_growth_mb']:.0f} MB"
+            f"  chunk {kib:5d} KiB: download {d['mb_s']:5.0f} MB/s (stream+join "
+            f"{d['stream_join_s'] * 1e3:.0f} ms, decode {d['decode_s'] * 1e3:.0f} ms, peak RSS "
+            f"+{d['peak_rss_growth_mb'] or 0:.0f} MB); client path {c['mb_s']:5.0f} MB/s (+"
+            f"{c['peak_rss_growth_mb'] or 0:.0f} MB); upload {u['mb_s']:5.0f} MB/s (encode "
+            f"{u['encode_s'] * 1e3:.0f} ms, +{u['peak_rss_growth_mb'] or 0:.0f} MB)"
         )
-    raw_mb_s = nbytes / MB / raw_s
-    default_kib = str(DEFAULT_CHUNK // 1024)
-    default = by_chunk.get(default_kib) or next(iter(by_chunk.values()))
+    bare_mb_s = nbytes / MB / median(t["bare"])
+    log(
+        f"  raw TCP {raw_mb_s:.0f} MB/s; bare gRPC bytes stream ({default_kib} KiB) "
+        f"{bare_mb_s:.0f} MB/s; one copy of the model {memcpy_s * 1e3:.0f} ms, one fresh "
+        f"zeroed buffer of its size {alloc_s * 1e3:.0f} ms"
+    )
+    default = by_chunk.get(str(default_kib)) or next(iter(by_chunk.values()))
     best_down = max(by_chunk, key=lambda k: by_chunk[k]["download"]["mb_s"])
     best_up = max(by_chunk, key=lambda k: by_chunk[k]["upload"]["mb_s"])
     return {
         "model": {"spec": repr(spec), "wire_bytes": nbytes, "mb": nbytes / MB},
-        "raw_tcp": summary(raw, nbytes),
+        "raw_tcp": summary(t["raw"], nbytes),
+        "bare_grpc": summary(t["bare"], nbytes)
+        | {
+            "chunk_kib": default_kib,
+            "vs_raw_paired": median([r / x for r, x in zip(t["raw"], t["bare"])]),
+        },
         "memcpy_s": memcpy_s,
+        "fresh_buffer_s": alloc_s,
         "by_chunk_kib": by_chunk,
-        "default_chunk_kib": int(default_kib),
+        "default_chunk_kib": default_kib,
         "grpc_download_mb_s": default["download"]["mb_s"],
         "grpc_download_client_path_mb_s": default["download_client_path"]["mb_s"],
         "grpc_upload_mb_s": default["upload"]["mb_s"],
         "raw_tcp_mb_s": raw_mb_s,
-        "download_vs_raw": default["download"]["mb_s"] / raw_mb_s,
-        "upload_vs_raw": default["upload"]["mb_s"] / raw_mb_s,
+        "bare_grpc_mb_s": bare_mb_s,
+        "download_vs_raw": default["download"]["vs_raw_paired"],
+        "upload_vs_raw": default["upload"]["vs_raw_paired"],
         "best_download_chunk_kib": int(best_down),
         "best_download_mb_s": by_chunk[best_down]["download"]["mb_s"],
         "best_upload_chunk_kib": int(best_up),
@@ -395,7 +505,7 @@ def start_workers(address: str, args: argparse.Namespace) -> list[subprocess.Pop
             str(args.clients),
         ]
         procs.append(
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # stderr: ours
         )
     return procs
 
@@ -408,29 +518,32 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def run_phase(fed: Federation, server: CountingServer, cohort: int) -> dict[str, Any]:
+def run_phase(fed: Federation, server: CountingServer, cohort: int, warmup: int) -> dict[str, Any]:
+    """Run ``fed`` to the end; round times exclude the first ``warmup`` rounds."""
     polls0, cpu0, wall0 = server.polls, cpu_seconds(), time.perf_counter()
     reset_peak_rss()
     result = fed.run()
     wall = time.perf_counter() - wall0
-    secs = [r["seconds"] for r in result.history]
+    all_secs = [r["seconds"] for r in result.history]
     clients = [r["clients"] for r in result.history]
     if any(c != cohort for c in clients):
         raise RuntimeError(f"rounds aggregated {clients} updates, expected {cohort} each")
+    secs = all_secs[warmup:]
     out = {
         "clients_per_round": cohort,
-        "rounds": len(secs),
-        "round_seconds": secs,
+        "rounds_timed": len(secs),
+        "warmup_rounds": warmup,
+        "round_seconds": all_secs,
         "median_round_s": median(secs),
-        "median_round_s_after_first": median(secs[1:]) if len(secs) > 1 else secs[0],
-        "aggregator_cpu_s_per_round": (cpu_seconds() - cpu0) / len(secs),
+        "max_round_s": max(secs),
+        "aggregator_cpu_s_per_round": (cpu_seconds() - cpu0) / len(all_secs),
         "polls_per_s": (server.polls - polls0) / wall,
         "aggregator_peak_rss_mb": peak_rss_mb(),
         "final_accuracy": result.final_metrics.get("accuracy"),
     }
     log(
         f"  {cohort:3d} of {len(server.members)} clients per round: median round "
-        f"{out['median_round_s']:.3f} s {[round(s, 3) for s in secs]}, aggregator CPU "
+        f"{out['median_round_s']:.3f} s {[round(s, 3) for s in all_secs]}, aggregator CPU "
         f"{out['aggregator_cpu_s_per_round']:.2f} s/round, {out['polls_per_s']:.0f} polls/s, "
         f"peak RSS {out['aggregator_peak_rss_mb']:.0f} MB"
     )
@@ -459,7 +572,10 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
         return server
 
     fed = Federation(
-        task, FedAvg(clients_per_round=args.clients), backend=make_server, rounds=args.rounds
+        task,
+        FedAvg(clients_per_round=args.clients),
+        backend=make_server,
+        rounds=args.rounds + 1,  # + a warm-up round (torch's lazy imports in every client)
     )
     server = server_box[0]
     procs = start_workers(server.address, args)
@@ -469,12 +585,12 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(lambda: len(server.members) >= args.clients, 120, f"{args.clients} check-ins")
         checkin_s = time.perf_counter() - t0
         log(f"  {args.clients} clients checked in after {checkin_s:.1f} s")
-        rss_idle = proc_status_mb("VmRSS")
-        full = run_phase(fed, server, args.clients)
+        rss_idle, checkin_peak = proc_status_mb("VmRSS"), peak_rss_mb()
+        full = run_phase(fed, server, args.clients, warmup=1)
         fed_small = Federation(
             task, FedAvg(clients_per_round=args.small_cohort), backend=server, rounds=args.rounds
         )
-        small = run_phase(fed_small, server, min(args.small_cohort, args.clients))
+        small = run_phase(fed_small, server, min(args.small_cohort, args.clients), warmup=0)
         server.finish()
         for p in procs:  # clients hear STOP at their next poll and exit
             try:
@@ -485,8 +601,6 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
             for line in text.splitlines():
                 if line.startswith("WORKER "):
                     workers.append(json.loads(line[len("WORKER ") :]))
-                elif "Error" in line or "Traceback" in line:
-                    log(f"  worker: {line}")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -505,7 +619,10 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
         "aggregator_rss_clients_connected_mb": rss_idle,
         "full_cohort": full,
         "small_cohort": small,
-        "aggregator_peak_rss_mb": max(full["aggregator_peak_rss_mb"], small["aggregator_peak_rss_mb"]),
+        "vmhwm_reset": reset_peak_rss(),  # False: peaks count from the process start
+        "aggregator_peak_rss_mb": max(
+            checkin_peak, full["aggregator_peak_rss_mb"], small["aggregator_peak_rss_mb"]
+        ),
         "client_processes": workers,
         "client_peak_rss_mb_per_process": median([w["peak_rss_mb"] for w in workers])
         if workers
@@ -515,7 +632,7 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
     log(
         f"  aggregator RSS {rss_before:.0f} MB before the server, {rss_idle:.0f} MB with "
         f"{args.clients} clients connected; client processes peak "
-        f"{out['client_peak_rss_mb_per_process']} MB each"
+        f"{out['client_peak_rss_mb_per_process'] or 0:.0f} MB each"
     )
     return out
 
@@ -551,7 +668,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.ERROR)
+    logging.basicConfig(
+        level=os.environ.get("BENCH_LOG", "ERROR"),
+        format="%(relativeCreated)8.0f %(threadName)s %(name)s %(message)s",
+    )
     if args.worker:
         worker_main(args.worker, args.worker_ids, args.clients)
         return
@@ -578,6 +698,7 @@ def main(argv: list[str] | None = None) -> None:
             grpc_download_client_path_mb_s=f"{t['grpc_download_client_path_mb_s']:.0f}",
             grpc_upload_mb_s=f"{t['grpc_upload_mb_s']:.0f}",
             raw_tcp_mb_s=f"{t['raw_tcp_mb_s']:.0f}",
+            bare_grpc_mb_s=f"{t['bare_grpc_mb_s']:.0f}",
             download_vs_raw=f"{t['download_vs_raw']:.2f}",
             upload_vs_raw=f"{t['upload_vs_raw']:.2f}",
             best_download_chunk_kib=t["best_download_chunk_kib"],
@@ -591,7 +712,12 @@ def main(argv: list[str] | None = None) -> None:
         heads[f"round_seconds_{n}_clients"] = f"{r['full_cohort']['median_round_s']:.3f}"
         heads[f"round_seconds_{k}_of_{n}_clients"] = f"{r['small_cohort']['median_round_s']:.3f}"
         heads["aggregator_peak_rss_mb"] = f"{r['aggregator_peak_rss_mb']:.0f}"
-        heads["aggregator_polls_per_s"] = f"{r['full_cohort']['polls_per_s']:.0f}"
+        heads[f"aggregator_cpu_s_per_round_{n}_clients"] = (
+            f"{r['full_cohort']['aggregator_cpu_s_per_round']:.2f}"
+        )
+        heads[f"aggregator_polls_per_s_{k}_of_{n}_clients"] = (
+            f"{r['small_cohort']['polls_per_s']:.0f}"
+        )
     print_headlines(heads)
 
 

@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedloom: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedloom: interrupted; continue with --resume", file=sys.stderr)
+        resumable = args.command in ("run", "demo", "server", "start")
+        hint = "; continue with --resume" if resumable else ""
+        print(f"fedloom: interrupted{hint}", file=sys.stderr)
         return 130
 
 

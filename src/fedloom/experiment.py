@@ -30,6 +30,7 @@ from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
 from .registry import DATASETS, PARTITIONERS, STRATEGIES
 from .seeding import derive_seed
+from .simulation.engine import warm_up_optimizers
 
 log = logging.getLogger("fedloom")
 
@@ -154,6 +155,7 @@ class Experiment:
         """Build the run a config describes. ``backend(cfg)``, when given, makes what replaces
         the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC)."""
         cfg = load_config(source, list(overrides))
+        warm_up_optimizers()  # overlaps torch's lazy imports with loading data
         dataset = load_dataset(cfg)
         parts = partition(cfg, dataset)
         task = build_task(cfg, dataset, parts)

@@ -32,7 +32,6 @@ from fedloom.runtime.transport import GRPC_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-MNIST_RAW = Path("/work/shared/datasets/mnist/raw")
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -186,8 +185,10 @@ class Procs:
         return self.start(name, ["-m", "fedloom", *args], **env)
 
     def logs(self) -> str:
-        return "\n".join(f"----- {p.name} (rc {p.popen.poll()}) -----\n{p.output()[-3000:]}"
-                         for p in self.started)
+        return "\n".join(
+            f"----- {p.name} (rc {p.popen.poll()}) -----\n{p.output()[-3000:]}"
+            for p in self.started
+        )
 
     def cleanup(self) -> None:
         for p in self.started:
@@ -228,6 +229,13 @@ def kill_pids(pids: list[int]) -> None:
 
 
 # -- in-process runs ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def warm_optimizer() -> None:
+    """Build one torch optimizer: the first one in a process imports torch._dynamo (seconds),
+    which would otherwise land in a client's first round and trip a short round_timeout."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 class ClientThreads:
     """``RuntimeClient.run`` in daemon threads, remembering results and exceptions."""
 
@@ -354,9 +362,7 @@ class Certs:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60
-    )
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")

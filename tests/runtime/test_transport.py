@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 
 import pytest
 import torch
 from torch import nn
 
-from fedloom import ParamSpec, WireError, encode
+from fedloom import FedAvg, Federation, ParamSpec, Task, WireError, encode
 from fedloom.algorithms.base import RoundPlan
-from fedloom.runtime import AggregatorServer
+from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.transport import iter_chunks, join_chunks
 
@@ -121,3 +122,54 @@ def test_a_model_over_100_mb_downloads_and_uploads_intact(servers):
         assert updates[0].num_samples == 10 and updates[0].round == 1
         assert torch.equal(updates[0].params, new)
         assert server.rejections == []
+
+
+class BigTask(Task):
+    """One client, four samples, a 110 MB model: the transfer is the work."""
+
+    lr = 0.1
+
+    def build_model(self) -> nn.Module:
+        return nn.Linear(5000, 5500)
+
+    @property
+    def num_clients(self) -> int:
+        return 1
+
+    def num_samples(self, client_id: int) -> int:
+        return 4
+
+    def train_loader(self, client_id, ctx):
+        g = torch.Generator().manual_seed(client_id)
+        yield torch.randn(4, 5000, generator=g), torch.tensor([0, 1, 2, 5499])
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+
+def test_a_runtime_client_trains_a_model_over_100_mb_like_the_simulation(servers):
+    chunk = 256 * 1024
+    task = BigTask()
+    holder: dict[str, RuntimeClient] = {}
+
+    def backend(spec: ParamSpec) -> AggregatorServer:
+        assert spec.nbytes > 100 * 1024 * 1024
+        server = AggregatorServer(spec, address="127.0.0.1:0", chunk_size=chunk)
+        servers.append(server.start())
+        holder["client"] = RuntimeClient(task, server.address, 0)
+        return server
+
+    fed = Federation(task, FedAvg(), backend, rounds=1, seed=3)
+    server = fed.backend
+    client = holder["client"]
+    thread = threading.Thread(target=client.run, daemon=True)
+    thread.start()
+    net = fed.run().params.clone()
+    server.finish()
+    thread.join(30)
+    assert not thread.is_alive() and client.rounds_done == 1
+    assert client.chunk_size == chunk  # the client streams in the aggregator's chunk size
+    del fed, server
+    gc.collect()
+    sim = Federation(task, FedAvg(), rounds=1, seed=3).run().params
+    assert torch.equal(net, sim)

@@ -99,7 +99,18 @@ class RuntimeClient:
             version=ins.version,
         )
         limit = self.engine.spec.nbytes + (1 << 20)
-        _, data = self._call(lambda r: join_chunks(self.stub.Download(r), limit), request)
+        try:
+            _, data = self._call(lambda r: join_chunks(self.stub.Download(r), limit), request)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            log.info(
+                "client %d: round %d closed before we started (%s); polling again",
+                self.client_id,
+                ins.round,
+                e.details(),
+            )
+            return
         params, _ = decode(data, self.engine.spec, copy=False)
         config = json.loads(ins.config_json or "{}")
         self.engine.distribute(ins.round, RoundPlan([self.client_id], config), params)
@@ -221,9 +232,14 @@ class RuntimeClient:
                 delay = min(delay * 2, cap)
 
     def _channel(self) -> grpc.Channel:
+        options = [
+            *GRPC_OPTIONS,  # reconnect quickly after an aggregator restart
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         if self.tls is None:
-            return grpc.insecure_channel(self.server, options=GRPC_OPTIONS)
-        options = list(GRPC_OPTIONS)
+            return grpc.insecure_channel(self.server, options=options)
         if self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return grpc.secure_channel(self.server, channel_credentials(self.tls), options=options)

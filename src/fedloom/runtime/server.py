@@ -14,6 +14,7 @@ twice; a client that joins later is sampled from the next round; a client silent
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -119,6 +120,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self._handed: set[int] = set()
         self._results: dict[int, ClientUpdate] = {}
         self._finished = False
+        self._started = False
         self._created = time.monotonic()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS
@@ -154,14 +156,23 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
 
     # -- the Backend protocol -----------------------------------------------------------------
     def available_clients(self, round: int) -> list[int]:
-        """Block until the task may start (check-in quorum), then the live members."""
+        """The live members. Before the first round, block until ``min_clients`` checked in
+        (or ``start_timeout`` passed with at least one); later, until ``quorum`` are live."""
         deadline = None if self.start_timeout is None else self._created + self.start_timeout
+        warned = time.monotonic()
         with self._cv:
             while True:
                 self._drop_silent()
                 n = len(self.members)
-                if n >= self.min_clients or (deadline and time.monotonic() > deadline and n):
+                if self._started:
+                    if n >= self.quorum:
+                        return sorted(self.members)
+                elif n >= self.min_clients or (deadline and time.monotonic() > deadline and n):
+                    self._started = True
                     return sorted(self.members)
+                if time.monotonic() - warned > 30:
+                    log.info("round %d waits for clients: %d live", round, n)
+                    warned = time.monotonic()
                 self._cv.wait(timeout=self.poll_interval * 4)
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
@@ -338,11 +349,11 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         ]
 
     def Upload(self, request_iterator, context):  # noqa: N802
-        try:
-            head, data = join_chunks(request_iterator, self.max_update_bytes)
-        except WireError as e:
-            return pb.UploadReply(accepted=False, reason=str(e))
-        cid = self._member(head, context)
+        stream = iter(request_iterator)
+        head = next(stream, None)
+        if head is None:
+            return pb.UploadReply(accepted=False, reason="empty stream: no chunk arrived")
+        cid = self._member(head, context)  # authenticate before buffering anything
         with self._cv:
             self.members[cid].last_seen = time.monotonic()
             if self.mode == "async":
@@ -356,6 +367,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             why = "stale round/version" if stale else "not asked for this round"
             return self._reject(cid, head.round, f"update refused: {why}", record=False)
         try:
+            _, data = join_chunks(itertools.chain([head], stream), self.max_update_bytes)
             params, _ = decode(data, self.spec, copy=False)  # data is ours: no second copy
             metrics = json.loads(head.metrics_json or "{}")
         except (WireError, ValueError) as e:

@@ -7,6 +7,7 @@ is the model's own flat buffer (no copy); the strategy folds it in before the ne
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,23 @@ from ..seeding import derive_seed, seed_torch
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
 
+_warm = threading.Event()
+
+
+def warm_up_optimizers() -> None:
+    """Pay torch's lazy imports of a first optimizer (~2 s in torch 2.13) once, in a background
+    thread started while data and models load, rather than in the first client's time."""
+    if _warm.is_set():
+        return
+    _warm.set()
+
+    def step() -> None:  # building an optimizer imports torch._dynamo; its first step more
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.zeros(1)
+        torch.optim.SGD([p], lr=0.1).step()
+
+    threading.Thread(target=step, name="fedloom-warm-up", daemon=True).start()
+
 
 class InProcessClients:
     """The simulation backend: trains the clients of a round in this process.
@@ -29,6 +47,7 @@ class InProcessClients:
     """
 
     def __init__(self, task: Task, seed: int = 0):
+        warm_up_optimizers()
         self.task = task
         self.seed = seed
         seed_torch(derive_seed(seed, "init"))
