@@ -91,7 +91,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         chunk_size: int = DEFAULT_CHUNK,
         max_update_bytes: int | None = None,
         poll_interval: float = 0.05,
-        max_workers: int = 64,
+        long_poll: float = 1.0,
+        max_workers: int = 256,
         mode: str = "sync",
         keep_versions: int = 21,
     ):
@@ -107,7 +108,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self.min_clients, self.start_timeout, self.quorum = min_clients, start_timeout, quorum
         self.heartbeat_timeout, self.round_timeout = heartbeat_timeout, round_timeout
         self.tokens = {int(k): v for k, v in tokens.items()} if tokens else None
-        self.chunk_size, self.poll_interval = chunk_size, poll_interval
+        self.chunk_size, self.poll_interval, self.long_poll = chunk_size, poll_interval, long_poll
+        self._holding, self._max_holding = 0, max(0, max_workers - 32)
+        self._polling: dict[int, int] = {}  # clients whose poll we are holding: alive
         self.max_update_bytes = max_update_bytes or spec.nbytes + (1 << 20)
         self.members: dict[int, Member] = {}
         self.rejections: list[tuple[int, int, str]] = []
@@ -287,39 +290,58 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         )
 
     def Poll(self, request, context):  # noqa: N802
+        """Hand out work, or hold the call (long poll) until there is some, up to a second.
+
+        Holding the call means a sampled client starts at once and idle clients cost no
+        traffic; when most worker threads are already holding polls, answer WAIT at once."""
         cid = self._member(request, context)
+        deadline = time.monotonic() + self.long_poll
         with self._cv:
+            while True:
+                ins = self._instruction(cid, request.busy)
+                if ins is not None or request.busy or self._holding >= self._max_holding:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._holding += 1
+                self._polling[cid] = self._polling.get(cid, 0) + 1
+                try:
+                    self._cv.wait(timeout=left)
+                finally:
+                    self._holding -= 1
+                    self._polling[cid] -= 1
+                    if cid in self.members:
+                        self.members[cid].last_seen = time.monotonic()
+        return ins or pb.Instruction(kind=pb.Instruction.WAIT, wait_s=self.poll_interval)
+
+    def _instruction(self, cid: int, busy: bool):
+        """TRAIN or STOP for ``cid`` now, or None (call with the lock held)."""
+        if cid in self.members:
             self.members[cid].last_seen = time.monotonic()
-            if self._finished:
-                return pb.Instruction(kind=pb.Instruction.STOP, task_id=self.task_id)
-            if self.mode == "async":
-                todo = not request.busy and cid not in self._busy and bool(self._versions)
-                if todo:
-                    self._busy.add(cid)
-            else:
-                todo = (
-                    not request.busy
-                    and cid in self._plan.clients
-                    and cid not in self._handed
-                    and cid not in self._results
-                )
+        if self._finished:
+            return pb.Instruction(kind=pb.Instruction.STOP, task_id=self.task_id)
+        if self.mode == "async":
+            todo = not busy and cid not in self._busy and bool(self._versions)
             if todo:
-                self._handed.add(cid)
-                return pb.Instruction(
-                    kind=pb.Instruction.TRAIN,
-                    round=self._round,
-                    version=self._version,
-                    config_json=self._config_json,
-                    task_id=self.task_id,
-                )
-            idle = self.mode == "sync" and cid not in self._plan.clients
-            # a client with no work this round polls less often, more so with many members
-            wait = (
-                min(1.0, self.poll_interval * max(1.0, len(self.members) / 10))
-                if idle
-                else (self.poll_interval)
+                self._busy.add(cid)
+        else:
+            todo = (
+                not busy
+                and cid in self._plan.clients
+                and cid not in self._handed
+                and cid not in self._results
             )
-        return pb.Instruction(kind=pb.Instruction.WAIT, wait_s=wait)
+        if todo:
+            self._handed.add(cid)
+            return pb.Instruction(
+                kind=pb.Instruction.TRAIN,
+                round=self._round,
+                version=self._version,
+                config_json=self._config_json,
+                task_id=self.task_id,
+            )
+        return None
 
     def Download(self, request, context):  # noqa: N802
         cid = self._member(request, context)
@@ -422,7 +444,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _drop_silent(self) -> None:
         now = time.monotonic()
         for cid, m in list(self.members.items()):
-            if now - m.last_seen > self.heartbeat_timeout:
+            if now - m.last_seen > self.heartbeat_timeout and not self._polling.get(cid):
                 del self.members[cid]
                 self._busy.discard(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)

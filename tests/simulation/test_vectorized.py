@@ -1,0 +1,331 @@
+"""VectorizedClients: the same models as the sequential engine, or a logged fallback to it.
+
+Every test compares against :class:`InProcessClients` on the tiny six-client problem of
+``conftest`` (unequal client sizes, so partial batches and early-finishing clients occur).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from conftest import CLIENT_SIZES, IN_FEATURES, NUM_CLASSES, tiny_dataset, tiny_parts
+from torch import nn
+
+from fedloom import (
+    ClassificationTask,
+    ClientContext,
+    FedAvg,
+    Federation,
+    InProcessClients,
+    RoundPlan,
+    Task,
+    TensorDataset,
+    models,
+)
+from fedloom.simulation.vectorized import VectorizedClients
+
+torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps small ops fast
+
+SEED = 7
+ATOL = 1e-5
+
+
+def logreg() -> nn.Module:
+    return models.logreg((IN_FEATURES,), NUM_CLASSES)
+
+
+def mlp() -> nn.Module:
+    return models.mlp((IN_FEATURES,), NUM_CLASSES, hidden=16)
+
+
+def make_task(
+    model_fn: Callable[[], nn.Module] = mlp,
+    cls: type[ClassificationTask] = ClassificationTask,
+    **kw: Any,
+) -> ClassificationTask:
+    kw.setdefault("lr", 0.1)
+    kw.setdefault("batch_size", 5)
+    return cls(model_fn, tiny_dataset(), tiny_parts(), **kw)
+
+
+def run(task: Task, backend: Any, rounds: int = 3, per_round: int = 4) -> Federation:
+    strategy = FedAvg(clients_per_round=per_round)
+    fed = Federation(task, strategy, backend=backend, rounds=rounds, seed=SEED)
+    fed.run()
+    return fed
+
+
+def both(make: Callable[[], Task], **kw: Any) -> tuple[Federation, Federation]:
+    """The same run with the sequential engine and with VectorizedClients."""
+    seq_task, vec_task = make(), make()
+    seq = run(seq_task, InProcessClients(seq_task, SEED), **kw)
+    vec = run(vec_task, VectorizedClients(vec_task, SEED), **kw)
+    return seq, vec
+
+
+def assert_same_run(seq: Federation, vec: Federation, exact: bool = False) -> None:
+    if exact:
+        assert torch.equal(seq.params, vec.params)
+    else:
+        assert torch.allclose(seq.params, vec.params, atol=ATOL), (
+            (seq.params - vec.params).abs().max()
+        )
+    for a, b in zip(seq.history, vec.history):
+        assert a["clients"] == b["clients"] and a["samples"] == b["samples"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model_fn", [logreg, mlp], ids=["logreg", "mlp"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},  # B=5: partial last batches, clients of 2..5 steps
+        {"batch_size": 4, "local_epochs": 2, "weight_decay": 0.01},
+        {"batch_size": 32},  # one partial batch per client
+    ],
+    ids=["b5", "b4-e2-wd", "b32"],
+)
+def test_matches_the_sequential_engine(model_fn: Callable[[], nn.Module], config: dict) -> None:
+    seq, vec = both(lambda: make_task(model_fn, **config), per_round=4)
+    assert vec.backend.vectorized and vec.backend.fallback_reason is None  # type: ignore[attr-defined]
+    assert_same_run(seq, vec)
+
+
+def test_float64_agrees_to_rounding() -> None:
+    """In float64 the only differences left are rounding: the algorithm itself is the same."""
+    d = tiny_dataset()
+    d64 = TensorDataset("tiny64", d.train_x.double(), d.train_y, d.test_x.double(), d.test_y, 3)
+
+    def make() -> ClassificationTask:
+        return ClassificationTask(
+            lambda: mlp().double(), d64, tiny_parts(), lr=0.1, batch_size=3, local_epochs=2
+        )
+
+    seq, vec = both(make, per_round=6)
+    assert vec.params.dtype == torch.float64
+    assert torch.allclose(seq.params, vec.params, rtol=0, atol=1e-12)
+
+
+def test_all_clients_of_unequal_size_in_one_round() -> None:
+    seq, vec = both(lambda: make_task(batch_size=3, local_epochs=3), rounds=2, per_round=6)
+    assert vec.backend.vectorized  # type: ignore[attr-defined]
+    assert_same_run(seq, vec)
+
+
+def collect_both(
+    make: Callable[[], ClassificationTask], plan: RoundPlan, rnd: int = 2, **vec_kw: Any
+) -> tuple[list, list]:
+    """One round's updates from each engine, from the same global model."""
+    seq_task, vec_task = make(), make()
+    seq, vec = InProcessClients(seq_task, SEED), VectorizedClients(vec_task, SEED, **vec_kw)
+    global_params = seq.flat.detach().clone() + 0.01
+    seq.distribute(rnd, plan, global_params)
+    vec.distribute(rnd, plan, global_params)
+    seq_updates = [(u, u.params.clone()) for u in seq.collect()]
+    vec_updates = [(u, u.params) for u in vec.collect()]
+    return seq_updates, vec_updates
+
+
+def test_collect_yields_per_client_views_in_plan_order() -> None:
+    plan = RoundPlan([0, 2, 3, 5], {"local_epochs": 2})
+    seq_updates, vec_updates = collect_both(lambda: make_task(batch_size=5), plan)
+    assert [u.client_id for u, _ in vec_updates] == plan.clients
+    base = vec_updates[0][1]._base
+    for (s, sp), (v, vp) in zip(seq_updates, vec_updates):
+        n = CLIENT_SIZES[v.client_id]
+        assert v.num_samples == n and v.round == 2
+        assert v.metrics["steps"] == 2 * math.ceil(n / 5) == s.metrics["steps"]
+        assert v.metrics["epochs"] == 2
+        assert v.metrics["loss"] == pytest.approx(s.metrics["loss"], rel=1e-5)
+        assert vp.dim() == 1 and vp.dtype == sp.dtype and vp._base is base  # a row, no copy
+        assert torch.allclose(vp, sp, atol=ATOL)
+
+
+def test_a_round_without_local_epochs_returns_the_global_model() -> None:
+    seq_updates, vec_updates = collect_both(make_task, RoundPlan([1, 4], {"local_epochs": 0}))
+    for (s, sp), (v, vp) in zip(seq_updates, vec_updates):
+        assert torch.equal(vp, sp) and v.metrics["steps"] == s.metrics["steps"] == 0
+
+
+def test_chunks_give_the_same_updates() -> None:
+    plan = RoundPlan([0, 1, 2, 3, 4, 5])
+    _, whole = collect_both(make_task, plan)
+    _, chunked = collect_both(make_task, plan, max_cohort=4)
+    for (a, ap), (b, bp) in zip(whole, chunked):
+        assert a.client_id == b.client_id and a.metrics["steps"] == b.metrics["steps"]
+        assert torch.allclose(ap, bp, atol=1e-6)
+
+
+class TwoGroups(ClassificationTask):
+    """SGD with a slower, decayed first layer and a frozen output bias."""
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        first, rest = model[1], [model[3], model[5]]  # type: ignore[index]
+        rest[-1].bias.requires_grad_(False)
+        return torch.optim.SGD(
+            [
+                {"params": first.parameters(), "lr": 0.02, "weight_decay": 0.1},
+                {"params": [p for m in rest for p in m.parameters()]},
+            ],
+            lr=0.2,
+        )
+
+
+def test_param_groups_and_frozen_parameters() -> None:
+    seq, vec = both(lambda: make_task(cls=TwoGroups))
+    assert vec.backend.vectorized  # type: ignore[attr-defined]
+    assert_same_run(seq, vec)
+
+
+# -- fallbacks ----------------------------------------------------------------------------------
+
+
+class Wrapped(Task):
+    """A Task that is not a ClassificationTask (it delegates to one)."""
+
+    def __init__(self) -> None:
+        self.inner = make_task()
+
+    def build_model(self) -> nn.Module:
+        return self.inner.build_model()
+
+    @property
+    def num_clients(self) -> int:
+        return self.inner.num_clients
+
+    def num_samples(self, client_id: int) -> int:
+        return self.inner.num_samples(client_id)
+
+    def train_loader(self, client_id: int, ctx: ClientContext):
+        return self.inner.train_loader(client_id, ctx)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.inner.evaluate(model)
+
+
+class Proximal(ClassificationTask):
+    def train_step(self, model: nn.Module, batch: Any, ctx: ClientContext) -> torch.Tensor:
+        return super().train_step(model, batch, ctx) + 0.1 * sum(
+            p.square().sum() for p in model.parameters()
+        )
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: vmap cannot batch ``if tensor``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IN_FEATURES, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        return out * 2 if out.sum() > 0 else out
+
+
+class BatchCentred(nn.Module):
+    """No buffers, but a sample's output depends on the rest of its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IN_FEATURES, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x - x.mean(0, keepdim=True))
+
+
+class RandomNoise(nn.Module):
+    """Randomness without a Dropout module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IN_FEATURES, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + 0.1 * torch.randn_like(x) if self.training else x)
+
+
+def with_personal() -> ClassificationTask:
+    task = make_task()
+    task.personal_layers = ("2.",)
+    return task
+
+
+def with_kept_state() -> ClassificationTask:
+    task = make_task()
+    task.keep_optimizer_state = True
+    return task
+
+
+def bn_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(IN_FEATURES, 6), nn.BatchNorm1d(6), nn.Linear(6, NUM_CLASSES))
+
+
+def dropout_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(IN_FEATURES, 6), nn.Dropout(0.3), nn.Linear(6, NUM_CLASSES))
+
+
+FALLBACKS: dict[str, tuple[Callable[[], Task], str]] = {
+    "not-classification": (Wrapped, "not a ClassificationTask"),
+    "train_step": (lambda: make_task(cls=Proximal), "overrides train_step"),
+    "adam": (lambda: make_task(optimizer="adam"), "not plain SGD"),
+    "momentum": (lambda: make_task(momentum=0.9), "momentum"),
+    "batchnorm": (lambda: make_task(bn_model, batch_size=4), "BatchNorm1d"),
+    "dropout": (lambda: make_task(dropout_model), "Dropout"),
+    "random": (lambda: make_task(RandomNoise), "random"),
+    "batch-coupled": (lambda: make_task(BatchCentred), "rest of its batch"),
+    "control-flow": (lambda: make_task(Branchy), "vmap"),
+    "personal": (with_personal, "personal layers"),
+    "optimizer-state": (with_kept_state, "optimizer state"),
+}
+
+
+@pytest.mark.parametrize("name", list(FALLBACKS))
+def test_falls_back_to_the_sequential_engine(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    make, reason = FALLBACKS[name]
+    with caplog.at_level(logging.WARNING, logger="fedloom"):
+        seq, vec = both(make, rounds=2)
+    backend = vec.backend
+    assert isinstance(backend, VectorizedClients) and not backend.vectorized
+    assert reason in (backend.fallback_reason or "")
+    assert any("VectorizedClients" in r.message and reason in r.message for r in caplog.records)
+    assert_same_run(seq, vec, exact=True)
+    assert backend.state_dict()["clients"].keys() == seq.backend.state_dict()["clients"].keys()
+
+
+def test_a_failing_batched_step_falls_back_for_the_round(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = make_task()
+    backend = VectorizedClients(task, SEED)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(backend, "_step", broken)
+    with caplog.at_level(logging.WARNING, logger="fedloom"):
+        vec = run(task, backend)
+    assert not backend.vectorized and "RuntimeError: boom" in (backend.fallback_reason or "")
+    seq_task = make_task()
+    assert_same_run(run(seq_task, InProcessClients(seq_task, SEED)), vec, exact=True)
+
+
+def test_leaves_the_global_rng_alone_and_checkpoints_like_the_sequential_engine() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    backend = VectorizedClients(make_task(), SEED)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert backend.state_dict() == {"clients": {}}
+    backend.load_state_dict({"clients": {}})
+    assert backend.available_clients(1) == list(range(len(CLIENT_SIZES)))
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="max_cohort"):
+        VectorizedClients(make_task(), max_cohort=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        VectorizedClients(make_task(), memory_mb=0)
