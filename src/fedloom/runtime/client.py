@@ -28,7 +28,7 @@ from ..wire import decode, encode
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
 from .security import TLSConfig, channel_credentials
-from .transport import GRPC_OPTIONS, iter_chunks, join_chunks
+from .transport import GRPC_OPTIONS, encode_chunks, join_chunks
 
 log = logging.getLogger("fedloom.client")
 
@@ -76,6 +76,17 @@ class RuntimeClient:
         """Train until told to stop; returns the number of rounds this client trained."""
         with self._channel() as channel:
             self.stub = pb_grpc.AggregatorStub(channel)
+            # models move as raw serialised chunks: the data is copied once each way
+            self._download = channel.unary_stream(
+                "/fedloom.v1.Aggregator/Download",
+                request_serializer=pb.DownloadRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            self._upload = channel.stream_unary(
+                "/fedloom.v1.Aggregator/Upload",
+                request_serializer=None,
+                response_deserializer=pb.UploadReply.FromString,
+            )
             self._check_in()
             while True:
                 ins = self._call(self.stub.Poll, self._poll())
@@ -100,7 +111,7 @@ class RuntimeClient:
         )
         limit = self.engine.spec.nbytes + (1 << 20)
         try:
-            _, data = self._call(lambda r: join_chunks(self.stub.Download(r), limit), request)
+            _, data = self._call(lambda r: join_chunks(self._download(r), limit), request)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
@@ -125,7 +136,7 @@ class RuntimeClient:
             beat.join()
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
         payload = encode(update.params, self.engine.spec, {"round": ins.round})
-        chunks = lambda: iter_chunks(  # noqa: E731 (rebuilt for each retry)
+        chunks = lambda: encode_chunks(  # noqa: E731 (rebuilt for each retry)
             payload,
             self.chunk_size,
             task_id=self.task_id,
@@ -136,7 +147,7 @@ class RuntimeClient:
             num_samples=update.num_samples,
             metrics_json=json.dumps(metrics),
         )
-        reply = self._call(lambda _: self.stub.Upload(chunks()), None)
+        reply = self._call(lambda _: self._upload(chunks()), None)
         if not reply.accepted:
             log.warning(
                 "client %d: round %d update refused: %s", self.client_id, ins.round, reply.reason

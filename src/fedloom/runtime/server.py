@@ -36,7 +36,7 @@ from ..wire import decode, encode
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
 from .security import TLSConfig, server_credentials
-from .transport import DEFAULT_CHUNK, GRPC_OPTIONS, iter_chunks, join_chunks
+from .transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks, split_chunk
 
 log = logging.getLogger("fedloom.server")
 
@@ -262,8 +262,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             "Download": grpc.unary_stream_rpc_method_handler(
                 self.Download, pb.DownloadRequest.FromString, bytes
             ),
-            "Upload": grpc.stream_unary_rpc_method_handler(
-                self.Upload, pb.Chunk.FromString, pb.UploadReply.SerializeToString
+            "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
+                self.Upload, None, pb.UploadReply.SerializeToString
             ),
         }
         return grpc.method_handlers_generic_handler("fedloom.v1.Aggregator", h)
@@ -363,18 +363,19 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _serialize(self, params: torch.Tensor, rnd: int, version: int) -> list[bytes]:
         """The model's Chunk messages, serialised once for all the clients of a version."""
         model = encode(params, self.spec, {"round": rnd, "version": version})
-        return [
-            c.SerializeToString()
-            for c in iter_chunks(
-                model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
-            )
-        ]
+        return list(
+            encode_chunks(model, self.chunk_size, task_id=self.task_id, round=rnd, version=version)
+        )
 
     def Upload(self, request_iterator, context):  # noqa: N802
         stream = iter(request_iterator)
-        head = next(stream, None)
-        if head is None:
+        first = next(stream, None)
+        if first is None:
             return pb.UploadReply(accepted=False, reason="empty stream: no chunk arrived")
+        try:
+            head = pb.Chunk.FromString(split_chunk(first)[0])
+        except Exception as e:  # WireError, protobuf's DecodeError
+            return pb.UploadReply(accepted=False, reason=f"malformed chunk: {e}")
         cid = self._member(head, context)  # authenticate before buffering anything
         with self._cv:
             self.members[cid].last_seen = time.monotonic()
@@ -389,7 +390,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             why = "stale round/version" if stale else "not asked for this round"
             return self._reject(cid, head.round, f"update refused: {why}", record=False)
         try:
-            _, data = join_chunks(itertools.chain([head], stream), self.max_update_bytes)
+            _, data = join_chunks(itertools.chain([first], stream), self.max_update_bytes)
             params, _ = decode(data, self.spec, copy=False)  # data is ours: no second copy
             metrics = json.loads(head.metrics_json or "{}")
         except (WireError, ValueError) as e:
