@@ -73,7 +73,7 @@ from fedloom import ClassificationTask, FedAvg, Federation, ParamSpec, RoundPlan
 from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.proto import fedloom_pb2_grpc as pb_grpc
-from fedloom.runtime.transport import DEFAULT_CHUNK, GRPC_OPTIONS, iter_chunks, join_chunks
+from fedloom.runtime.transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks
 from fedloom.wire import decode, encode
 
 MB = 1e6
@@ -234,9 +234,20 @@ class FedloomEnd:
         self.limit = spec.nbytes + (1 << 20)
         self.round = 0
         self.request = self.next_round()
-        # RuntimeClient's own call path (retry; list() of a server stream), on this stub.
+        # RuntimeClient's retry wrapper over the generated stub (protobuf messages).
         self.client = RuntimeClient(None, self.server.address, 0, task_id=TASK_ID)  # type: ignore[arg-type]
         self.client.stub = self.stub
+        # the raw-chunk calls RuntimeClient makes (data copied once each way)
+        self.raw_download = self.channel.unary_stream(
+            "/fedloom.v1.Aggregator/Download",
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        self.raw_upload = self.channel.stream_unary(
+            "/fedloom.v1.Aggregator/Upload",
+            request_serializer=None,
+            response_deserializer=pb.UploadReply.FromString,
+        )
 
     def next_round(self) -> pb.DownloadRequest:
         """Untimed: a fresh round (server.distribute encodes the model) for client 0."""
@@ -248,21 +259,21 @@ class FedloomEnd:
         return self.request
 
     def download(self, check: bool) -> tuple[float, float, float]:
-        """(total, stream+join, decode) seconds of stub.Download -> join_chunks -> decode."""
+        """(total, stream+join, decode) seconds of the client's raw Download -> join -> decode."""
         t0 = time.perf_counter()
-        _, data = join_chunks(self.stub.Download(self.request, timeout=120), self.limit)
+        _, data = join_chunks(self.raw_download(self.request, timeout=120), self.limit)
         t1 = time.perf_counter()
-        got, _ = decode(data, self.spec)
+        got, _ = decode(data, self.spec, copy=False)
         t2 = time.perf_counter()
         if check and not torch.equal(got, self.params):
             raise RuntimeError("downloaded model differs from the one distributed")
         return t2 - t0, t1 - t0, t2 - t1
 
     def download_client_path(self) -> float:
-        """The same through RuntimeClient._call (what RuntimeClient._train does)."""
+        """Through protobuf messages on the generated stub (what a non-fedloom client does)."""
         t0 = time.perf_counter()
         _, data = join_chunks(self.client._call(self.stub.Download, self.request), self.limit)
-        decode(data, self.spec)
+        decode(data, self.spec, copy=False)
         return time.perf_counter() - t0
 
     def upload(self, check: bool) -> tuple[float, float]:
@@ -272,7 +283,7 @@ class FedloomEnd:
         t0 = time.perf_counter()
         payload = encode(self.params, self.spec, {"round": rnd})
         t1 = time.perf_counter()
-        chunks = iter_chunks(
+        chunks = encode_chunks(
             payload,
             self.chunk_size,
             task_id=TASK_ID,
@@ -282,7 +293,7 @@ class FedloomEnd:
             num_samples=1,
             metrics_json="{}",
         )
-        answer = self.stub.Upload(chunks, timeout=120)
+        answer = self.raw_upload(chunks, timeout=120)
         t2 = time.perf_counter()
         if not answer.accepted:
             raise RuntimeError(f"upload refused: {answer.reason}")
