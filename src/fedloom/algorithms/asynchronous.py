@@ -9,11 +9,11 @@ T seconds).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 
 from ..update import ClientUpdate
+from .base import Stateful
 
 
 def staleness_weight(staleness: int, kind: str = "polynomial", a: float = 0.5) -> float:
@@ -29,7 +29,7 @@ def staleness_weight(staleness: int, kind: str = "polynomial", a: float = 0.5) -
     raise ValueError(f"staleness kind must be constant, polynomial or hinge, got {kind!r}")
 
 
-class AsyncStrategy(ABC):
+class AsyncStrategy(Stateful, ABC):
     """Base of asynchronous strategies.
 
     Args:
@@ -66,13 +66,3 @@ class AsyncStrategy(ABC):
 
     def cohort_size(self, available: int) -> int:
         return available
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"

@@ -26,7 +26,22 @@ class RoundPlan:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class Strategy(ABC):
+class Stateful:
+    """``state_dict``/``load_state_dict`` (stateless by default) and a readable repr."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume; tensors, numbers, strings, lists and dicts only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Strategy(Stateful, ABC):
     """Base class of every strategy.
 
     Args:
@@ -68,14 +83,3 @@ class Strategy(ABC):
         Writes into ``global_params`` in place and returns it. Each update's buffer is valid
         only until the next one is drawn from the stream.
         """
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume; tensors, numbers, strings, lists and dicts only."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"
