@@ -49,7 +49,7 @@ from .registry import (
     register_strategy,
 )
 from .seeding import derive_seed
-from .simulation import InProcessClients, VectorizedClients
+from .simulation import InProcessClients, ProcessPoolClients, VectorizedClients
 from .task import ClientContext, Task
 from .update import ClientUpdate
 from .wire import decode, encode
@@ -57,6 +57,7 @@ from .wire import decode, encode
 __version__ = "0.1.0"
 
 __all__ = [
+    "ProcessPoolClients",
     "VectorizedClients",
     "AsyncFederation",
     "AsyncStrategy",

@@ -1,6 +1,7 @@
 """Simulation engines: clients trained in this process (more engines come with scale-out)."""
 
 from .engine import InProcessClients
+from .pool import ProcessPoolClients
 from .vectorized import VectorizedClients
 
-__all__ = ["InProcessClients", "VectorizedClients"]
+__all__ = ["InProcessClients", "ProcessPoolClients", "VectorizedClients"]
