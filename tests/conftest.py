@@ -87,18 +87,20 @@ def toml_value(v: Any) -> str:
 
 
 class RecordingServer:
-    """A local HTTP server recording every POST as (path, JSON body); replies ``{"ok": true}``."""
+    """A local HTTP server recording every POST as (path, JSON body); replies with ``status``
+    and ``reply`` (by default 200 and Telegram's ``{"ok": true}``), which a test may change."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.status, self.reply = 200, {"ok": True, "result": {}}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((self.path, json.loads(body)))
-                data = b'{"ok": true, "result": {}}'
-                self.send_response(200)
+                data = json.dumps(outer.reply).encode()
+                self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -73,9 +73,16 @@ def test_async_strategy_refuses_simulation(tmp_path):
 
 def run_async(tmp_path, name, options, extra=()):
     overrides = [
-        f"output.dir='{tmp_path}'", "output.progress=false", "rounds=4", "data.num_clients=3",
-        "model.name='logreg'", "train.local_epochs=1", f"strategy.name='{name}'",
-        f"strategy.options={options}", "runtime.min_clients=3", *extra,
+        f"output.dir='{tmp_path}'",
+        "output.progress=false",
+        "rounds=4",
+        "data.num_clients=3",
+        "model.name='logreg'",
+        "train.local_epochs=1",
+        f"strategy.name='{name}'",
+        f"strategy.options={options}",
+        "runtime.min_clients=3",
+        *extra,
     ]
     exp = Experiment.from_config(None, overrides, backend=aggregator("127.0.0.1:0"))
     server = exp.federation.backend

@@ -23,14 +23,23 @@ def test_example_config_is_valid(path: Path) -> None:
 
 
 ROOTS = {"femnist_natural.toml": SHARED / "leaf_femnist"}
-QUICK = ["mnist_dirichlet.toml", "femnist_natural.toml", "synthetic_logreg.toml",
-         "asmallbit_conf.json"]
+QUICK = [
+    "mnist_dirichlet.toml",
+    "femnist_natural.toml",
+    "synthetic_logreg.toml",
+    "asmallbit_conf.json",
+]
 
 
 @pytest.mark.parametrize("name", QUICK)
 def test_example_runs_one_round(name: str, tmp_path: Path) -> None:
-    overrides = ["rounds=1", "train.local_epochs=1", f"output.dir='{tmp_path}'",
-                 "output.progress=false", "output.tensorboard=false"]
+    overrides = [
+        "rounds=1",
+        "train.local_epochs=1",
+        f"output.dir='{tmp_path}'",
+        "output.progress=false",
+        "output.tensorboard=false",
+    ]
     if name in ROOTS:
         if not ROOTS[name].exists():
             pytest.skip(f"{ROOTS[name]} not present")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -166,42 +163,10 @@ def test_progress_enabled_renders_rounds(capsys) -> None:
 # --- notifiers ---------------------------------------------------------------------------
 
 
-class _Server:
-    """Local HTTP server recording (path, JSON body); replies with ``status`` and ``reply``."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.status, self.reply = 200, {"ok": True, "result": {}}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append((self.path, json.loads(body)))
-                data = json.dumps(outer.reply).encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
 @pytest.fixture
-def server(monkeypatch) -> Iterator[_Server]:
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    s = _Server()
-    thread = threading.Thread(target=s.httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+def server(http_server):
+    """The shared recording HTTP server of tests/conftest.py (proxies cleared)."""
+    return http_server
 
 
 def test_webhook_posts_json(server) -> None:
