@@ -13,6 +13,11 @@ small safetensors header) is moved through the real :class:`AggregatorServer` ov
 * upload: the clock runs from the client's ``encode`` through the streamed ``Upload`` until the
   ``UploadReply`` arrives; the server joins the chunks, decodes and checks them before replying,
   and the reply is asserted to be ``accepted`` (each upload gets a fresh round, untimed);
+* bulk download / upload (fedloom's default path): the same two transfers over the
+  aggregator's bulk port (:mod:`fedloom.runtime.bulk`) through the client's own
+  ``_bulk_download``/``_bulk_upload``: connect, authorise, raw bytes received straight into the
+  client's reused buffer (download; ``decode`` with its checks is in the clock) or the
+  server's fresh one (upload; the server decodes and checks before it replies);
 * raw TCP: a receiver thread ``recv_into``s a preallocated bytearray, the sender ``sendall``s
   the encoded model on an already connected socket; the clock stops when the last byte is in;
 * bare gRPC: gRPC's own ceiling in this setting, a server stream of pre-sliced ``bytes`` (1 MiB)
@@ -74,7 +79,7 @@ from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.proto import fedloom_pb2_grpc as pb_grpc
 from fedloom.runtime.transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks
-from fedloom.wire import decode, encode
+from fedloom.wire import decode, encode, encode_parts
 
 MB = 1e6
 TASK_ID = "bench"
@@ -237,6 +242,7 @@ class FedloomEnd:
         # RuntimeClient's retry wrapper over the generated stub (protobuf messages).
         self.client = RuntimeClient(None, self.server.address, 0, task_id=TASK_ID)  # type: ignore[arg-type]
         self.client.stub = self.stub
+        self.client.bulk_port = self.server.bulk.port if self.server.bulk else 0
         # the raw-chunk calls RuntimeClient makes (data copied once each way)
         self.raw_download = self.channel.unary_stream(
             "/fedloom.v1.Aggregator/Download",
@@ -268,6 +274,34 @@ class FedloomEnd:
         if check and not torch.equal(got, self.params):
             raise RuntimeError("downloaded model differs from the one distributed")
         return t2 - t0, t1 - t0, t2 - t1
+
+    def bulk_download(self, check: bool) -> float:
+        """Seconds of the client's bulk download into its reused buffer, then ``decode``."""
+        ins = pb.Instruction(round=self.request.round, version=self.request.version)
+        t0 = time.perf_counter()
+        data = self.client._bulk_download(ins, self.limit)
+        if data is None:
+            raise RuntimeError("bulk download fell back to gRPC")
+        got, _ = decode(data, self.spec, copy=False)
+        dt = time.perf_counter() - t0
+        if check and not torch.equal(got, self.params):
+            raise RuntimeError("bulk-downloaded model differs from the one distributed")
+        return dt
+
+    def bulk_upload(self, check: bool) -> float:
+        """Seconds of encode + the client's bulk upload until the server accepted it."""
+        self.next_round()
+        ins = pb.Instruction(round=self.round, version=self.round - 1)
+        t0 = time.perf_counter()
+        parts = encode_parts(self.params, self.spec, {"round": self.round})
+        reply = self.client._bulk_upload(ins, parts, 1, {})
+        dt = time.perf_counter() - t0
+        if reply is None or not reply.accepted:
+            raise RuntimeError(f"bulk upload failed: {reply}")
+        if check and not torch.equal(self.server._results[0].params, self.params):
+            raise RuntimeError("bulk-uploaded model differs from the one sent")
+        self.server._results.clear()
+        return dt
 
     def download_client_path(self) -> float:
         """Through protobuf messages on the generated stub (what a non-fedloom client does)."""
@@ -342,7 +376,7 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
     t: dict[str, list[float]] = {"raw": [], "bare": []}
     peaks: dict[str, float] = {}
     for kib in ends:
-        for k in ("down", "down_join", "down_decode", "client", "up", "up_encode"):
+        for k in ("down", "down_join", "down_decode", "client", "up", "up_encode", "bd", "bu"):
             t[f"{k}_{kib}"] = []
     try:
         # Every repeat runs every contender once, so load from other processes (this is a
@@ -360,6 +394,12 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 u = measured(lambda end=end, warm=warm: end.upload(warm), peaks, f"upload_{kib}")
                 row[f"up_{kib}"], row[f"up_encode_{kib}"] = u
+                row[f"bd_{kib}"] = measured(
+                    lambda end=end, warm=warm: end.bulk_download(warm), peaks, f"bulk_down_{kib}"
+                )
+                row[f"bu_{kib}"] = measured(
+                    lambda end=end, warm=warm: end.bulk_upload(warm), peaks, f"bulk_up_{kib}"
+                )
             if not warm:
                 for k, v in row.items():
                     t[k].append(v)
@@ -368,7 +408,9 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
                 f", bare gRPC {nbytes / MB / row['bare']:.0f}, "
                 + ", ".join(
                     f"{kib} KiB down {nbytes / MB / row[f'down_{kib}']:.0f} "
-                    f"up {nbytes / MB / row[f'up_{kib}']:.0f}"
+                    f"up {nbytes / MB / row[f'up_{kib}']:.0f} "
+                    f"bulk down {nbytes / MB / row[f'bd_{kib}']:.0f} "
+                    f"up {nbytes / MB / row[f'bu_{kib}']:.0f}"
                     for kib in ends
                 )
                 + " MB/s"
@@ -395,6 +437,10 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
             | {"peak_rss_growth_mb": peaks.get(f"download_client_path_{kib}")},
             "upload": summary(t[f"up_{kib}"], nbytes, encode_s=t[f"up_encode_{kib}"])
             | {"vs_raw_paired": ratio("up"), "peak_rss_growth_mb": peaks.get(f"upload_{kib}")},
+            "bulk_download": summary(t[f"bd_{kib}"], nbytes)
+            | {"vs_raw_paired": ratio("bd"), "peak_rss_growth_mb": peaks.get(f"bulk_down_{kib}")},
+            "bulk_upload": summary(t[f"bu_{kib}"], nbytes)
+            | {"vs_raw_paired": ratio("bu"), "peak_rss_growth_mb": peaks.get(f"bulk_up_{kib}")},
         }
         b = by_chunk[str(kib)]
         d, c, u = b["download"], b["download_client_path"], b["upload"]
@@ -431,8 +477,13 @@ def run_transfer(args: argparse.Namespace) -> dict[str, Any]:
         "grpc_upload_mb_s": default["upload"]["mb_s"],
         "raw_tcp_mb_s": raw_mb_s,
         "bare_grpc_mb_s": bare_mb_s,
-        "download_vs_raw": default["download"]["vs_raw_paired"],
-        "upload_vs_raw": default["upload"]["vs_raw_paired"],
+        "grpc_download_vs_raw": default["download"]["vs_raw_paired"],
+        "grpc_upload_vs_raw": default["upload"]["vs_raw_paired"],
+        # the bulk channel does not chunk: every chunk size's figure measures the same path
+        "bulk_download_mb_s": median([b["bulk_download"]["mb_s"] for b in by_chunk.values()]),
+        "bulk_upload_mb_s": median([b["bulk_upload"]["mb_s"] for b in by_chunk.values()]),
+        "download_vs_raw": median([b["bulk_download"]["vs_raw_paired"] for b in by_chunk.values()]),
+        "upload_vs_raw": median([b["bulk_upload"]["vs_raw_paired"] for b in by_chunk.values()]),
         "best_download_chunk_kib": int(best_down),
         "best_download_mb_s": by_chunk[best_down]["download"]["mb_s"],
         "best_upload_chunk_kib": int(best_up),
@@ -710,6 +761,10 @@ def main(argv: list[str] | None = None) -> None:
             grpc_upload_mb_s=f"{t['grpc_upload_mb_s']:.0f}",
             raw_tcp_mb_s=f"{t['raw_tcp_mb_s']:.0f}",
             bare_grpc_mb_s=f"{t['bare_grpc_mb_s']:.0f}",
+            grpc_download_vs_raw=f"{t['grpc_download_vs_raw']:.2f}",
+            grpc_upload_vs_raw=f"{t['grpc_upload_vs_raw']:.2f}",
+            bulk_download_mb_s=f"{t['bulk_download_mb_s']:.0f}",
+            bulk_upload_mb_s=f"{t['bulk_upload_mb_s']:.0f}",
             download_vs_raw=f"{t['download_vs_raw']:.2f}",
             upload_vs_raw=f"{t['upload_vs_raw']:.2f}",
             best_download_chunk_kib=t["best_download_chunk_kib"],

@@ -101,6 +101,8 @@ class RuntimeConfig(_Section):
     round_timeout: float | None = Field(None, gt=0)
     retry_for: float = Field(60.0, gt=0)
     chunk_size: int = Field(1 << 20, ge=1)
+    bulk: bool = True  # models also on a raw bulk port beside gRPC (clients fall back to gRPC)
+    bulk_port: int = Field(0, ge=0, le=65535)  # 0: any free port, told to clients at check-in
     tokens: dict[str, str] = Field(default_factory=dict)
     tls_cert: str | None = None
     tls_key: str | None = None

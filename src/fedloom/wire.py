@@ -32,6 +32,15 @@ if sys.byteorder != "little":  # pragma: no cover - every platform torch ships f
 
 def encode(flat: torch.Tensor, spec: ParamSpec, meta: Mapping[str, object] | None = None) -> bytes:
     """Serialise the flat buffer ``flat`` laid out by ``spec`` as safetensors bytes."""
+    head, values = encode_parts(flat, spec, meta)
+    return b"".join((head, values))  # one copy
+
+
+def encode_parts(
+    flat: torch.Tensor, spec: ParamSpec, meta: Mapping[str, object] | None = None
+) -> tuple[bytes, memoryview]:
+    """:func:`encode`'s bytes as (header, values) without copying the values: a socket can
+    send them one after the other straight from the tensor's memory."""
     if flat.numel() != spec.numel or flat.dtype != spec.dtype:
         raise WireError(
             f"buffer of {flat.numel()} {flat.dtype} values does not fit spec "
@@ -53,7 +62,7 @@ def encode(flat: torch.Tensor, spec: ParamSpec, meta: Mapping[str, object] | Non
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     values = flat.detach().cpu().contiguous().view(torch.uint8).numpy()  # a view, no copy
-    return b"".join((struct.pack("<Q", len(head)), head, memoryview(values)))  # one copy
+    return struct.pack("<Q", len(head)) + head, memoryview(values)
 
 
 def read_header(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, str], int]:

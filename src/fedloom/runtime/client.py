@@ -20,14 +20,15 @@ from collections.abc import Callable
 import grpc
 
 from ..algorithms.base import RoundPlan
-from ..errors import FedloomError
+from ..errors import FedloomError, WireError
 from ..params import ParamSpec
 from ..simulation import InProcessClients
 from ..task import Task
-from ..wire import decode, encode
+from ..wire import decode, encode_parts
+from . import bulk
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
-from .security import TLSConfig, channel_credentials
+from .security import TLSConfig, channel_credentials, client_ssl_context
 from .transport import GRPC_OPTIONS, encode_chunks, join_chunks
 
 log = logging.getLogger("fedloom.client")
@@ -49,6 +50,8 @@ class RuntimeClient:
         token: the secret the aggregator expects from this client, if it uses tokens.
         tls: CA (and client cert/key for mutual TLS); ``None`` for a plain channel.
         retry_for: seconds to keep retrying an unreachable aggregator before giving up.
+        use_bulk: move models over the aggregator's bulk port when it offers one (falling
+            back to gRPC when that fails); ``False`` always uses the gRPC stream.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class RuntimeClient:
         retry_for: float = 60.0,
         backoff: tuple[float, float] = (0.05, 2.0),
         on_round: Callable[[int, dict], None] | None = None,
+        use_bulk: bool = True,
     ):
         self.task, self.server, self.client_id = task, server, int(client_id)
         self.token, self.task_id, self.tls = token, task_id, tls
@@ -70,6 +74,10 @@ class RuntimeClient:
         self.engine: InProcessClients | None = None
         self.rounds_done = 0
         self.chunk_size = 1 << 20
+        self.use_bulk, self.bulk_port = use_bulk, 0
+        self.transfers = {"bulk": 0, "grpc": 0}
+        self._ssl = None if tls is None else client_ssl_context(tls)
+        self._recv = bytearray()  # reused for every download: no page faults per round
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -111,15 +119,19 @@ class RuntimeClient:
         )
         limit = self.engine.spec.nbytes + (1 << 20)
         try:
-            _, data = self._call(lambda r: join_chunks(self._download(r), limit), request)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            data = self._bulk_download(ins, limit)
+            if data is None:
+                _, data = self._call(lambda r: join_chunks(self._download(r), limit), request)
+                self.transfers["grpc"] += 1
+        except (grpc.RpcError, bulk.BulkRefused) as e:
+            code = e.code if isinstance(e, bulk.BulkRefused) else e.code().name
+            if code != "FAILED_PRECONDITION":
                 raise
             log.info(
                 "client %d: round %d closed before we started (%s); polling again",
                 self.client_id,
                 ins.round,
-                e.details(),
+                e.reason if isinstance(e, bulk.BulkRefused) else e.details(),
             )
             return
         params, _ = decode(data, self.engine.spec, copy=False)
@@ -135,19 +147,10 @@ class RuntimeClient:
             stop.set()
             beat.join()
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
-        payload = encode(update.params, self.engine.spec, {"round": ins.round})
-        chunks = lambda: encode_chunks(  # noqa: E731 (rebuilt for each retry)
-            payload,
-            self.chunk_size,
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-            num_samples=update.num_samples,
-            metrics_json=json.dumps(metrics),
-        )
-        reply = self._call(lambda _: self._upload(chunks()), None)
+        parts = encode_parts(update.params, self.engine.spec, {"round": ins.round})
+        reply = self._bulk_upload(ins, parts, update.num_samples, metrics)
+        if reply is None:
+            reply = self._grpc_upload(ins, b"".join(parts), update.num_samples, metrics)
         if not reply.accepted:
             log.warning(
                 "client %d: round %d update refused: %s", self.client_id, ins.round, reply.reason
@@ -163,6 +166,102 @@ class RuntimeClient:
         if self.on_round:
             self.on_round(ins.round, metrics)
 
+    def _grpc_upload(self, ins, payload: bytes, num_samples: int, metrics: dict):
+        chunks = lambda: encode_chunks(  # noqa: E731 (rebuilt for each retry)
+            payload,
+            self.chunk_size,
+            task_id=self.task_id,
+            client_id=str(self.client_id),
+            token=self.token,
+            round=ins.round,
+            version=ins.version,
+            num_samples=num_samples,
+            metrics_json=json.dumps(metrics),
+        )
+        reply = self._call(lambda _: self._upload(chunks()), None)
+        self.transfers["grpc"] += 1
+        return reply
+
+    # -- the bulk channel ------------------------------------------------------------------
+    def _bulk_header(self, op: str, ins, **more) -> dict:
+        return dict(
+            op=op,
+            task_id=self.task_id,
+            client_id=str(self.client_id),
+            token=self.token,
+            round=ins.round,
+            version=ins.version,
+            **more,
+        )
+
+    def _bulk_fail(self, what: str, e: Exception) -> None:
+        """Fall back to gRPC until the next check-in offers the bulk port again."""
+        log.info("client %d: bulk %s failed (%s); using gRPC", self.client_id, what, e)
+        self.bulk_port = 0
+
+    def _bulk_connect(self):
+        host = self.server.rsplit(":", 1)[0]
+        name = self.tls.server_name if self.tls else None
+        return bulk.connect(host, self.bulk_port, self._ssl, name, timeout=60)
+
+    def _bulk_download(self, ins, limit: int) -> memoryview | None:
+        """The model's bytes over the bulk port, or None to use gRPC instead."""
+        if not self.bulk_port:
+            return None
+        try:
+            with self._bulk_connect() as sock:
+                bulk.send_header(sock, self._bulk_header("download", ins))
+                head = bulk.answer(bulk.recv_header(sock))
+                total = int(head["total_bytes"])
+                if not 0 <= total <= limit:
+                    raise WireError(f"bulk download announces {total} bytes; limit {limit}")
+                if len(self._recv) != total:
+                    self._recv = bytearray(total)
+                view = memoryview(self._recv)
+                bulk.recv_into(sock, view)
+        except bulk.BulkRefused as e:
+            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
+                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
+            if e.code == "FAILED_PRECONDITION":
+                raise
+            self._bulk_fail("download", e)  # NOT_FOUND: gRPC checks in again
+            return None
+        except (OSError, WireError, KeyError, ValueError) as e:
+            self._bulk_fail("download", e)
+            return None
+        self.transfers["bulk"] += 1
+        return view
+
+    def _bulk_upload(self, ins, parts: tuple[bytes, memoryview], num_samples: int, metrics: dict):
+        """Send an update over the bulk port; its UploadReply, or None to use gRPC."""
+        if not self.bulk_port:
+            return None
+        header = self._bulk_header(
+            "upload",
+            ins,
+            num_samples=num_samples,
+            metrics_json=json.dumps(metrics),
+            total_bytes=len(parts[0]) + len(parts[1]),
+        )
+        try:
+            with self._bulk_connect() as sock:
+                bulk.send_header(sock, header)
+                head = bulk.answer(bulk.recv_header(sock))
+                if head.get("go"):
+                    for part in parts:  # header, then values from the tensor's own memory
+                        sock.sendall(part)
+                    head = bulk.answer(bulk.recv_header(sock))
+        except bulk.BulkRefused as e:
+            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
+                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
+            self._bulk_fail("upload", e)
+            return None
+        except (OSError, WireError) as e:
+            self._bulk_fail("upload", e)
+            return None
+        self.transfers["bulk"] += 1
+        return pb.UploadReply(accepted=bool(head.get("accepted")), reason=head.get("reason", ""))
+
     # -- membership --------------------------------------------------------------------------
     def _check_in(self) -> None:
         request = pb.CheckInRequest(
@@ -175,6 +274,7 @@ class RuntimeClient:
         if not reply.accepted:
             raise RefusedError(f"client {self.client_id}: check-in refused: {reply.reason}")
         self.chunk_size = reply.chunk_size or self.chunk_size
+        self.bulk_port = reply.bulk_port if self.use_bulk else 0
         self.heartbeat_s = reply.heartbeat_s or 5.0
         if self.engine is None or self.engine.seed != reply.seed:
             self.engine = InProcessClients(self.task, reply.seed)

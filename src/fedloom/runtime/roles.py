@@ -82,6 +82,8 @@ def aggregator(address: str | None = None):
                 tokens={int(k): v for k, v in rt.tokens.items()} or None,
                 tls=server_tls(rt),
                 chunk_size=rt.chunk_size,
+                bulk=rt.bulk,
+                bulk_port=rt.bulk_port,
                 mode="async" if asynchronous else "sync",
             ).start()
 
@@ -149,5 +151,6 @@ def run_client(
         task_id=rt.task_id,
         tls=client_tls(rt),
         retry_for=rt.retry_for,
+        use_bulk=rt.bulk,
     )
     return client.run()

@@ -6,6 +6,7 @@ are checked by the aggregator on every call; TLS keeps them (and the models) pri
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +50,27 @@ def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
         private_key=_read(tls.key, "key"),
         certificate_chain=_read(tls.cert, "certificate"),
     )
+
+
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The same certificates for the bulk channel (:mod:`fedloom.runtime.bulk`)."""
+    if not (tls.cert and tls.key):
+        raise ValueError("a TLS server needs both cert and key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(_path(tls.cert, "certificate"), _path(tls.key, "key"))
+    if tls.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(_path(tls.client_ca, "client CA"))
+    return ctx
+
+
+def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=_path(tls.ca, "CA") if tls.ca else None)
+    if tls.cert and tls.key:
+        ctx.load_cert_chain(_path(tls.cert, "certificate"), _path(tls.key, "key"))
+    return ctx
+
+
+def _path(path: str, what: str) -> str:
+    _read(path, what)  # the same clear error for a missing file
+    return path

@@ -14,6 +14,7 @@ twice; a client that joins later is sampled from the next round; a client silent
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import logging
@@ -33,9 +34,10 @@ from ..errors import FedloomError, WireError
 from ..params import ParamSpec
 from ..update import ClientUpdate
 from ..wire import decode, encode
+from .bulk import BulkServer, recv_into, send_header
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
-from .security import TLSConfig, server_credentials
+from .security import TLSConfig, server_credentials, server_ssl_context
 from .transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks, split_chunk
 
 log = logging.getLogger("fedloom.server")
@@ -43,6 +45,14 @@ log = logging.getLogger("fedloom.server")
 
 class QuorumError(FedloomError, RuntimeError):
     """Too few clients returned an update for a round to count."""
+
+
+class Refused(Exception):
+    """A request the aggregator turns down; gRPC calls abort with ``code``."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
 
 
 @dataclass
@@ -72,6 +82,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         tls: server certificate and key (and client CA for mutual TLS).
         chunk_size: bytes per streamed chunk.
         max_update_bytes: the largest upload accepted (default: the model's size plus 1 MiB).
+        bulk: also serve models on a second port (``bulk_port``, 0 picks one) as raw bytes
+            beside gRPC (see :mod:`fedloom.runtime.bulk`); clients fall back to gRPC when
+            they cannot reach it.
     """
 
     def __init__(
@@ -95,13 +108,15 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         max_workers: int = 256,
         mode: str = "sync",
         keep_versions: int = 21,
+        bulk: bool = True,
+        bulk_port: int = 0,
     ):
         if min_clients < 1 or quorum < 1:
             raise ValueError("min_clients and quorum must be >= 1")
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         self.mode, self.keep_versions = mode, keep_versions
-        self._versions: dict[int, tuple[bytes, torch.Tensor]] = {}
+        self._versions: dict[int, tuple[bytes, list[bytes], torch.Tensor]] = {}
         self._busy: set[int] = set()
         self._queue: queue.Queue[ClientUpdate] = queue.Queue()
         self.spec, self.task_id, self.seed = spec, task_id, seed
@@ -118,10 +133,15 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self._round = 0
         self._version = 0
         self._plan = RoundPlan([])
-        self._chunks: list[bytes] = []
+        self._model, self._chunks = b"", []  # this version's wire bytes and Chunk messages
         self._config_json = "{}"
         self._handed: set[int] = set()
         self._results: dict[int, ClientUpdate] = {}
+        # sync mode: the receive buffers of a round's updates are reused the round after
+        # (updates are valid only until the next is drawn), sparing the page faults of a
+        # fresh buffer per upload; async updates outlive rounds and get fresh buffers.
+        self._buffers: dict[int, bytearray] = {}
+        self._free: list[bytearray] = []
         self._finished = False
         self._started = False
         self._created = time.monotonic()
@@ -136,6 +156,15 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         if self.port == 0:
             raise FedloomError(f"cannot listen on {address}")
         self.host = address.rsplit(":", 1)[0]
+        self.bulk: BulkServer | None = None
+        if bulk:
+            self.bulk = BulkServer(
+                self.host,
+                self._bulk_request,
+                port=bulk_port,
+                ssl_context=None if tls is None else server_ssl_context(tls),
+                max_connections=max(4, max_workers // 4),
+            )
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -155,6 +184,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
 
     def stop(self, grace: float = 1.0) -> None:
         self.finish()
+        if self.bulk is not None:
+            self.bulk.close()
         self._server.stop(grace).wait()
 
     # -- the Backend protocol -----------------------------------------------------------------
@@ -179,12 +210,14 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 self._cv.wait(timeout=self.poll_interval * 4)
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        chunks = self._serialize(global_params, round, round - 1)
+        model, chunks = self._serialize(global_params, round, round - 1)
         with self._cv:
             self._round, self._version = round, round - 1
-            self._plan, self._chunks = plan, chunks
+            self._plan, self._model, self._chunks = plan, model, chunks
             self._config_json = json.dumps(plan.config)
             self._handed, self._results = set(), {}
+            spare = [*self._buffers.values(), *self._free]  # at most one per planned client
+            self._free, self._buffers = spare[: len(plan.clients)], {}
             self._round_started = time.monotonic()
             self._cv.notify_all()
 
@@ -224,12 +257,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     # -- the async backend (FedAsync, FedBuff) --------------------------------------------------
     def publish(self, params: torch.Tensor, version: int) -> None:
         """Make ``version`` the model idle clients get; keep recent ones for stale uploads."""
-        chunks = self._serialize(params, version + 1, version)
+        model, chunks = self._serialize(params, version + 1, version)
         with self._cv:
-            self._versions[version] = (chunks, params.detach().clone())
+            self._versions[version] = (model, chunks, params.detach().clone())
             for old in [v for v in self._versions if v <= version - self.keep_versions]:
                 del self._versions[old]
-            self._round, self._version, self._chunks = version + 1, version, chunks
+            self._round, self._version = version + 1, version
+            self._model, self._chunks = model, chunks
             self._cv.notify_all()
 
     def next_update(self, timeout: float) -> ClientUpdate | None:
@@ -241,7 +275,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             return None
 
     def base(self, version: int) -> torch.Tensor:
-        return self._versions[version][1]
+        return self._versions[version][2]
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -287,6 +321,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             chunk_size=self.chunk_size,
             heartbeat_s=self.heartbeat_timeout / 3,
             duplicate=known,
+            bulk_port=self.bulk.port if self.bulk is not None else 0,
         )
 
     def Poll(self, request, context):  # noqa: N802
@@ -345,27 +380,34 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
 
     def Download(self, request, context):  # noqa: N802
         cid = self._member(request, context)
-        with self._cv:
-            current = (request.round, request.version) == (self._round, self._version)
-            chunks, rnd, version = self._chunks, self._round, self._version
-            if self.mode == "async" and request.version in self._versions:
-                current, version = True, request.version
-                chunks = self._versions[version][0]
-        if not current:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"model of round {request.round} version {request.version} is not current "
-                f"(round {rnd}, version {version})",
-            )
+        try:
+            _, chunks, rnd = self._published(request.round, request.version)
+        except Refused as r:
+            context.abort(r.code, r.reason)
         log.debug("client %d downloads round %d", cid, rnd)
         yield from chunks  # serialised once per version, sent as is to every client
 
-    def _serialize(self, params: torch.Tensor, rnd: int, version: int) -> list[bytes]:
-        """The model's Chunk messages, serialised once for all the clients of a version."""
+    def _published(self, rnd: int, version: int) -> tuple[bytes, list[bytes], int]:
+        """(wire bytes, Chunk messages, round) of the model a client asks for, if current."""
+        with self._cv:
+            if self.mode == "async" and version in self._versions:
+                model, chunks, _ = self._versions[version]
+                return model, chunks, self._round
+            if (rnd, version) != (self._round, self._version):
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model of round {rnd} version {version} is not current "
+                    f"(round {self._round}, version {self._version})",
+                )
+            return self._model, self._chunks, self._round
+
+    def _serialize(self, params: torch.Tensor, rnd: int, version: int) -> tuple[bytes, list]:
+        """The model's wire bytes and Chunk messages, made once for all clients of a version."""
         model = encode(params, self.spec, {"round": rnd, "version": version})
-        return list(
-            encode_chunks(model, self.chunk_size, task_id=self.task_id, round=rnd, version=version)
+        chunks = encode_chunks(
+            model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
         )
+        return model, list(chunks)
 
     def Upload(self, request_iterator, context):  # noqa: N802
         stream = iter(request_iterator)
@@ -377,6 +419,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         except Exception as e:  # WireError, protobuf's DecodeError
             return pb.UploadReply(accepted=False, reason=f"malformed chunk: {e}")
         cid = self._member(head, context)  # authenticate before buffering anything
+        refusal = self._admit(cid, head)
+        if refusal is not None:
+            return refusal
+        try:
+            _, data = join_chunks(itertools.chain([first], stream), self.max_update_bytes)
+        except WireError as e:
+            return self._reject(cid, head.round, str(e))
+        return self._accept(cid, head, data)
+
+    def _admit(self, cid: int, head) -> pb.UploadReply | None:
+        """None if ``cid``'s upload for ``head``'s round and version is wanted, else the reply."""
         with self._cv:
             self.members[cid].last_seen = time.monotonic()
             if self.mode == "async":
@@ -389,8 +442,11 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         if stale or not expected:
             why = "stale round/version" if stale else "not asked for this round"
             return self._reject(cid, head.round, f"update refused: {why}", record=False)
+        return None
+
+    def _accept(self, cid: int, head, data: bytearray) -> pb.UploadReply:
+        """Check an upload's bytes against the spec and hand the update to the round."""
         try:
-            _, data = join_chunks(itertools.chain([first], stream), self.max_update_bytes)
             params, _ = decode(data, self.spec, copy=False)  # data is ours: no second copy
             metrics = json.loads(head.metrics_json or "{}")
         except (WireError, ValueError) as e:
@@ -398,6 +454,70 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
         self._deliver(update)
         return pb.UploadReply(accepted=True)
+
+    def _receive_buffer(self, cid: int, n: int) -> bytearray:
+        if self.mode == "sync":
+            with self._cv:
+                for i, buf in enumerate(self._free):
+                    if len(buf) == n:
+                        self._buffers[cid] = self._free.pop(i)
+                        return self._buffers[cid]
+                self._buffers[cid] = bytearray(n)
+                return self._buffers[cid]
+        return bytearray(n)
+
+    def _bulk_request(self, conn, header: dict[str, Any]) -> None:
+        """One transfer on the bulk channel, checked exactly as the gRPC calls are."""
+        try:
+            head = pb.Chunk(
+                task_id=str(header.get("task_id", "")),
+                client_id=str(header.get("client_id", "")),
+                token=str(header.get("token", "")),
+                round=int(header.get("round", 0)),
+                version=int(header.get("version", 0)),
+                num_samples=int(header.get("num_samples", 0)),
+                metrics_json=str(header.get("metrics_json", "")),
+                total_bytes=int(header.get("total_bytes", 0)),
+            )
+            cid = self._check(head)
+            with self._cv:
+                if cid not in self.members:
+                    raise Refused(grpc.StatusCode.NOT_FOUND, f"client {cid} has not checked in")
+            op = header.get("op")
+            if op == "download":
+                model, _, rnd = self._published(head.round, head.version)
+                log.debug("client %d downloads round %d (bulk)", cid, rnd)
+                send_header(conn, {"ok": True, "total_bytes": len(model), "round": rnd})
+                conn.sendall(model)
+                return
+            if op != "upload":
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown bulk op {op!r}")
+        except (TypeError, ValueError) as e:
+            send_header(conn, {"ok": False, "code": "INVALID_ARGUMENT", "reason": str(e)})
+            return
+        except Refused as r:
+            send_header(conn, {"ok": False, "code": r.code.name, "reason": r.reason})
+            return
+        reply = self._admit(cid, head)
+        if reply is None and not 0 <= head.total_bytes <= self.max_update_bytes:
+            reason = f"stream announces {head.total_bytes} bytes; the limit is "
+            reply = self._reject(cid, head.round, reason + str(self.max_update_bytes))
+        if reply is not None:
+            send_header(conn, {"ok": True, "accepted": False, "reason": reply.reason})
+            return
+        send_header(conn, {"ok": True, "go": True})
+        data = self._receive_buffer(cid, head.total_bytes)
+        try:
+            recv_into(conn, memoryview(data))
+        except (OSError, WireError) as e:  # the client may send it again (over gRPC)
+            log.warning("round %d: bulk upload of client %d broken off: %s", head.round, cid, e)
+            with self._cv:
+                self._buffers.pop(cid, None)
+                if self.mode == "async":
+                    self._busy.add(cid)
+            raise
+        reply = self._accept(cid, head, data)
+        send_header(conn, {"ok": True, "accepted": reply.accepted, "reason": reply.reason})
 
     def _deliver(self, update: ClientUpdate) -> None:
         if self.mode == "async":
@@ -416,23 +536,31 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         return pb.UploadReply(accepted=False, reason=reason)
 
     def _authorise(self, msg, context) -> int:
+        try:
+            return self._check(msg)
+        except Refused as r:
+            context.abort(r.code, r.reason)
+            raise  # not reached: abort raises
+
+    def _check(self, msg) -> int:
+        """The client id of ``msg`` if its task and token are right, else :class:`Refused`."""
         if msg.task_id != self.task_id:
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"task {msg.task_id!r} is not served here (this is {self.task_id!r})",
             )
         try:
             cid = int(msg.client_id)
         except ValueError:
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"client id must be an integer, got {msg.client_id!r}",
-            )
+            ) from None
         if self.tokens is not None:
             if cid not in self.tokens:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown client {cid}")
-            if msg.token != self.tokens[cid]:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, f"bad token for client {cid}")
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"unknown client {cid}")
+            if not hmac.compare_digest(msg.token.encode(), self.tokens[cid].encode()):
+                raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"bad token for client {cid}")
         return cid
 
     def _member(self, msg, context) -> int:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedloom.proto\x12\nfedloom.v1\"X\n\x0e\x43heckInRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\"\x8d\x01\n\x0c\x43heckInReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x01(\x05\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x11\n\tduplicate\x18\x07 \x01(\x08\"N\n\x0bPollRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x08\"\xb6\x01\n\x0bInstruction\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedloom.v1.Instruction.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\x0f\n\x07task_id\x18\x06 \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04STOP\x10\x02\"d\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\xa8\x01\n\x05\x43hunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xfd\x01\n\nAggregator\x12?\n\x07\x43heckIn\x12\x1a.fedloom.v1.CheckInRequest\x1a\x18.fedloom.v1.CheckInReply\x12\x38\n\x04Poll\x12\x17.fedloom.v1.PollRequest\x1a\x17.fedloom.v1.Instruction\x12<\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x11.fedloom.v1.Chunk0\x01\x12\x36\n\x06Upload\x12\x11.fedloom.v1.Chunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedloom.proto\x12\nfedloom.v1\"X\n\x0e\x43heckInRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\"\xa0\x01\n\x0c\x43heckInReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x01(\x05\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x11\n\tbulk_port\x18\x08 \x01(\x05\"N\n\x0bPollRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x08\"\xb6\x01\n\x0bInstruction\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedloom.v1.Instruction.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\x0f\n\x07task_id\x18\x06 \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04STOP\x10\x02\"d\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\xa8\x01\n\x05\x43hunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xfd\x01\n\nAggregator\x12?\n\x07\x43heckIn\x12\x1a.fedloom.v1.CheckInRequest\x1a\x18.fedloom.v1.CheckInReply\x12\x38\n\x04Poll\x12\x17.fedloom.v1.PollRequest\x1a\x17.fedloom.v1.Instruction\x12<\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x11.fedloom.v1.Chunk0\x01\x12\x36\n\x06Upload\x12\x11.fedloom.v1.Chunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKINREQUEST']._serialized_start=29
   _globals['_CHECKINREQUEST']._serialized_end=117
   _globals['_CHECKINREPLY']._serialized_start=120
-  _globals['_CHECKINREPLY']._serialized_end=261
-  _globals['_POLLREQUEST']._serialized_start=263
-  _globals['_POLLREQUEST']._serialized_end=341
-  _globals['_INSTRUCTION']._serialized_start=344
-  _globals['_INSTRUCTION']._serialized_end=526
-  _globals['_INSTRUCTION_KIND']._serialized_start=489
-  _globals['_INSTRUCTION_KIND']._serialized_end=526
-  _globals['_DOWNLOADREQUEST']._serialized_start=528
-  _globals['_DOWNLOADREQUEST']._serialized_end=628
-  _globals['_CHUNK']._serialized_start=631
-  _globals['_CHUNK']._serialized_end=799
-  _globals['_UPLOADREPLY']._serialized_start=801
-  _globals['_UPLOADREPLY']._serialized_end=848
-  _globals['_AGGREGATOR']._serialized_start=851
-  _globals['_AGGREGATOR']._serialized_end=1104
+  _globals['_CHECKINREPLY']._serialized_end=280
+  _globals['_POLLREQUEST']._serialized_start=282
+  _globals['_POLLREQUEST']._serialized_end=360
+  _globals['_INSTRUCTION']._serialized_start=363
+  _globals['_INSTRUCTION']._serialized_end=545
+  _globals['_INSTRUCTION_KIND']._serialized_start=508
+  _globals['_INSTRUCTION_KIND']._serialized_end=545
+  _globals['_DOWNLOADREQUEST']._serialized_start=547
+  _globals['_DOWNLOADREQUEST']._serialized_end=647
+  _globals['_CHUNK']._serialized_start=650
+  _globals['_CHUNK']._serialized_end=818
+  _globals['_UPLOADREPLY']._serialized_start=820
+  _globals['_UPLOADREPLY']._serialized_end=867
+  _globals['_AGGREGATOR']._serialized_start=870
+  _globals['_AGGREGATOR']._serialized_end=1123
 # @@protoc_insertion_point(module_scope)

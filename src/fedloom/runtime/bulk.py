@@ -1,0 +1,160 @@
+"""A bulk data channel beside gRPC: models move over a plain (or TLS) socket at near raw speed.
+
+gRPC stays the control channel (check-in, polls, heartbeats, tokens, and the fallback for
+models). Its HTTP/2 framing caps a Python stream at about half of what a raw socket moves
+on the same machine, so models, the only large messages, take a second port when the
+client can reach it. Every transfer is authorised as the gRPC calls are: the header names
+task, client and token, the aggregator checks membership, round and version, and sizes are
+announced and limited before any buffer is allocated. A client that cannot reach the bulk
+port (a firewall, a proxy) falls back to the gRPC stream, which carries the same bytes.
+
+A message is a 4-byte big-endian length, a JSON header of at most 64 KiB, then the raw
+bytes the header announces (``total_bytes``): the wire format of :mod:`fedloom.wire`, so
+nothing is ever unpickled and the receiver checks the model against its spec as usual.
+
+    download: client -> {op: download, ...}     server -> {ok, total_bytes, ...} + bytes
+    upload:   client -> {op: upload, ..., total_bytes}   server -> {ok} (go ahead)
+              client -> bytes                             server -> {ok, accepted, reason}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import WireError
+
+log = logging.getLogger("fedloom.bulk")
+
+HEADER_MAX = 64 << 10
+_LEN = struct.Struct(">I")
+
+
+class BulkRefused(Exception):
+    """The aggregator answered a bulk request with a refusal (``code`` is a gRPC status name)."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+def send_header(sock: socket.socket, header: dict[str, Any]) -> None:
+    body = json.dumps(header).encode()
+    if len(body) > HEADER_MAX:
+        raise WireError(f"bulk header of {len(body)} bytes exceeds {HEADER_MAX}")
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def recv_header(sock: socket.socket) -> dict[str, Any]:
+    (n,) = _LEN.unpack(recv_exact(sock, _LEN.size))
+    if n > HEADER_MAX:
+        raise WireError(f"bulk header announces {n} bytes; the limit is {HEADER_MAX}")
+    try:
+        header = json.loads(recv_exact(sock, n))
+    except ValueError as e:
+        raise WireError(f"malformed bulk header: {e}") from None
+    if not isinstance(header, dict):
+        raise WireError("malformed bulk header: not a JSON object")
+    return header
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    recv_into(sock, memoryview(buf))
+    return buf
+
+
+def recv_into(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` (straight into the final buffer: no intermediate copy)."""
+    pos, n = 0, len(view)
+    while pos < n:
+        got = sock.recv_into(view[pos:], min(n - pos, 1 << 24))
+        if got == 0:
+            raise WireError(f"bulk stream ended after {pos} of {n} bytes")
+        pos += got
+
+
+class BulkServer:
+    """Accepts bulk connections and runs ``handler(conn, header)`` for each, in its own thread.
+
+    At most ``max_connections`` are served at once; more are closed at once (their clients
+    fall back to gRPC). ``timeout`` bounds every socket operation, so a peer that stalls
+    mid-transfer cannot hold a thread for ever.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        handler: Callable[[socket.socket, dict[str, Any]], None],
+        *,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 64,
+        timeout: float = 60.0,
+    ):
+        self.handler, self.ssl_context, self.timeout = handler, ssl_context, timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._listener = socket.create_server((host.strip("[]") or "0.0.0.0", port))
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="fedloom-bulk", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(self.timeout)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            self.handler(conn, recv_header(conn))
+        except (OSError, WireError, ssl.SSLError) as e:
+            log.info("bulk connection dropped: %s", e)
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+
+
+def connect(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    server_name: str | None,
+    timeout: float,
+) -> socket.socket:
+    sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ssl_context is not None:
+        sock = ssl_context.wrap_socket(sock, server_hostname=server_name or host.strip("[]"))
+    return sock
+
+
+def answer(header: dict[str, Any]) -> dict[str, Any]:
+    """``header`` if it is not a refusal, else raise :class:`BulkRefused`."""
+    if not header.get("ok"):
+        raise BulkRefused(str(header.get("code", "UNKNOWN")), str(header.get("reason", "")))
+    return header
