@@ -39,10 +39,12 @@ from .federation.recorder import RunRecorder
 from .models import build_model
 from .params import ParamSpec, flatten_module
 from .registry import (
+    AGGREGATORS,
     DATASETS,
     MODELS,
     PARTITIONERS,
     STRATEGIES,
+    register_aggregator,
     register_dataset,
     register_model,
     register_partitioner,
@@ -68,6 +70,7 @@ __all__ = [
     "MODELS",
     "PARTITIONERS",
     "STRATEGIES",
+    "AGGREGATORS",
     "Aggregator",
     "Callback",
     "ClassificationTask",
@@ -115,6 +118,7 @@ __all__ = [
     "register_model",
     "register_partitioner",
     "register_strategy",
+    "register_aggregator",
     "run",
     "save_checkpoint",
 ]

@@ -28,7 +28,7 @@ from .federation.async_loop import AsyncFederation
 from .federation.recorder import RunRecorder
 from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
-from .registry import DATASETS, PARTITIONERS, STRATEGIES
+from .registry import AGGREGATORS, DATASETS, PARTITIONERS, STRATEGIES
 from .seeding import derive_seed
 from .simulation.engine import warm_up_optimizers
 
@@ -111,8 +111,19 @@ def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
             f"strategy.options: {sorted(unknown)} not taken by {s.name}; it takes "
             f"{[p for p in inspect.signature(cls).parameters if p not in kwargs]}"
         )
+    options = dict(s.options)
+    agg = options.get("aggregator")
+    if isinstance(agg, str | dict):  # "median" or {"name": "trimmed_mean", "beta": 0.2}
+        spec = {"name": agg} if isinstance(agg, str) else dict(agg)
+        name = spec.pop("name", None)
+        if not name:
+            raise ConfigError("strategy.options.aggregator needs a name")
+        try:
+            options["aggregator"] = AGGREGATORS.get(name)(**spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"strategy.options.aggregator {name!r}: {e}") from None
     try:
-        return cls(**kwargs, **s.options)
+        return cls(**kwargs, **options)
     except ValueError as e:
         raise ConfigError(f"strategy: {e}") from None
 

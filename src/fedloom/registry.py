@@ -60,8 +60,10 @@ MODELS: Registry[Callable] = Registry("model")
 DATASETS: Registry[Callable] = Registry("dataset")
 PARTITIONERS: Registry[Callable] = Registry("partitioner")
 STRATEGIES: Registry[Callable] = Registry("strategy")
+AGGREGATORS: Registry[Callable] = Registry("aggregator")
 
 register_model = MODELS.register
 register_dataset = DATASETS.register
 register_partitioner = PARTITIONERS.register
 register_strategy = STRATEGIES.register
+register_aggregator = AGGREGATORS.register

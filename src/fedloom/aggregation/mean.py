@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..registry import register_aggregator
 from .base import Aggregator
 
 
+@register_aggregator("mean")
 class WeightedMean(Aggregator):
     """sum_i w_i x_i / sum_i w_i, one ``add_`` per client into a buffer kept across rounds.
 
