@@ -47,6 +47,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     device: str = "cpu"
+    stragglers: float = Field(0.0, ge=0, le=1)  # share of clients doing 1..E epochs a round
 
 
 class StrategyConfig(_Section):

@@ -197,6 +197,8 @@ class Experiment:
             target=target,
             callbacks=[recorder],
         )
+        if cfg.train.stragglers:
+            loop["stragglers"] = cfg.train.stragglers
         if isinstance(strategy, AsyncStrategy):
             if backend is None:
                 raise ConfigError(

@@ -32,6 +32,7 @@ class ClientContext:
         config: per-round settings from the strategy (e.g. ``local_epochs``).
         global_params: the flat global parameters this round started from (read-only); used by
             client-side algorithm parts such as a proximal term.
+        tensors: flat buffers the strategy sent with the model (read-only), by name.
     """
 
     client_id: int
@@ -40,6 +41,7 @@ class ClientContext:
     state: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     global_params: torch.Tensor | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Task(ABC):

@@ -2,6 +2,7 @@
 
 from .asynchronous import AsyncStrategy, staleness_weight
 from .base import RoundPlan, Strategy
+from .client import ClientAlgorithm, LocalRun, register_client_algorithm
 from .fedadagrad import FedAdagrad
 from .fedadam import FedAdam
 from .fedasync import FedAsync
@@ -9,11 +10,14 @@ from .fedavg import FedAvg
 from .fedavgm import FedAvgM
 from .fedbuff import FedBuff
 from .fedopt import AdaptiveFedOpt, FedOpt
+from .fedprox import FedProx
 from .fedyogi import FedYogi
 
 __all__ = [
     "AdaptiveFedOpt",
     "AsyncStrategy",
+    "ClientAlgorithm",
+    "LocalRun",
     "FedAdagrad",
     "FedAdam",
     "FedAsync",
@@ -21,8 +25,10 @@ __all__ = [
     "FedAvgM",
     "FedBuff",
     "FedOpt",
+    "FedProx",
     "FedYogi",
     "RoundPlan",
     "Strategy",
+    "register_client_algorithm",
     "staleness_weight",
 ]

@@ -20,10 +20,16 @@ from ..update import ClientUpdate
 
 @dataclass
 class RoundPlan:
-    """The clients of a round and the settings sent to them."""
+    """The clients of a round and what they are sent besides the model.
+
+    ``config`` is plain JSON (epochs, the client part's name and hyper-parameters, per-client
+    epochs of stragglers); ``tensors`` are flat buffers laid out like the model (SCAFFOLD's
+    server control variate, IFCA's cluster models) that clients read through ``ctx.tensors``.
+    """
 
     clients: list[int]
     config: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Stateful:
@@ -47,7 +53,16 @@ class Strategy(Stateful, ABC):
     Args:
         clients_per_round: clients sampled each round (exclusive with ``fraction``).
         fraction: share of the available clients sampled each round (at least one).
+
+    Class attributes:
+        accepts_partial_work: updates of stragglers (clients that ran fewer local epochs than
+            asked) are aggregated; when False (FedAvg, as its paper does) they are dropped.
+        client: the client-side part (:class:`~fedloom.algorithms.client.ClientAlgorithm`)
+            named in every round's config, or None.
     """
+
+    accepts_partial_work: bool = False
+    client: Any = None
 
     def __init__(self, clients_per_round: int | None = None, fraction: float | None = None):
         if clients_per_round is not None and fraction is not None:
@@ -72,7 +87,8 @@ class Strategy(Stateful, ABC):
         """Sample this round's clients (sorted, so accumulation order is deterministic)."""
         k = self.cohort_size(len(available))
         chosen = rng.choice(np.asarray(available), size=k, replace=False)
-        return RoundPlan(sorted(int(c) for c in chosen), {})
+        config = {"algorithm": self.client.to_config()} if self.client is not None else {}
+        return RoundPlan(sorted(int(c) for c in chosen), config)
 
     @abstractmethod
     def aggregate(

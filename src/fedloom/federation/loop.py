@@ -85,6 +85,9 @@ class Federation:
         target: ``(metric, value)``; stop once an evaluation reaches it (``*loss`` metrics
             must fall to it, others rise to it).
         callbacks: recording, checkpointing, extra stop rules.
+        stragglers: share of each round's clients that run a random number of local epochs
+            in [1, E] (FedProx's systems heterogeneity); strategies that do not accept
+            partial work drop those that fall short of E, as FedAvg's paper does.
     """
 
     def __init__(
@@ -98,7 +101,11 @@ class Federation:
         eval_every: int = 1,
         target: tuple[str, float] | None = None,
         callbacks: Sequence[Callback] = (),
+        stragglers: float = 0.0,
     ):
+        if not 0 <= stragglers <= 1:
+            raise ValueError(f"stragglers must be in [0, 1], got {stragglers}")
+        self.stragglers = stragglers
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         if eval_every < 1:
@@ -153,6 +160,7 @@ class Federation:
         self._state(RoundState.START_ROUND, rnd)
         rng = np.random.default_rng(derive_seed(self.seed, "sample", rnd))
         plan = self.plan = self.strategy.configure(rnd, self.backend.available_clients(rnd), rng)
+        dropped = self._straggle(rnd, plan) if self.stragglers else 0
         self._state(RoundState.DISTRIBUTE, rnd)
         self.backend.distribute(rnd, plan, self.params)
         self._state(RoundState.TRAIN, rnd)
@@ -179,11 +187,28 @@ class Federation:
             "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
             "client_seconds": stats["client_seconds"],
         }
+        if self.stragglers:
+            record["stragglers_dropped"] = dropped
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
         record["seconds"] = time.perf_counter() - t0
         self.history.append(record)
         return record
+
+    def _straggle(self, rnd: int, plan: RoundPlan) -> int:
+        """Give a share of ``plan``'s clients fewer epochs; drop them if the strategy wants
+        only complete work. Returns how many were dropped."""
+        rng = np.random.default_rng(derive_seed(self.seed, "stragglers", rnd))
+        full = int(plan.config.get("local_epochs", getattr(self.task, "local_epochs", 1)))
+        k = int(round(self.stragglers * len(plan.clients)))
+        chosen = sorted(int(c) for c in rng.choice(plan.clients, size=k, replace=False))
+        epochs = {c: int(e) for c, e in zip(chosen, rng.integers(1, full + 1, size=k))}
+        short = {c for c, e in epochs.items() if e < full}
+        if self.strategy.accepts_partial_work:
+            plan.config["client_epochs"] = {str(c): e for c, e in epochs.items()}
+            return 0
+        plan.clients = [c for c in plan.clients if c not in short]
+        return len(short)
 
     def evaluate(self) -> dict[str, float]:
         """Server-side test of the current global model (its tensors are views of params)."""

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..algorithms.client import LocalRun, client_algorithm, federated_parameters
 from ..errors import ClientError
 from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -37,6 +38,12 @@ def warm_up_optimizers() -> None:
         torch.optim.SGD([p], lr=0.1).step()
 
     threading.Thread(target=step, name="fedloom-warm-up", daemon=True).start()
+
+
+def local_epochs(config: dict[str, Any], cid: int, default: int) -> int:
+    """Epochs ``cid`` runs this round: a straggler's own count, else the round's."""
+    own = config.get("client_epochs", {}).get(str(cid))
+    return int(own if own is not None else config.get("local_epochs", default))
 
 
 class InProcessClients:
@@ -85,40 +92,73 @@ class InProcessClients:
         seed = derive_seed(self.seed, "client", round, cid)
         seed_torch(seed)
         ctx = ClientContext(
-            cid, round, torch.Generator().manual_seed(seed), state, config, self._global
+            cid,
+            round,
+            torch.Generator().manual_seed(seed),
+            state,
+            config,
+            self._global,
+            self._plan.tensors,
         )
-        epochs = int(config.get("local_epochs", task.local_epochs))
+        epochs = local_epochs(config, cid, task.local_epochs)
         model.train()
         t0 = time.perf_counter()
         loss_sum, steps = 0.0, 0
+        algo, run = client_algorithm(config), None
         try:
             optimizer = task.build_optimizer(model)
             if task.keep_optimizer_state and "optimizer" in state:
                 optimizer.load_state_dict(state["optimizer"])
+            if algo is not None:
+                run = self._local_run(optimizer, ctx)
+                algo.begin(run)
             for _ in range(epochs):
                 m = task.train_an_epoch(model, optimizer, ctx)
                 loss_sum += float(m.get("loss", 0.0)) * int(m.get("steps", 1))
                 steps += int(m.get("steps", 1))
+            if algo is not None and run is not None:
+                run.close()
+                algo.end(run)
         except Exception as e:
             raise ClientError(cid, round, "local training", e) from e
+        finally:
+            if run is not None:
+                run.close()
         if task.keep_optimizer_state:
             state["optimizer"] = optimizer.state_dict()
         if self._personal:
             state["personal"] = {k: v.detach().clone() for k, v in self._personal.items()}
         if state:
             self.states[cid] = state
-        return ClientUpdate(
-            cid,
+        metrics = {
+            "loss": loss_sum / max(steps, 1),
+            "steps": steps,
+            "epochs": epochs,
+            "seconds": time.perf_counter() - t0,
+        }
+        extras: dict[str, Any] = {}
+        if run is not None:
+            metrics.update(run.metrics)
+            if run.out:
+                extras["tensors"] = run.out
+        return ClientUpdate(cid, self.flat, task.num_samples(cid), metrics, round, extras=extras)
+
+    def _local_run(self, optimizer: torch.optim.Optimizer, ctx: ClientContext) -> LocalRun:
+        params, views = federated_parameters(self.model, self.spec, self._global)
+        run = LocalRun(
+            self.task,
+            self.model,
+            optimizer,
+            ctx,
+            self.spec,
             self.flat,
-            task.num_samples(cid),
-            {
-                "loss": loss_sum / max(steps, 1),
-                "steps": steps,
-                "epochs": epochs,
-                "seconds": time.perf_counter() - t0,
-            },
-            round,
+            self._global,
+            params,
+            views,
+            dict(self._plan.tensors),
         )
+        run._count_steps()
+        return run
 
     def _personal_tensors(self) -> dict[str, torch.Tensor]:
         fed = set(self.spec.names)

@@ -28,7 +28,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from ..algorithms.base import RoundPlan
-from ..errors import ClientError
+from ..errors import ClientError, FedloomError
 from ..params import flatten_module
 from ..task import Task
 from ..update import ClientUpdate
@@ -68,6 +68,11 @@ def _worker_main(
             for pos, cid in jobs:
                 try:
                     u = engine.train_client(rnd, cid, config)
+                    if u.extras.get("tensors"):
+                        raise RuntimeError(
+                            "the client part returns tensors, which ProcessPoolClients does "
+                            "not carry; use InProcessClients for this strategy"
+                        )
                     slots[pos].copy_(u.params)
                     outbox.put(("ok", gen, pos, cid, int(u.num_samples), dict(u.metrics)))
                 except BaseException:
@@ -208,6 +213,11 @@ class ProcessPoolClients:
         self._start()
         self._drain()
         self._gen += 1
+        if plan.tensors:
+            raise FedloomError(
+                f"the strategy sends tensors ({', '.join(plan.tensors)}) with the model, which "
+                "ProcessPoolClients does not carry; use InProcessClients for this strategy"
+            )
         self._plan, self._round = plan, round
         clients = list(plan.clients)
         if len(clients) > self._slots.shape[0]:  # grow the output slots for a bigger cohort

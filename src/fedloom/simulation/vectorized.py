@@ -141,6 +141,11 @@ class VectorizedClients:
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
         """Remember the round's plan and snapshot the global model (once, not per client)."""
         self._plan, self._round = plan, round
+        if self._fallback is None:
+            if plan.tensors or plan.config.get("algorithm"):
+                self._fall_back("the strategy has a client-side part (hooks on every step)")
+            elif plan.config.get("client_epochs"):
+                self._fall_back("stragglers run their own number of epochs")
         if self._fallback is not None:
             self._fallback.distribute(round, plan, global_params)
             return
