@@ -13,15 +13,16 @@ good ones straight into a flat buffer: it checks the header against the :class:`
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .errors import WireError
-from .params import DTYPE_NAMES, DTYPES, ParamSpec
+from .params import DTYPE_NAMES, DTYPES, ParamSpec, TensorSpec
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -184,3 +185,56 @@ def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
         raise WireError("message does not match the model spec: " + "; ".join(problems))
     in_order = all(b <= a for b, a in zip(starts, starts[1:])) if starts else True
     return None if in_order else starts
+
+
+# -- bundles: the model plus named flat buffers laid out like it ------------------------------
+EXTRA_SEP = "::"  # never in a module's parameter names, which use "."
+MAX_EXTRAS = 16
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def bundle_spec(spec: ParamSpec, names: Sequence[str]) -> ParamSpec:
+    """``spec`` followed by a copy of its entries per extra buffer, named ``extra::entry``."""
+    extra = [
+        TensorSpec(f"{n}{EXTRA_SEP}{e.name}", e.shape, e.dtype) for n in names for e in spec.entries
+    ]
+    return ParamSpec([*spec.entries, *extra])
+
+
+def encode_bundle(
+    flat: torch.Tensor,
+    spec: ParamSpec,
+    extras: Mapping[str, torch.Tensor],
+    meta: Mapping[str, object] | None = None,
+) -> bytes:
+    """:func:`encode` of ``flat`` plus ``extras`` (flat buffers like ``flat``: SCAFFOLD's control
+    variates, IFCA's cluster models). Without extras it is exactly :func:`encode`."""
+    if not extras:
+        return encode(flat, spec, meta)
+    names = sorted(extras)
+    _check_extra_names(names)
+    parts = [flat, *(extras[n] for n in names)]
+    values = torch.cat([t.detach().reshape(-1) for t in parts])
+    return encode(values, bundle_spec(spec, names), meta)
+
+
+def decode_bundle(
+    data: bytes | bytearray | memoryview, spec: ParamSpec, *, copy: bool = True
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, str]]:
+    """(flat, extras, metadata) of a bundle, every buffer checked as :func:`decode` checks the
+    model (names, dtypes, shapes, offsets, sizes, NaN/Inf). Plain model bytes give no extras."""
+    header, _, _ = read_header(data)
+    names = sorted({k.split(EXTRA_SEP, 1)[0] for k in header if EXTRA_SEP in k})
+    _check_extra_names(names)
+    values, meta = decode(data, bundle_spec(spec, names) if names else spec, copy=copy)
+    n = spec.numel
+    extras = {name: values[(i + 1) * n : (i + 2) * n] for i, name in enumerate(names)}
+    return values[:n], extras, meta
+
+
+def _check_extra_names(names: Sequence[str]) -> None:
+    if len(names) > MAX_EXTRAS:
+        raise WireError(f"{len(names)} extra buffers; at most {MAX_EXTRAS} are accepted")
+    bad = [n for n in names if not _EXTRA_NAME.match(n)]
+    if bad:
+        raise WireError(f"extra buffer names {bad} are not [A-Za-z0-9_.-]{{1,64}}")

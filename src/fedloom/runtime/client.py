@@ -24,7 +24,7 @@ from ..errors import FedloomError, WireError
 from ..params import ParamSpec
 from ..simulation import InProcessClients
 from ..task import Task
-from ..wire import decode, encode_parts
+from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
 from . import bulk
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
@@ -117,7 +117,7 @@ class RuntimeClient:
             round=ins.round,
             version=ins.version,
         )
-        limit = self.engine.spec.nbytes + (1 << 20)
+        limit = self.engine.spec.nbytes * (1 + MAX_EXTRAS) + (1 << 20)
         try:
             data = self._bulk_download(ins, limit)
             if data is None:
@@ -134,9 +134,10 @@ class RuntimeClient:
                 e.reason if isinstance(e, bulk.BulkRefused) else e.details(),
             )
             return
-        params, _ = decode(data, self.engine.spec, copy=False)
+        params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
         config = json.loads(ins.config_json or "{}")
-        self.engine.distribute(ins.round, RoundPlan([self.client_id], config), params)
+        plan = RoundPlan([self.client_id], config, tensors)
+        self.engine.distribute(ins.round, plan, params)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
@@ -147,7 +148,12 @@ class RuntimeClient:
             stop.set()
             beat.join()
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
-        parts = encode_parts(update.params, self.engine.spec, {"round": ins.round})
+        meta = {"round": ins.round}
+        if update.extras.get("tensors"):  # e.g. SCAFFOLD's control-variate change
+            bundle = encode_bundle(update.params, self.engine.spec, update.extras["tensors"], meta)
+            parts = (bundle, memoryview(b""))
+        else:
+            parts = encode_parts(update.params, self.engine.spec, meta)
         reply = self._bulk_upload(ins, parts, update.num_samples, metrics)
         if reply is None:
             reply = self._grpc_upload(ins, b"".join(parts), update.num_samples, metrics)

@@ -33,7 +33,7 @@ from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, WireError
 from ..params import ParamSpec
 from ..update import ClientUpdate
-from ..wire import decode, encode
+from ..wire import decode_bundle, encode_bundle
 from .bulk import BulkServer, recv_into, send_header
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
@@ -81,7 +81,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             unknown clients are refused.
         tls: server certificate and key (and client CA for mutual TLS).
         chunk_size: bytes per streamed chunk.
-        max_update_bytes: the largest upload accepted (default: the model's size plus 1 MiB).
+        max_update_bytes: the largest upload accepted (default: room for the model and
+            ``max_update_extras`` buffers of its size, such as SCAFFOLD's control variate,
+            plus 1 MiB).
         bulk: also serve models on a second port (``bulk_port``, 0 picks one) as raw bytes
             beside gRPC (see :mod:`fedloom.runtime.bulk`); clients fall back to gRPC when
             they cannot reach it.
@@ -110,6 +112,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         keep_versions: int = 21,
         bulk: bool = True,
         bulk_port: int = 0,
+        max_update_extras: int = 2,
     ):
         if min_clients < 1 or quorum < 1:
             raise ValueError("min_clients and quorum must be >= 1")
@@ -126,7 +129,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self.chunk_size, self.poll_interval, self.long_poll = chunk_size, poll_interval, long_poll
         self._holding, self._max_holding = 0, max(0, max_workers - 32)
         self._polling: dict[int, int] = {}  # clients whose poll we are holding: alive
-        self.max_update_bytes = max_update_bytes or spec.nbytes + (1 << 20)
+        room = spec.nbytes * (1 + max(0, max_update_extras)) + (1 << 20)
+        self.max_update_bytes = max_update_bytes or room
         self.members: dict[int, Member] = {}
         self.rejections: list[tuple[int, int, str]] = []
         self._cv = threading.Condition()
@@ -210,7 +214,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 self._cv.wait(timeout=self.poll_interval * 4)
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        model, chunks = self._serialize(global_params, round, round - 1)
+        model, chunks = self._serialize(global_params, round, round - 1, plan.tensors)
         with self._cv:
             self._round, self._version = round, round - 1
             self._plan, self._model, self._chunks = plan, model, chunks
@@ -401,9 +405,12 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 )
             return self._model, self._chunks, self._round
 
-    def _serialize(self, params: torch.Tensor, rnd: int, version: int) -> tuple[bytes, list]:
-        """The model's wire bytes and Chunk messages, made once for all clients of a version."""
-        model = encode(params, self.spec, {"round": rnd, "version": version})
+    def _serialize(
+        self, params: torch.Tensor, rnd: int, version: int, extras: dict | None = None
+    ) -> tuple[bytes, list]:
+        """The model's wire bytes (with the plan's extra buffers) and Chunk messages, made once
+        for all the clients of a version."""
+        model = encode_bundle(params, self.spec, extras or {}, {"round": rnd, "version": version})
         chunks = encode_chunks(
             model, self.chunk_size, task_id=self.task_id, round=rnd, version=version
         )
@@ -447,11 +454,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _accept(self, cid: int, head, data: bytearray) -> pb.UploadReply:
         """Check an upload's bytes against the spec and hand the update to the round."""
         try:
-            params, _ = decode(data, self.spec, copy=False)  # data is ours: no second copy
+            params, tensors, _ = decode_bundle(data, self.spec, copy=False)  # no second copy
             metrics = json.loads(head.metrics_json or "{}")
         except (WireError, ValueError) as e:
             return self._reject(cid, head.round, str(e))
         update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
+        if tensors:
+            update.extras["tensors"] = tensors
         self._deliver(update)
         return pb.UploadReply(accepted=True)
 
