@@ -1,6 +1,6 @@
 """A task of your own in a few lines: your model, your data, your training step.
 
-    python examples/custom_task.py
+python examples/custom_task.py
 """
 
 from __future__ import annotations

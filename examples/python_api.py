@@ -1,6 +1,6 @@
 """The same FedAvg run from Python, in a few lines, two ways.
 
-    python examples/python_api.py
+python examples/python_api.py
 """
 
 import fedloom

@@ -244,6 +244,9 @@ def test_asmallbit_translation_details() -> None:
     assert out["strategy"]["clusters"] == 3
     assert out["notify"]["proxy"] == "http://u:p@127.0.0.1:7890"
     assert out["seed"] == 9
+    clustered = from_asmallbit({**ASMALLBIT, "k": 3})  # k > 1 without lambda: k-means FL
+    assert clustered["strategy"] == {"clusters": 3, "name": "clustered"}
+    assert load_config({**ASMALLBIT, "k": 3}).strategy.name == "clustered"
     quiet = from_asmallbit({**ASMALLBIT, "is_push_enable": False, "proxy_type": ""})
     assert "notify" not in quiet
     assert load_config({**ASMALLBIT, "is_push_enable": False}).notify.telegram_token is None

@@ -5,8 +5,39 @@ network runtime) as a real deployment. Everything a user needs is importable fro
 """
 
 from . import models
-from .aggregation import Aggregator, WeightedMean
-from .algorithms import AsyncStrategy, FedAsync, FedAvg, FedBuff, RoundPlan, Strategy
+from .aggregation import (
+    Aggregator,
+    CoordinateMedian,
+    ElasticAggregator,
+    Krum,
+    MultiKrum,
+    TrimmedMean,
+    WeightedMean,
+)
+from .algorithms import (
+    IFCA,
+    QFFL,
+    AsyncStrategy,
+    ClientAlgorithm,
+    Ditto,
+    FedAdagrad,
+    FedAdam,
+    FedAsync,
+    FedAvg,
+    FedAvgM,
+    FedBuff,
+    FedDyn,
+    FedNova,
+    FedPer,
+    FedProx,
+    FedYogi,
+    KMeansClustered,
+    LocalRun,
+    RoundPlan,
+    Scaffold,
+    Strategy,
+    register_client_algorithm,
+)
 from .classification import ClassificationTask
 from .config import Config, load_config
 from .data import (
@@ -38,6 +69,7 @@ from .federation.async_loop import AsyncFederation
 from .federation.recorder import RunRecorder
 from .models import build_model
 from .params import ParamSpec, flatten_module
+from .personal import personalised_accuracy
 from .registry import (
     AGGREGATORS,
     DATASETS,
@@ -51,7 +83,15 @@ from .registry import (
     register_strategy,
 )
 from .seeding import derive_seed
-from .simulation import InProcessClients, ProcessPoolClients, VectorizedClients
+from .simulation import (
+    AttackedClients,
+    InProcessClients,
+    LabelFlip,
+    ProcessPoolClients,
+    ScaledNoise,
+    SignFlip,
+    VectorizedClients,
+)
 from .task import ClientContext, Task
 from .update import ClientUpdate
 from .wire import decode, encode
@@ -59,6 +99,27 @@ from .wire import decode, encode
 __version__ = "0.1.0"
 
 __all__ = [
+    "IFCA",
+    "QFFL",
+    "ClientAlgorithm",
+    "CoordinateMedian",
+    "Ditto",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvgM",
+    "FedDyn",
+    "FedNova",
+    "FedPer",
+    "FedProx",
+    "FedYogi",
+    "KMeansClustered",
+    "Krum",
+    "LocalRun",
+    "MultiKrum",
+    "Scaffold",
+    "TrimmedMean",
+    "personalised_accuracy",
+    "register_client_algorithm",
     "ProcessPoolClients",
     "VectorizedClients",
     "AsyncFederation",
@@ -121,4 +182,9 @@ __all__ = [
     "register_aggregator",
     "run",
     "save_checkpoint",
+    "AttackedClients",
+    "ElasticAggregator",
+    "LabelFlip",
+    "ScaledNoise",
+    "SignFlip",
 ]

@@ -112,6 +112,17 @@ class RuntimeConfig(_Section):
     tls_server_name: str | None = None
 
 
+class AttackConfig(_Section):
+    """Byzantine clients, in simulation (:mod:`fedloom.simulation.attacks`): a seeded
+    ``fraction`` of all clients sends sign-flipped or noise updates, or trains on flipped
+    labels. ``scale``: the sign flip's factor, or the noise's std in honest-update RMS units
+    (unused by the label flip). The attackers are listed in the run's report."""
+
+    kind: Literal["sign_flip", "scaled_noise", "label_flip"] | None = None
+    fraction: float = Field(0.2, ge=0, le=1)
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
 class Config(_Section):
     """A whole run. Every section has defaults, so ``Config()`` is the demo."""
 
@@ -126,6 +137,7 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
@@ -183,6 +195,8 @@ def from_asmallbit(flat: dict[str, Any]) -> dict[str, Any]:
                 set_path(out, "strategy.options.mu", value)
         elif key == "k":
             set_path(out, "strategy.clusters", int(value) if value else None)
+            if value and int(value) > 1 and not flat.get("lambda"):
+                set_path(out, "strategy.name", "clustered")  # k-means clustered FL
         elif key in _ASMALLBIT_ONLY:
             continue  # push and proxy keys are handled together below
         else:

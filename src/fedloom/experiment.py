@@ -30,7 +30,8 @@ from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
 from .registry import AGGREGATORS, DATASETS, PARTITIONERS, STRATEGIES
 from .seeding import derive_seed
-from .simulation.engine import warm_up_optimizers
+from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
+from .simulation.engine import InProcessClients, warm_up_optimizers
 
 log = logging.getLogger("fedloom")
 
@@ -166,10 +167,20 @@ class Experiment:
         """Build the run a config describes. ``backend(cfg)``, when given, makes what replaces
         the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC)."""
         cfg = load_config(source, list(overrides))
+        if cfg.attack.kind and backend is not None:
+            raise ConfigError("attack: attacks are simulated; run without the network runtime")
         warm_up_optimizers()  # overlaps torch's lazy imports with loading data
         dataset = load_dataset(cfg)
         parts = partition(cfg, dataset)
         task = build_task(cfg, dataset, parts)
+        attackers: list[int] = []
+        report: dict[str, Any] = {}
+        if cfg.attack.kind:  # label flip wraps the task; the others wrap the backend below
+            attackers = choose_attackers(task.num_clients, cfg.attack.fraction, cfg.seed)
+            if cfg.attack.kind == "label_flip":
+                task = LabelFlip().wrap(task, attackers)  # type: ignore[assignment]
+            report["attack"] = {**cfg.attack.model_dump(), "attackers": attackers}
+            log.info("attack %s: clients %s attack", cfg.attack.kind, attackers)
         run_dir = Path(cfg.output.dir) / cfg.name
         target = (
             (cfg.eval.target_metric, cfg.eval.target_value)
@@ -187,7 +198,7 @@ class Experiment:
             notifiers=notifiers(cfg),
             notify_on_finish=cfg.notify.on_finish,
             notify_on_failure=cfg.notify.on_failure,
-            extra_report={"task": task.describe()},
+            extra_report={"task": task.describe(), **report},
         )
         strategy = build_strategy(cfg)
         loop: dict[str, Any] = dict(
@@ -209,7 +220,15 @@ class Experiment:
                 task, strategy, backend(cfg), every_seconds=cfg.strategy.every_seconds, **loop
             )
         else:
-            fed = Federation(task, strategy, backend(cfg) if backend else None, **loop)
+            sim = None
+            if cfg.attack.kind in ("sign_flip", "scaled_noise"):
+                attack = ATTACKS[cfg.attack.kind](cfg.attack.scale)
+
+                def sim(spec: Any) -> AttackedClients:  # made when Federation makes its default
+                    engine = InProcessClients(task, cfg.seed)
+                    return AttackedClients(engine, attack, attackers, cfg.seed)
+
+            fed = Federation(task, strategy, backend(cfg) if backend else sim, **loop)
         if resume:
             fed.load_state_dict(load_checkpoint(recorder.checkpoint_path))
         return cls(cfg, dataset, parts, task, fed, recorder)

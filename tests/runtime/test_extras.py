@@ -106,3 +106,44 @@ def test_bundles_are_checked_like_models():
     short = ParamSpec.from_module(torch.nn.Linear(2, 2))
     with pytest.raises(WireError):  # an extra laid out for another model
         decode_bundle(encode_bundle(torch.zeros(6), short, {"c": torch.zeros(6)}), spec)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "fedper"},  # the client's task must get the personal head from the config
+        {"name": "ifca", "options": {"clusters": 2}},  # k cluster models travel with the plan
+        {"name": "scaffold"},
+    ],
+)
+def test_config_strategies_over_the_network_equal_the_simulation(
+    tmp_path, servers, client_threads, strategy
+):
+    from fedloom import Experiment
+    from fedloom.runtime.roles import aggregator, run_client
+
+    from .conftest import base_config, run_dir, saved_params, simulate, with_changes
+
+    cfg = with_changes(base_config(tmp_path / "net", strategy["name"], min_clients=4), rounds=2)
+    cfg["strategy"] |= strategy
+    if strategy["name"] == "fedper":  # logreg is one layer: nothing to share
+        cfg["model"] = {"name": "mlp"}
+    sim, spec = simulate(cfg, tmp_path / "sim")
+    exp = Experiment.from_config(cfg, backend=aggregator("127.0.0.1:0"))
+    server = exp.federation.backend
+    servers.append(server)
+
+    class Runner:
+        def __init__(self, cid: int) -> None:
+            self.client_id = cid
+
+        def run(self) -> int:
+            return run_client(cfg, server=server.address, client_id=self.client_id)
+
+    for cid in range(4):
+        client_threads.start(Runner(cid))
+    exp.run()
+    server.finish()
+    client_threads.join(60)
+    assert not client_threads.errors, client_threads.errors
+    assert torch.equal(saved_params(run_dir(cfg), spec), sim.params)

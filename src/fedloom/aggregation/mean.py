@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..registry import register_aggregator
@@ -31,7 +33,10 @@ class WeightedMean(Aggregator):
         self._total = 0.0
         self._count = 0
 
-    def add(self, params: torch.Tensor, weight: float) -> None:
+    def add(
+        self, params: torch.Tensor, weight: float, extras: dict[str, Any] | None = None
+    ) -> None:
+        del extras  # not used
         if self._acc is None:
             raise RuntimeError("WeightedMean.add called before reset")
         if weight < 0:

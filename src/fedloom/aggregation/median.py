@@ -8,6 +8,8 @@ every update at once and so copy each one into a 2-D stack kept across rounds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..registry import register_aggregator
@@ -35,7 +37,10 @@ class StackingAggregator(Aggregator):
         self._shape = like.shape
         self._weights = []
 
-    def add(self, params: torch.Tensor, weight: float) -> None:
+    def add(
+        self, params: torch.Tensor, weight: float, extras: dict[str, Any] | None = None
+    ) -> None:
+        del extras  # not used
         if self._stack is None:
             raise RuntimeError(f"{type(self).__name__}.add called before reset")
         if weight < 0:

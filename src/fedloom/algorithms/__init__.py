@@ -3,15 +3,23 @@
 from .asynchronous import AsyncStrategy, staleness_weight
 from .base import RoundPlan, Strategy
 from .client import ClientAlgorithm, LocalRun, register_client_algorithm
+from .ditto import Ditto
 from .fedadagrad import FedAdagrad
 from .fedadam import FedAdam
 from .fedasync import FedAsync
 from .fedavg import FedAvg
 from .fedavgm import FedAvgM
 from .fedbuff import FedBuff
+from .feddyn import FedDyn
+from .fednova import FedNova
 from .fedopt import AdaptiveFedOpt, FedOpt
+from .fedper import FedPer
 from .fedprox import FedProx
 from .fedyogi import FedYogi
+from .ifca import IFCA
+from .kmeans import KMeansClustered
+from .qffl import QFFL
+from .scaffold import Scaffold
 
 __all__ = [
     "AdaptiveFedOpt",
@@ -31,4 +39,12 @@ __all__ = [
     "Strategy",
     "register_client_algorithm",
     "staleness_weight",
+    "Ditto",
+    "FedPer",
+    "IFCA",
+    "KMeansClustered",
+    "FedDyn",
+    "Scaffold",
+    "FedNova",
+    "QFFL",
 ]

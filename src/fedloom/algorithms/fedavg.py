@@ -23,7 +23,9 @@ class FedAvg(Strategy):
     Args:
         clients_per_round / fraction: see :class:`Strategy` (the paper's C is ``fraction``).
         weighted: weight by sample count (the paper) or uniformly.
-        aggregator: how buffers are combined; the weighted mean by default.
+        aggregator: how buffers are combined; the weighted mean by default. An aggregator
+            that needs a client part (:attr:`Aggregator.client`, e.g. elastic aggregation's
+            importance) gets it run on the clients when the strategy has none of its own.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class FedAvg(Strategy):
         super().__init__(clients_per_round, fraction)
         self.weighted = weighted
         self.aggregator = aggregator or WeightedMean()
+        self.client = self.client or getattr(self.aggregator, "client", None)
 
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
@@ -43,7 +46,7 @@ class FedAvg(Strategy):
         agg = self.aggregator
         agg.reset(global_params)
         for u in updates:
-            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0)
+            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0, u.extras)
         if agg.count == 0:
             log.warning("round %d: no client update was accepted; the model is unchanged", round)
             return global_params

@@ -64,6 +64,7 @@ class FedOpt(Strategy):
         self.server_lr = check_positive("server_lr", server_lr)
         self.weighted = weighted
         self.aggregator = aggregator or WeightedMean()
+        self.client = self.client or getattr(self.aggregator, "client", None)
         self._state: dict[str, torch.Tensor] = {}
         self._work: dict[str, torch.Tensor] = {}  # scratch buffers, not state
         self._steps = 0
@@ -114,7 +115,7 @@ class FedOpt(Strategy):
         agg = self.aggregator
         agg.reset(global_params)
         for u in updates:
-            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0)
+            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0, u.extras)
         if agg.count == 0:
             log.warning(
                 "round %d: no client update was accepted; the model and the server optimiser "

@@ -76,7 +76,9 @@ class Federation:
 
     Args:
         task: the user's task (model, data, hooks).
-        strategy: sampling and aggregation.
+        strategy: sampling and aggregation. A strategy with a ``prepare(task, model, seed)``
+            method gets the freshly built model before it is flattened (FedPer sets the task's
+            personal layers there; IFCA and clustered FL make their cluster models).
         backend: where clients train; the in-process simulation by default. A callable is
             called with the model's spec to make the backend (the network aggregator needs it).
         rounds: maximum number of rounds.
@@ -115,6 +117,9 @@ class Federation:
         self.callbacks = list(callbacks)
         seed_torch(derive_seed(seed, "init"))
         self.model = task.build_model()
+        prepare = getattr(strategy, "prepare", None)
+        if prepare is not None:  # FedPer names the task's personal layers; IFCA makes k models
+            prepare(task, self.model, seed)
         self.spec: ParamSpec
         self.spec, self.params = flatten_module(self.model, task.personal_layers)
         if backend is None:

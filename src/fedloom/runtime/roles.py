@@ -127,11 +127,14 @@ def run_client(
 ) -> int:
     """Run one data holder for a config until the aggregator says STOP."""
     from ..config import load_config
-    from ..experiment import build_task, load_dataset, partition
+    from ..experiment import build_strategy, build_task, load_dataset, partition
 
     cfg = load_config(source, list(overrides))
     dataset = load_dataset(cfg)
     task = build_task(cfg, dataset, partition(cfg, dataset))
+    prepare = getattr(build_strategy(cfg), "prepare", None)
+    if prepare is not None:  # the task as the aggregator sees it (e.g. FedPer's personal head)
+        prepare(task, task.build_model(), cfg.seed)
     if not 0 <= client_id < task.num_clients:
         raise ConfigError(
             f"client id {client_id} is not one of the task's "
