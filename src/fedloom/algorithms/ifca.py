@@ -94,8 +94,30 @@ class ClusterChoice(ClientAlgorithm):
         return float(total) / max(batches, 1)
 
 
+class ClusterModels(Strategy):
+    """What clustered strategies share: k models (``models``, k x numel) and each client's
+    cluster (``assignments``), both part of ``state_dict``. Subclasses set ``clusters``."""
+
+    clusters: int
+    models: torch.Tensor | None = None
+    assignments: dict[int, int]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": None if self.models is None else self.models.clone(),
+            "assignments": {str(c): j for c, j in self.assignments.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        models = state.get("models")
+        if models is not None and models.shape[0] != self.clusters:
+            raise ValueError(f"checkpoint holds {models.shape[0]} models, not {self.clusters}")
+        self.models = None if models is None else models.clone()
+        self.assignments = {int(c): int(j) for c, j in state.get("assignments", {}).items()}
+
+
 @register_strategy("ifca")
-class IFCA(Strategy):
+class IFCA(ClusterModels):
     """Iterative Federated Clustering (see the module doc).
 
     Args:
@@ -180,16 +202,3 @@ class IFCA(Strategy):
         """The model of the cluster ``cid`` chose last, or None if it never took part."""
         j = self.assignments.get(cid)
         return None if j is None or self.models is None else self.models[j]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "models": None if self.models is None else self.models.clone(),
-            "assignments": {str(c): j for c, j in self.assignments.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        models = state.get("models")
-        if models is not None and models.shape[0] != self.clusters:
-            raise ValueError(f"checkpoint holds {models.shape[0]} models, not {self.clusters}")
-        self.models = None if models is None else models.clone()
-        self.assignments = {int(c): int(j) for c, j in state.get("assignments", {}).items()}

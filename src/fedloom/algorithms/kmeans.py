@@ -37,9 +37,9 @@ from torch import nn
 from ..registry import register_strategy
 from ..task import Task
 from ..update import ClientUpdate
-from .base import RoundPlan, Strategy
+from .base import RoundPlan
 from .client import ClientAlgorithm, LocalRun, register_client_algorithm
-from .ifca import check_clusters, initial_models
+from .ifca import ClusterModels, check_clusters, initial_models
 
 log = logging.getLogger("fedloom")
 
@@ -99,7 +99,7 @@ class ClusterStart(ClientAlgorithm):
 
 
 @register_strategy("clustered")
-class KMeansClustered(Strategy):
+class KMeansClustered(ClusterModels):
     """k models, clients clustered by k-means on their trained models (see the module doc).
 
     Args:
@@ -203,19 +203,6 @@ class KMeansClustered(Strategy):
     def client_model(self, cid: int, state: dict[str, Any]) -> torch.Tensor | None:
         """The model of ``cid``'s cluster (cluster 0 for clients that never took part)."""
         return None if self.models is None else self.models[self.assignments.get(cid, 0)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "models": None if self.models is None else self.models.clone(),
-            "assignments": {str(c): j for c, j in self.assignments.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        models = state.get("models")
-        if models is not None and models.shape[0] != self.clusters:
-            raise ValueError(f"checkpoint holds {models.shape[0]} models, not {self.clusters}")
-        self.models = None if models is None else models.clone()
-        self.assignments = {int(c): int(j) for c, j in state.get("assignments", {}).items()}
 
 
 register_strategy("kmeans", KMeansClustered)
