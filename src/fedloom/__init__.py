@@ -85,6 +85,7 @@ from .registry import (
 from .seeding import derive_seed
 from .simulation import (
     AttackedClients,
+    DistributedClients,
     InProcessClients,
     LabelFlip,
     ProcessPoolClients,
@@ -100,6 +101,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IFCA",
+    "DistributedClients",
     "QFFL",
     "ClientAlgorithm",
     "CoordinateMedian",

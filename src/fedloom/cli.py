@@ -109,6 +109,8 @@ def _run(source, overrides: list[str], resume: bool, progress: bool | None) -> i
 
     exp = Experiment.from_config(source, overrides, resume=resume, progress=progress)
     result = exp.run()
+    if exp.recorder is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"fedloom: {exp.config.name}: {result.rounds} rounds ({result.stop_reason}); {final}")
     print(f"fedloom: results in {exp.run_dir}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,12 +26,13 @@ from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
 from .federation.async_loop import AsyncFederation
-from .federation.recorder import RunRecorder
+from .federation.recorder import CHECKPOINT, RunRecorder
 from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
 from .registry import AGGREGATORS, DATASETS, PARTITIONERS, STRATEGIES
 from .seeding import derive_seed
 from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
+from .simulation.distributed import DistributedClients, in_distributed_env
 from .simulation.engine import InProcessClients, warm_up_optimizers
 
 log = logging.getLogger("fedloom")
@@ -152,7 +154,7 @@ class Experiment:
     parts: list[np.ndarray]
     task: ClassificationTask
     federation: Federation
-    recorder: RunRecorder
+    recorder: RunRecorder | None  # None on torchrun ranks other than 0 (rank 0 records)
 
     @classmethod
     def from_config(
@@ -182,23 +184,29 @@ class Experiment:
             report["attack"] = {**cfg.attack.model_dump(), "attackers": attackers}
             log.info("attack %s: clients %s attack", cfg.attack.kind, attackers)
         run_dir = Path(cfg.output.dir) / cfg.name
+        distributed = backend is None and in_distributed_env()
+        rank = int(os.environ.get("RANK", "0")) if distributed else 0
         target = (
             (cfg.eval.target_metric, cfg.eval.target_value)
             if cfg.eval.target_metric is not None
             else None
         )
-        recorder = RunRecorder(
-            run_dir,
-            cfg.model_dump(),
-            resume=resume,
-            tensorboard=cfg.output.tensorboard,
-            figures=cfg.output.figures,
-            checkpoint=cfg.output.checkpoint,
-            progress=cfg.output.progress if progress is None else progress,
-            notifiers=notifiers(cfg),
-            notify_on_finish=cfg.notify.on_finish,
-            notify_on_failure=cfg.notify.on_failure,
-            extra_report={"task": task.describe(), **report},
+        recorder = (
+            None
+            if rank
+            else RunRecorder(
+                run_dir,
+                cfg.model_dump(),
+                resume=resume,
+                tensorboard=cfg.output.tensorboard,
+                figures=cfg.output.figures,
+                checkpoint=cfg.output.checkpoint,
+                progress=cfg.output.progress if progress is None else progress,
+                notifiers=notifiers(cfg),
+                notify_on_finish=cfg.notify.on_finish,
+                notify_on_failure=cfg.notify.on_failure,
+                extra_report={"task": task.describe(), **report},
+            )
         )
         strategy = build_strategy(cfg)
         loop: dict[str, Any] = dict(
@@ -206,7 +214,7 @@ class Experiment:
             seed=cfg.seed,
             eval_every=cfg.eval.every,
             target=target,
-            callbacks=[recorder],
+            callbacks=[recorder] if recorder is not None else [],
         )
         if cfg.train.stragglers:
             loop["stragglers"] = cfg.train.stragglers
@@ -220,22 +228,30 @@ class Experiment:
                 task, strategy, backend(cfg), every_seconds=cfg.strategy.every_seconds, **loop
             )
         else:
-            sim = None
+            sim: Any = None
+
+            def clients() -> InProcessClients | DistributedClients:
+                if distributed:  # under torchrun: each rank trains a share of every round
+                    return DistributedClients(task, cfg.seed)
+                return InProcessClients(task, cfg.seed)
+
             if cfg.attack.kind in ("sign_flip", "scaled_noise"):
                 attack = ATTACKS[cfg.attack.kind](cfg.attack.scale)
 
                 def sim(spec: Any) -> AttackedClients:  # made when Federation makes its default
-                    engine = InProcessClients(task, cfg.seed)
-                    return AttackedClients(engine, attack, attackers, cfg.seed)
+                    return AttackedClients(clients(), attack, attackers, cfg.seed)
+
+            elif distributed:
+                sim = lambda spec: clients()  # noqa: E731
 
             fed = Federation(task, strategy, backend(cfg) if backend else sim, **loop)
         if resume:
-            fed.load_state_dict(load_checkpoint(recorder.checkpoint_path))
+            fed.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
         return cls(cfg, dataset, parts, task, fed, recorder)
 
     @property
     def run_dir(self) -> Path:
-        return self.recorder.dir
+        return Path(self.config.output.dir) / self.config.name
 
     def write_partition_figure(self) -> Path:
         from .data.partition import partition_report, plot_partition
@@ -249,7 +265,7 @@ class Experiment:
         return path
 
     def run(self) -> RunResult:
-        if self.config.output.figures:
+        if self.config.output.figures and self.recorder is not None:
             self.write_partition_figure()
         return self.federation.run()
 

@@ -1,4 +1,4 @@
-"""Simulation engines: clients trained in this process (more engines come with scale-out)."""
+"""Simulation engines: in this process, vectorised, in worker processes, across torchrun ranks."""
 
 from .attacks import (
     ATTACKS,
@@ -9,6 +9,7 @@ from .attacks import (
     UpdateAttack,
     choose_attackers,
 )
+from .distributed import DistributedClients, in_distributed_env
 from .engine import InProcessClients
 from .pool import ProcessPoolClients
 from .vectorized import VectorizedClients
@@ -16,6 +17,7 @@ from .vectorized import VectorizedClients
 __all__ = [
     "ATTACKS",
     "AttackedClients",
+    "DistributedClients",
     "InProcessClients",
     "LabelFlip",
     "ProcessPoolClients",
@@ -24,4 +26,5 @@ __all__ = [
     "UpdateAttack",
     "VectorizedClients",
     "choose_attackers",
+    "in_distributed_env",
 ]
