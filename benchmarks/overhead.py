@@ -149,11 +149,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / len(y)
 
 
-def build_contenders(
-    model_name: str, dataset: fedloom.TensorDataset, parts: list[np.ndarray], seed: int
-) -> tuple[fedloom.Federation, PlainFedAvg]:
-    """fedloom's Federation (no callbacks, no evaluation) and the plain loop, same setup."""
-    task = fedloom.ClassificationTask(
+def build_task(model_name: str, dataset: fedloom.TensorDataset, parts: list[np.ndarray]):
+    return fedloom.ClassificationTask(
         partial(fedloom.build_model, model_name, INPUT_SHAPE, NUM_CLASSES),
         dataset,
         parts,
@@ -161,14 +158,25 @@ def build_contenders(
         batch_size=BATCH_SIZE,
         local_epochs=LOCAL_EPOCHS,
     )
-    fed = fedloom.Federation(
+
+
+def build_federation(task, seed: int, backend=None) -> fedloom.Federation:
+    """fedloom's Federation with no callbacks and no evaluation in the timed rounds."""
+    return fedloom.Federation(
         task,
         fedloom.FedAvg(clients_per_round=CLIENTS_PER_ROUND),
+        backend,
         rounds=10**6,
         seed=seed,
         eval_every=10**6,
     )
-    fed.callbacks = []
+
+
+def build_contenders(
+    model_name: str, dataset: fedloom.TensorDataset, parts: list[np.ndarray], seed: int
+) -> tuple[fedloom.Federation, PlainFedAvg]:
+    """fedloom's Federation (no callbacks, no evaluation) and the plain loop, same setup."""
+    fed = build_federation(build_task(model_name, dataset, parts), seed)
     plain = PlainFedAvg(
         build_initial_model(model_name, seed),
         dataset.train_x,
@@ -195,16 +203,31 @@ def bench_model(
     rounds: int,
     warmup: int,
     seed: int,
+    pool: int = 0,
 ) -> dict[str, Any]:
-    """Warm both up, then time ``rounds`` alternating rounds of each; medians and ratios."""
+    """Warm all up, then time ``rounds`` alternating rounds of each; medians and ratios.
+
+    With ``pool`` > 0 a third contender runs the same Federation on ``pool`` worker
+    processes (:class:`fedloom.ProcessPoolClients`, one torch thread each)."""
     fed, plain = build_contenders(model_name, dataset, parts, seed)
-    state = {"round": 0}
+    state = {"round": 0, "pool_round": 0}
 
     def fedloom_round() -> None:
         state["round"] += 1
         fed.run_round(state["round"])
 
     contenders: dict[str, Callable[[], None]] = {"fedloom": fedloom_round, "plain": plain.run_round}
+    workers = None
+    if pool:
+        task = build_task(model_name, dataset, parts)
+        workers = fedloom.ProcessPoolClients(task, seed, workers=pool)
+        pooled = build_federation(task, seed, workers)
+
+        def pool_round() -> None:
+            state["pool_round"] += 1
+            pooled.run_round(state["pool_round"])
+
+        contenders["pool"] = pool_round
     t0 = time.perf_counter()
     for _ in range(warmup):
         for fn in contenders.values():
@@ -219,10 +242,13 @@ def bench_model(
             contenders[name]()
             times[name].append(time.perf_counter() - t)
         print(
-            f"  {model_name} pair {i + 1:3d}/{rounds}: fedloom {times['fedloom'][-1]:.4f} s, "
-            f"plain {times['plain'][-1]:.4f} s",
+            f"  {model_name} pair {i + 1:3d}/{rounds}: "
+            + ", ".join(f"{n} {times[n][-1]:.4f} s" for n in names),
             flush=True,
         )
+    if workers is not None:
+        same = state["round"] == state["pool_round"] and torch.equal(pooled.params, fed.params)
+        workers.close()
 
     med = {name: median(ts) for name, ts in times.items()}
     pair_ratios = [f / p for f, p in zip(times["fedloom"], times["plain"])]
@@ -230,7 +256,7 @@ def bench_model(
         "fedloom": accuracy(fed.model, dataset.test_x, dataset.test_y),
         "plain": accuracy(plain.global_model(), dataset.test_x, dataset.test_y),
     }
-    return {
+    out = {
         "model": model_name,
         "params": fed.spec.numel,
         "measured_rounds": rounds,
@@ -251,6 +277,15 @@ def bench_model(
         "rounds_trained_each": warmup + rounds,
         "test_accuracy_after": acc,
     }
+    if pool:
+        out["pool_workers"] = pool
+        out["pool_vs_plain_ratio_of_medians"] = med["pool"] / med["plain"]
+        out["pool_vs_plain_median_pair_ratio"] = median(
+            [q / p for q, p in zip(times["pool"], times["plain"])]
+        )
+        out["pool_vs_fedloom_ratio_of_medians"] = med["pool"] / med["fedloom"]
+        out["pool_params_equal_in_process"] = same
+    return out
 
 
 def profile_model(
@@ -290,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
+    parser.add_argument(
+        "--pool", type=int, default=0, metavar="N", help="also time N worker processes"
+    )
     parser.add_argument("--mnist-root", default=None, help="default: $FEDLOOM_MNIST or shared")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N", help="cProfile N rounds of each instead"
@@ -324,7 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_model: dict[str, dict[str, Any]] = {}
     for m in models:
         res = per_model[m] = bench_model(
-            m, dataset, parts, rounds=args.rounds, warmup=args.warmup, seed=args.seed
+            m,
+            dataset,
+            parts,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            seed=args.seed,
+            pool=args.pool,
         )
         s, acc = res["seconds_per_round"], res["test_accuracy_after"]
         print(
@@ -351,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     headlines: dict[str, Any] = {}
     for m, res in per_model.items():
         headlines[f"overhead_ratio_{m}"] = f"{res['ratio_of_medians']:.2f}"
+        if args.pool:
+            ratio = res["pool_vs_plain_ratio_of_medians"]
+            headlines[f"pool{args.pool}_vs_plain_ratio_{m}"] = f"{ratio:.2f}"
     for m, res in per_model.items():
         s = res["seconds_per_round"]
         headlines[f"fedloom_seconds_per_round_{m}"] = f"{s['fedloom']['median']:.4f}"
