@@ -383,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     headlines["vmap_speedup_mlp"] = f"{mnist['mlp']['speedup_vs_plain']:.2f}"
     headlines["vmap_speedup_logreg"] = f"{mnist['logreg']['speedup_vs_plain']:.2f}"
     headlines["per_client_overhead_ms"] = f"{small['ms_per_client']['vectorized']:.3f}"
+    headlines["vmap_speedup_logreg_synthetic_10k"] = f"{synthetic['speedup_vs_plain']:.2f}"
     headlines["synthetic_10k_round_seconds"] = (
         f"{synthetic['seconds_per_round']['vectorized']['median']:.3f}"
     )
