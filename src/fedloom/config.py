@@ -48,6 +48,10 @@ class TrainConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     device: str = "cpu"
     stragglers: float = Field(0.0, ge=0, le=1)  # share of clients doing 1..E epochs a round
+    # MiB of per-client state (SCAFFOLD c_i, FedDyn, Ditto, FedPer heads) kept in memory; the
+    # least recently used clients' states past it are spilled to a temporary directory. None:
+    # all in memory. Checkpoints still gather every state (output.checkpoint = false avoids it)
+    state_memory_mb: float | None = Field(None, gt=0)
 
 
 class StrategyConfig(_Section):

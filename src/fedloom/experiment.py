@@ -229,11 +229,14 @@ class Experiment:
             )
         else:
             sim: Any = None
+            state_mb = cfg.train.state_memory_mb
+            if state_mb is not None and backend is not None:
+                log.warning("train.state_memory_mb applies to the simulation only: ignored")
 
             def clients() -> InProcessClients | DistributedClients:
                 if distributed:  # under torchrun: each rank trains a share of every round
-                    return DistributedClients(task, cfg.seed)
-                return InProcessClients(task, cfg.seed)
+                    return DistributedClients(task, cfg.seed, state_memory_mb=state_mb)
+                return InProcessClients(task, cfg.seed, state_memory_mb=state_mb)
 
             if cfg.attack.kind in ("sign_flip", "scaled_noise"):
                 attack = ATTACKS[cfg.attack.kind](cfg.attack.scale)
@@ -241,7 +244,7 @@ class Experiment:
                 def sim(spec: Any) -> AttackedClients:  # made when Federation makes its default
                     return AttackedClients(clients(), attack, attackers, cfg.seed)
 
-            elif distributed:
+            elif distributed or state_mb is not None:  # else Federation makes the default
                 sim = lambda spec: clients()  # noqa: E731
 
             fed = Federation(task, strategy, backend(cfg) if backend else sim, **loop)

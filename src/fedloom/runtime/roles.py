@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..algorithms.asynchronous import AsyncStrategy
 from ..config import Config, RuntimeConfig
 from ..errors import ConfigError
@@ -134,7 +136,11 @@ def run_client(
     task = build_task(cfg, dataset, partition(cfg, dataset))
     prepare = getattr(build_strategy(cfg), "prepare", None)
     if prepare is not None:  # the task as the aggregator sees it (e.g. FedPer's personal head)
-        prepare(task, task.build_model(), cfg.seed)
+        from ..simulation.engine import MODEL_INIT_LOCK
+
+        with MODEL_INIT_LOCK, torch.random.fork_rng(devices=[]):  # leaves the seeded RNG alone
+            model = task.build_model()
+        prepare(task, model, cfg.seed)
     if not 0 <= client_id < task.num_clients:
         raise ConfigError(
             f"client id {client_id} is not one of the task's "

@@ -12,11 +12,13 @@ from .attacks import (
 from .distributed import DistributedClients, in_distributed_env
 from .engine import InProcessClients
 from .pool import ProcessPoolClients
+from .states import ClientStates
 from .vectorized import VectorizedClients
 
 __all__ = [
     "ATTACKS",
     "AttackedClients",
+    "ClientStates",
     "DistributedClients",
     "InProcessClients",
     "LabelFlip",

@@ -44,10 +44,19 @@ class DistributedClients:
         backend: the ``torch.distributed`` backend; by default NCCL when the task trains on
             CUDA, else gloo. The process group is created from the environment if needed.
         max_rows: updates exchanged per ``all_reduce`` (bounds the exchange buffer's memory).
+        state_memory_mb: this rank's budget for per-client state, as for
+            :class:`InProcessClients` (each rank spills its own clients' states).
     """
 
-    def __init__(self, task: Task, seed: int = 0, backend: str | None = None, max_rows: int = 64):
-        self.engine = InProcessClients(task, seed)
+    def __init__(
+        self,
+        task: Task,
+        seed: int = 0,
+        backend: str | None = None,
+        max_rows: int = 64,
+        state_memory_mb: float | None = None,
+    ):
+        self.engine = InProcessClients(task, seed, state_memory_mb=state_memory_mb)
         self.task, self.seed, self.max_rows = task, seed, max(1, max_rows)
         self.device = self.engine.flat.device
         if not dist.is_initialized():

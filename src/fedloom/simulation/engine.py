@@ -21,8 +21,13 @@ from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
+from .states import ClientStates
 
 _warm = threading.Event()
+# torch's global RNG is one per process: seeding it and then building a model or training a
+# client must not interleave with another thread doing the same (clients run as threads in
+# tests and embedded deployments); uncontended, the lock costs well under a microsecond
+MODEL_INIT_LOCK = threading.RLock()
 
 
 def warm_up_optimizers() -> None:
@@ -50,20 +55,32 @@ class InProcessClients:
     """The simulation backend: trains the clients of a round in this process.
 
     Per-client state (``ctx.state``, personal layers, optimizer state when the task keeps it)
-    is stored only for clients that have some, and is part of ``state_dict`` for checkpoints.
+    is stored only for clients that have some, in :class:`~fedloom.simulation.states.ClientStates`,
+    and is part of ``state_dict`` for checkpoints.
+
+    Args:
+        task: the user's task.
+        seed: the run seed (the Federation's).
+        state_memory_mb: memory budget (MiB of tensors) for per-client state; past it, the least
+            recently used clients' states are spilled to a temporary directory and read back
+            when those clients train again (results are unchanged). None: all kept in memory.
+            A checkpoint (``state_dict``) still holds every state at once: with huge spilled
+            state it costs that memory and disk each round; ``output.checkpoint = false``
+            avoids it.
     """
 
-    def __init__(self, task: Task, seed: int = 0):
+    def __init__(self, task: Task, seed: int = 0, state_memory_mb: float | None = None):
         warm_up_optimizers()
         self.task = task
         self.seed = seed
-        seed_torch(derive_seed(seed, "init"))
-        self.model = task.build_model()
+        with MODEL_INIT_LOCK:
+            seed_torch(derive_seed(seed, "init"))
+            self.model = task.build_model()
         self.spec, self.flat = flatten_module(self.model, task.personal_layers)
         self._global = torch.empty_like(self.flat)
         self._personal = self._personal_tensors()
         self._personal_init = {k: v.detach().clone() for k, v in self._personal.items()}
-        self.states: dict[int, dict[str, Any]] = {}
+        self.states = ClientStates(memory_mb=state_memory_mb)
         self._plan = RoundPlan([])
         self._round = 0
 
@@ -81,6 +98,10 @@ class InProcessClients:
             yield self.train_client(self._round, cid, self._plan.config)
 
     def train_client(self, round: int, cid: int, config: dict[str, Any]) -> ClientUpdate:
+        with MODEL_INIT_LOCK:  # seeds torch's global RNG: one client at a time per process
+            return self._train_client(round, cid, config)
+
+    def _train_client(self, round: int, cid: int, config: dict[str, Any]) -> ClientUpdate:
         task, model = self.task, self.model
         self.flat.copy_(self._global)
         state = self.states.get(cid, {})
@@ -170,7 +191,10 @@ class InProcessClients:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"clients": {str(k): v for k, v in self.states.items()}}
+        """Every client's state, spilled ones read back from disk (all in memory at once)."""
+        return {"clients": {str(k): v for k, v in self.states.to_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.states = {int(k): v for k, v in state.get("clients", {}).items()}
+        """Put the checkpoint's states back, spilling past the memory budget as they go in."""
+        self.states.clear()
+        self.states.update({int(k): v for k, v in state.get("clients", {}).items()})
