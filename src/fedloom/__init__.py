@@ -94,6 +94,7 @@ from .simulation import (
     VectorizedClients,
 )
 from .task import ClientContext, Task
+from .topology import Node, Topology, analysis
 from .update import ClientUpdate
 from .wire import decode, encode
 
@@ -189,4 +190,7 @@ __all__ = [
     "LabelFlip",
     "ScaledNoise",
     "SignFlip",
+    "Node",
+    "Topology",
+    "analysis",
 ]

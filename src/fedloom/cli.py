@@ -1,4 +1,4 @@
-"""``fedloom run | demo | partition`` — the command line over :mod:`fedloom.experiment`."""
+"""``fedloom run | demo | partition | topology | ...`` — the command line over fedloom."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     p_part.add_argument("config", type=Path, nargs="?")
     p_part.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     p_part.add_argument("--figure", type=Path, help="also draw the split to this PNG")
+
+    p_topo = sub.add_parser(
+        "topology", help="print each node's federated groups and draw the graph (no training)"
+    )
+    p_topo.add_argument("config", type=Path)
+    p_topo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p_topo.add_argument(
+        "--png", type=Path, help="draw here (default: <output.dir>/<name>/figures/topology.png)"
+    )
 
     p_srv = sub.add_parser("server", help="run the aggregator of a networked run (gRPC)")
     p_srv.add_argument("config", type=Path)
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "partition":
             return _partition(args)
+        if args.command == "topology":
+            return _topology(args)
         if args.command in ("server", "client", "start", "launch"):
             return _runtime(args)
         source = None if args.command == "demo" else args.config
@@ -174,6 +185,42 @@ def _partition(args: argparse.Namespace) -> int:
     if args.figure:
         plot_partition(report, args.figure)
         print(f"figure: {args.figure}")
+    return 0
+
+
+def _topology(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .topology import Topology, TopologyError, draw_topology, groups, levels
+    from .topology.graph import format_clients
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.topology is None:
+        raise ConfigError(f"{args.config}: no [topology] section (see examples/hierarchy.toml)")
+    topo = Topology.from_config(cfg.topology).validate()
+    by_node, depths = groups(topo), levels(topo)
+    n_clients = sum(len(n.clients) for n in topo.nodes.values())
+    print(
+        f"{cfg.name}: {len(topo.nodes)} nodes in {len(depths)} levels, {n_clients} simulated "
+        f"clients; edge_rounds {cfg.topology.edge_rounds}"
+    )
+    for name in (n for level in depths for n in level):
+        address = topo.nodes[name].address
+        print(name + (f" ({address})" if address else ""))
+        for g in by_node[name]:
+            members = [f"peers {', '.join(g.peers)}"] if g.peers else []
+            if g.role == "aggregator" and g.clients:
+                members.append(f"clients {format_clients(g.clients)} ({len(g.clients)})")
+            where = "of" if g.role == "aggregator" else "in"
+            print(f"  {g.role:<12} {where} group {g.aggregator!r}: {'; '.join(members)}")
+        if not by_node[name]:
+            print("  in no group")
+    try:  # what a networked run would also need; the simulation does without
+        topo.validate(network=True)
+    except TopologyError as e:
+        print(f"note: for a networked run: {'; '.join(e.problems)}")
+    png = args.png or Path(cfg.output.dir) / cfg.name / "figures" / "topology.png"
+    draw_topology(topo, png, title=f"{cfg.name}: topology")
+    print(f"figure: {png}")
     return 0
 
 

@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -127,6 +134,34 @@ class AttackConfig(_Section):
     scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
+class TopologyConfig(_Section):
+    """A hierarchy of aggregators (:mod:`fedloom.topology`). ``nodes``: ``{name, address?,
+    clients?}`` tables, clients a list of task client ids or inclusive ranges (``"0-19"``,
+    ``"0-9,20-29"``); ``edges``: ``[child, parent]`` pairs. ``edge_rounds``: rounds each
+    non-root aggregator runs with its own group per round of its parent (HierFAVG).
+    ``edge_strategy``: the non-root aggregators' strategy, keys as in ``[strategy]``; empty:
+    the run's strategy. The graph itself is checked by :meth:`Topology.validate`."""
+
+    nodes: list[dict[str, Any]] = Field(default_factory=list)
+    edges: list[list[str]] = Field(default_factory=list)
+    edge_rounds: int = Field(1, ge=1)
+    edge_strategy: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("edge_strategy")
+    @classmethod
+    def _known_strategy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from . import registry
+
+        if extra := sorted(set(value) - set(StrategyConfig.model_fields)):
+            raise ValueError(
+                f"unknown key(s) {extra}; allowed: {list(StrategyConfig.model_fields)}"
+            )
+        name = value.get("name")
+        if name is not None and name not in registry.STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; allowed: {registry.STRATEGIES.names()}")
+        return value
+
+
 class Config(_Section):
     """A whole run. Every section has defaults, so ``Config()`` is the demo."""
 
@@ -142,6 +177,7 @@ class Config(_Section):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    topology: TopologyConfig | None = None  # None: the usual one-level federation
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
@@ -158,7 +194,21 @@ class Config(_Section):
                 raise ValueError(f"{key}: unknown {reg.kind} {value!r}; allowed: {reg.names()}")
         if (self.eval.target_metric is None) != (self.eval.target_value is None):
             raise ValueError("eval.target_metric and eval.target_value go together")
+        if self.topology is not None:  # checked here so the error is not buried in the input
+            self._check_topology(self.topology)
         return self
+
+    def _check_topology(self, section: TopologyConfig) -> None:
+        from .topology.graph import Topology
+
+        topo = Topology.from_config(section).validate()
+        k = self.data.num_clients
+        for node in topo.nodes.values():
+            if node.clients and max(node.clients) >= k:
+                raise ValueError(
+                    f"topology: node {node.name!r} has client {max(node.clients)}, but "
+                    f"data.num_clients = {k} (client ids 0-{k - 1})"
+                )
 
 
 # -- asmallbit conf.json compatibility ---------------------------------------------------

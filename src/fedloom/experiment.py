@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from .algorithms.asynchronous import AsyncStrategy
 from .algorithms.base import Strategy
 from .classification import ClassificationTask
-from .config import Config, load_config
+from .config import Config, StrategyConfig, load_config
 from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
@@ -34,6 +35,8 @@ from .seeding import derive_seed
 from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
 from .simulation.distributed import DistributedClients, in_distributed_env
 from .simulation.engine import InProcessClients, warm_up_optimizers
+from .task import Task
+from .topology import HierarchicalClients, NodeMetrics, Topology
 
 log = logging.getLogger("fedloom")
 
@@ -129,6 +132,23 @@ def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
         return cls(**kwargs, **options)
     except ValueError as e:
         raise ConfigError(f"strategy: {e}") from None
+
+
+def hierarchy(cfg: Config, task: Task) -> Callable[[Any], HierarchicalClients]:
+    """The root's backend for a ``[topology]`` run: edges run ``edge_strategy`` (the run's
+    strategy with the section's keys on top) for ``edge_rounds`` rounds per root round."""
+    assert cfg.topology is not None
+    topology = Topology.from_config(cfg.topology)
+    merged = {**cfg.strategy.model_dump(), **cfg.topology.edge_strategy}
+    edge = build_strategy(cfg.model_copy(update={"strategy": StrategyConfig(**merged)}))
+    return lambda spec: HierarchicalClients(
+        task,
+        topology,
+        cfg.seed,
+        edge_strategy=edge,
+        edge_rounds=cfg.topology.edge_rounds,
+        state_memory_mb=cfg.train.state_memory_mb,
+    )
 
 
 def notifiers(cfg: Config) -> list:
@@ -246,6 +266,14 @@ class Experiment:
 
             elif distributed or state_mb is not None:  # else Federation makes the default
                 sim = lambda spec: clients()  # noqa: E731
+
+            if cfg.topology is not None and backend is None:
+                if cfg.attack.kind or distributed:
+                    raise ConfigError(
+                        "topology: hierarchical simulation runs in one process without attacks"
+                    )
+                sim = hierarchy(cfg, task)
+                loop["callbacks"].insert(0, NodeMetrics())  # before the recorder writes
 
             fed = Federation(task, strategy, backend(cfg) if backend else sim, **loop)
         if resume:
