@@ -67,8 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     _common(p_start)
     p_start.add_argument("--resume", action="store_true")
 
-    p_launch = sub.add_parser("launch", help="start 1 aggregator + N-1 clients on this machine")
-    p_launch.add_argument("--nproc", type=int, required=True)
+    p_node = sub.add_parser(
+        "node", help="run a relay of a [topology]: aggregates its clients, a client of its parent"
+    )
+    p_node.add_argument("config", type=Path)
+    p_node.add_argument("--name", required=True, help="the node's name in the topology")
+    p_node.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+    p_launch = sub.add_parser(
+        "launch",
+        help="start 1 aggregator + N-1 clients on this machine (or a config's whole topology)",
+    )
+    p_launch.add_argument(
+        "--nproc", type=int, help="processes (not needed for a config with a [topology])"
+    )
     p_launch.add_argument("--master-port", type=int)
     p_launch.add_argument("target", help="a config file, or a .py script run in every process")
     p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return _partition(args)
         if args.command == "topology":
             return _topology(args)
-        if args.command in ("server", "client", "start", "launch"):
+        if args.command in ("server", "client", "start", "launch", "node"):
             return _runtime(args)
         source = None if args.command == "demo" else args.config
         overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + args.overrides
@@ -132,7 +144,14 @@ def _runtime(args: argparse.Namespace) -> int:
     from .runtime import launch, roles
 
     if args.command == "launch":
+        if args.nproc is None:
+            return launch.launch_topology(args.target, args.args)
         return launch.launch(args.nproc, args.target, args.args, master_port=args.master_port)
+    if args.command == "node":
+        from .topology.relay import run_node
+
+        run_node(args.config, list(args.overrides), name=args.name)
+        return 0
     overrides = list(args.overrides)
     role_name, address, client_id = args.command, None, getattr(args, "client_id", None)
     if args.command == "start":

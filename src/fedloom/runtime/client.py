@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -52,6 +53,10 @@ class RuntimeClient:
         retry_for: seconds to keep retrying an unreachable aggregator before giving up.
         use_bulk: move models over the aggregator's bulk port when it offers one (falling
             back to gRPC when that fails); ``False`` always uses the gRPC stream.
+        engine: what trains this client's rounds (``distribute``/``collect``, ``spec`` and
+            ``seed``, as :class:`InProcessClients`); a relay node passes its own edge loop.
+        num_samples: the weight announced at check-in (default: the task's count for
+            ``client_id``; a relay announces its whole population).
     """
 
     def __init__(
@@ -67,11 +72,14 @@ class RuntimeClient:
         backoff: tuple[float, float] = (0.05, 2.0),
         on_round: Callable[[int, dict], None] | None = None,
         use_bulk: bool = True,
+        engine: Any = None,
+        num_samples: int | None = None,
     ):
         self.task, self.server, self.client_id = task, server, int(client_id)
         self.token, self.task_id, self.tls = token, task_id, tls
         self.retry_for, self.backoff, self.on_round = retry_for, backoff, on_round
-        self.engine: InProcessClients | None = None
+        self.engine: Any = engine
+        self.num_samples = num_samples
         self.rounds_done = 0
         self.chunk_size = 1 << 20
         self.use_bulk, self.bulk_port = use_bulk, 0
@@ -274,7 +282,11 @@ class RuntimeClient:
             task_id=self.task_id,
             client_id=str(self.client_id),
             token=self.token,
-            num_samples=self.task.num_samples(self.client_id),
+            num_samples=(
+                self.num_samples
+                if self.num_samples is not None
+                else self.task.num_samples(self.client_id)
+            ),
         )
         reply = self._retry(lambda: self.stub.CheckIn(request))
         if not reply.accepted:
@@ -282,7 +294,14 @@ class RuntimeClient:
         self.chunk_size = reply.chunk_size or self.chunk_size
         self.bulk_port = reply.bulk_port if self.use_bulk else 0
         self.heartbeat_s = reply.heartbeat_s or 5.0
-        if self.engine is None or self.engine.seed != reply.seed:
+        if self.engine is None:
+            self.engine = InProcessClients(self.task, reply.seed)
+        elif self.engine.seed != reply.seed:
+            if not isinstance(self.engine, InProcessClients):
+                raise FedloomError(
+                    f"client {self.client_id}: the aggregator's run seed {reply.seed} differs "
+                    f"from this node's {self.engine.seed}; run the same config on both sides"
+                )
             self.engine = InProcessClients(self.task, reply.seed)
         server_spec = ParamSpec.from_json(json.loads(reply.spec_json))
         if server_spec != self.engine.spec:

@@ -87,6 +87,58 @@ def launch(
             t.join(timeout=1)
 
 
+def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.0, out=None) -> int:
+    """Start a config's whole ``[topology]`` here: the root (``fedloom server``), every relay
+    (``fedloom node``) and every client under a relay (``fedloom client``), at the addresses
+    the topology gives; logs prefixed by role, all ended together as :func:`launch` does."""
+    from ..config import load_config
+    from ..topology import Topology
+
+    if not Path(config).exists():
+        raise FileNotFoundError(f"{config} does not exist")
+    overrides = list(args)  # --set K=V pairs, passed on to every process
+    cfg = load_config(config, [v for k, v in zip(args[::2], args[1::2]) if k == "--set"])
+    if cfg.topology is None:
+        raise ValueError(f"{config} has no [topology]: give --nproc instead")
+    topology = Topology.from_config(cfg.topology)
+    topology.validate(network=True)
+    fedloom = [sys.executable, "-m", "fedloom"]
+    roles: list[tuple[str, list[str]]] = [("root", [*fedloom, "server", config, *overrides])]
+    for name, node in topology.nodes.items():
+        if not topology.parents(name):
+            continue
+        roles.append((f"node {name}", [*fedloom, "node", config, "--name", name, *overrides]))
+        for cid in node.clients:
+            cmd = [*fedloom, "client", config, "--server", str(node.address), "--client-id"]
+            roles.append((f"client {cid}", [*cmd, str(cid), *overrides]))
+    out = out or sys.stdout
+    procs: list[subprocess.Popen] = []
+    lock = threading.Lock()
+    pumps = []
+    for label, cmd in roles:
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+        t = threading.Thread(target=_pump, args=(procs[-1], label, out, lock), daemon=True)
+        t.start()
+        pumps.append(t)
+    try:
+        return _wait(procs, grace)
+    except KeyboardInterrupt:
+        _terminate(procs, grace)
+        return 130
+    finally:
+        for t in pumps:
+            t.join(timeout=1)
+
+
 def _wait(procs: list[subprocess.Popen], grace: float) -> int:
     server, clients = procs[0], procs[1:]
     while True:

@@ -69,14 +69,23 @@ def aggregator(address: str | None = None):
     def make(cfg: Config):
         rt = cfg.runtime
         asynchronous = issubclass(STRATEGIES.get(cfg.strategy.name), AsyncStrategy)
+        where, wait_for = address or rt.address, rt.min_clients
+        if cfg.topology is not None:  # the root of a hierarchy: its clients are its relays
+            from ..topology import Topology
+
+            topology = Topology.from_config(cfg.topology)
+            topology.validate(network=True)
+            root = topology.roots()[0]
+            where = address or topology.nodes[root].address or where
+            wait_for = max(wait_for, len(topology.children(root)) or 1)
 
         def with_spec(spec):
             return AggregatorServer(
                 spec,
                 task_id=rt.task_id,
                 seed=cfg.seed,
-                address=address or rt.address,
-                min_clients=rt.min_clients,
+                address=where,
+                min_clients=wait_for,
                 start_timeout=rt.start_timeout,
                 quorum=rt.quorum,
                 heartbeat_timeout=rt.heartbeat_timeout,

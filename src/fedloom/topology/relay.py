@@ -1,0 +1,121 @@
+"""A relay: a node that aggregates its own clients and is itself a client of its parent.
+
+    fedloom node CONFIG --name edge0
+
+serves the clients attached to ``edge0`` at its address (an :class:`AggregatorServer` with
+check-in, heartbeats, tokens and TLS as any aggregator) and dials its parent as a
+:class:`RuntimeClient` whose "training" is the edge's own rounds: for each model the parent
+hands it, it runs ``edge_rounds`` rounds of ``edge_strategy`` over its clients and uploads
+the aggregate, weighted by its clients' samples. It reuses the hierarchical simulation's own
+node loop (:meth:`HierarchicalClients._run_node`) with the server in place of the in-process
+engine, so sampling, client seeds and aggregation are those of the simulation and a network
+run gives the simulation's parameters bit for bit. Relays whose children are relays (three
+levels over the network) are not supported yet: a relay serves clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..algorithms.base import RoundPlan
+from ..errors import ConfigError
+from ..params import flatten_module
+from ..update import ClientUpdate
+from .graph import Topology
+
+log = logging.getLogger("fedloom.relay")
+
+
+class EdgeLoop:
+    """The engine a relay's :class:`RuntimeClient` trains with: one call, the edge's rounds."""
+
+    def __init__(self, hierarchy: Any, name: str, client_id: int):
+        self.hierarchy, self.name, self.client_id = hierarchy, name, client_id
+        self.seed = hierarchy.seed
+        self.spec = hierarchy.engine.spec
+        self._round, self._params = 0, None
+
+    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
+        self._round, self._params = round, global_params
+        self.hierarchy._runs = {}  # node rounds count from 0 in every round of the parent
+
+    def collect(self) -> Iterator[ClientUpdate]:
+        assert self._params is not None, "distribute first"
+        update = self.hierarchy._run_node(self.name, self._params, self._round)
+        update.client_id = self.client_id
+        yield update
+
+
+def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
+    """Run the relay ``name`` of a config's ``[topology]`` until its parent says STOP."""
+    from ..config import load_config
+    from ..experiment import build_task, hierarchy, load_dataset, partition
+    from ..runtime.client import RuntimeClient
+    from ..runtime.roles import client_tls, server_tls
+    from ..runtime.server import AggregatorServer
+
+    cfg = load_config(source, list(overrides))
+    if cfg.topology is None:
+        raise ConfigError("fedloom node: the config has no [topology] section")
+    topology = Topology.from_config(cfg.topology)
+    topology.validate(network=True)
+    if name not in topology.nodes:
+        raise ConfigError(f"fedloom node: no node {name!r}; nodes: {sorted(topology.nodes)}")
+    parents, node = topology.parents(name), topology.nodes[name]
+    if not parents:
+        raise ConfigError(f"fedloom node: {name!r} is the root; run it with fedloom server")
+    if topology.children(name) or not node.clients:
+        raise ConfigError(f"fedloom node: {name!r} must serve clients (relays of relays: not yet)")
+    parent = topology.nodes[parents[0]]
+    dataset = load_dataset(cfg)
+    task = build_task(cfg, dataset, partition(cfg, dataset))
+    tree = hierarchy(cfg, task)(None)
+    rt = cfg.runtime
+    spec, _ = flatten_module(task.build_model(), task.personal_layers)
+    server = AggregatorServer(
+        spec,
+        task_id=rt.task_id,
+        seed=cfg.seed,
+        address=node.address or "127.0.0.1:0",
+        min_clients=len(node.clients),
+        start_timeout=rt.start_timeout,
+        quorum=rt.quorum,
+        heartbeat_timeout=rt.heartbeat_timeout,
+        round_timeout=rt.round_timeout,
+        tokens={int(k): v for k, v in rt.tokens.items()} or None,
+        tls=server_tls(rt),
+        chunk_size=rt.chunk_size,
+        bulk=rt.bulk,
+        bulk_port=rt.bulk_port,
+    ).start()
+    tree._engine = server  # the node loop's clients train behind this server
+    tree._wire_bytes = spec.nbytes
+    log.info("relay %s serves %d clients at %s", name, len(node.clients), server.address)
+    server.available_clients(0)  # wait for the check-ins before taking work from the parent
+    client_id = topology.children(parent.name).index(name)
+    upward = RuntimeClient(
+        task,
+        parent.address or rt.address,
+        client_id,
+        token=os.environ.get("FEDLOOM_TOKEN", ""),
+        task_id=rt.task_id,
+        tls=client_tls(rt),
+        retry_for=rt.retry_for,
+        use_bulk=rt.bulk,
+        engine=EdgeLoop(tree, name, client_id),
+        num_samples=tree.population[name],
+    )
+    try:
+        rounds = upward.run()
+        server.finish()
+        time.sleep(2.0)  # let polling clients hear STOP before the port closes
+        log.info("relay %s done after %d rounds of its parent", name, rounds)
+        return rounds
+    finally:
+        server.stop()

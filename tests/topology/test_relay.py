@@ -1,0 +1,79 @@
+"""Over the network: a root, 2 edge relays (``fedloom node``) and 4 clients, all started by
+``fedloom launch`` from one config, finish and give the hierarchical simulation's model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedloom import Experiment
+from fedloom.errors import ConfigError
+from fedloom.runtime.launch import free_port
+from fedloom.topology.relay import run_node
+from fedloom.wire import decode
+
+
+def config(out: Path) -> dict:
+    ports = [free_port() for _ in range(3)]
+    return {
+        "name": "relay",
+        "seed": 2,
+        "rounds": 2,
+        "data": {"dataset": "mnist5k", "num_clients": 4, "partition": "dirichlet"},
+        "model": {"name": "logreg"},
+        "train": {"local_epochs": 1, "batch_size": 20, "lr": 0.05},
+        "strategy": {"name": "fedavg", "clients_per_round": 2},
+        "output": {
+            "dir": out.as_posix(),
+            "progress": False,
+            "tensorboard": False,
+            "figures": False,
+        },
+        "runtime": {"task_id": "relay-test", "retry_for": 60.0, "heartbeat_timeout": 30.0},
+        "topology": {
+            "nodes": [
+                {"name": "root", "address": f"127.0.0.1:{ports[0]}"},
+                {"name": "a", "address": f"127.0.0.1:{ports[1]}", "clients": "0-1"},
+                {"name": "b", "address": f"127.0.0.1:{ports[2]}", "clients": "2-3"},
+            ],
+            "edges": [["a", "root"], ["b", "root"]],
+            "edge_rounds": 2,
+            "edge_strategy": {"clients_per_round": 1},
+        },
+    }
+
+
+def test_launched_topology_equals_the_hierarchical_simulation(tmp_path):
+    cfg = config(tmp_path / "net")
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "fedloom", "launch", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process: the same float sums
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for role in ("[root]", "[node a]", "[node b]", "[client 0]", "[client 3]"):
+        assert role in done.stdout, done.stdout[-4000:]
+    sim_cfg = json.loads(json.dumps(cfg))
+    sim_cfg["output"]["dir"] = (tmp_path / "sim").as_posix()
+    exp = Experiment.from_config(sim_cfg)
+    sim = exp.run()
+    data = (tmp_path / "net" / "relay" / "model.safetensors").read_bytes()
+    net, _ = decode(data, exp.federation.spec)
+    assert torch.equal(net, sim.params)
+
+
+def test_a_relay_needs_a_topology_node_with_clients(tmp_path):
+    cfg = config(tmp_path)
+    with pytest.raises(ConfigError, match="no node 'zzz'"):
+        run_node(cfg, name="zzz")
+    with pytest.raises(ConfigError, match="is the root"):
+        run_node(cfg, name="root")
+    del cfg["topology"]
+    with pytest.raises(ConfigError, match="no \\[topology\\]"):
+        run_node(cfg, name="a")
