@@ -267,6 +267,10 @@ class Experiment:
             elif distributed or state_mb is not None:  # else Federation makes the default
                 sim = lambda spec: clients()  # noqa: E731
 
+            if cfg.topology is not None and backend is not None:  # the root of relays
+                topology = Topology.from_config(cfg.topology)
+                root_children = topology.children(topology.roots()[0])
+                loop["callbacks"].insert(0, NodeMetrics(root_children))
             if cfg.topology is not None and backend is None:
                 if cfg.attack.kind or distributed:
                     raise ConfigError(

@@ -66,6 +66,11 @@ def test_launched_topology_equals_the_hierarchical_simulation(tmp_path):
     data = (tmp_path / "net" / "relay" / "model.safetensors").read_bytes()
     net, _ = decode(data, exp.federation.spec)
     assert torch.equal(net, sim.params)
+    lines = (tmp_path / "net" / "relay" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])  # the relays' own figures, per node, at the root
+    assert set(last["nodes"]) == {"a", "b"}
+    assert last["nodes"]["a"]["client_updates"] == 2  # 2 edge rounds x 1 client
+    assert last["nodes"]["a"]["loss"] == sim.history[-1]["nodes"]["a"]["loss"]
 
 
 def test_a_relay_needs_a_topology_node_with_clients(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,10 +325,21 @@ class NodeMetrics(Callback):
     them (the record is the dict the recorder writes; callbacks run in order).
     """
 
+    def __init__(self, names: Sequence[str] | None = None) -> None:
+        self.names = list(names) if names is not None else None  # the root's children, by id
+        self._seen: dict[str, dict[str, Any]] = {}
+
+    def on_update(self, fed: Federation, update: ClientUpdate, error: str | None) -> None:
+        """Over the network the relays' metrics arrive with their updates: keep them."""
+        if self.names is not None and error is None and update.client_id < len(self.names):
+            self._seen[self.names[update.client_id]] = dict(update.metrics)
+
     def on_round_end(self, fed: Federation, record: dict[str, Any]) -> None:
         nodes = getattr(fed.backend, "node_metrics", None)
         if nodes:
             record["nodes"] = {name: dict(m) for name, m in nodes.items()}
+        elif self._seen:
+            record["nodes"], self._seen = self._seen, {}
 
 
 # -- helpers ---------------------------------------------------------------------------------
