@@ -69,7 +69,7 @@ def aggregator(address: str | None = None):
     def make(cfg: Config):
         rt = cfg.runtime
         asynchronous = issubclass(STRATEGIES.get(cfg.strategy.name), AsyncStrategy)
-        where, wait_for = address or rt.address, rt.min_clients
+        where, wait_for, tokens = address or rt.address, rt.min_clients, dict(rt.tokens)
         if cfg.topology is not None:  # the root of a hierarchy: its clients are its relays
             from ..topology import Topology
 
@@ -78,6 +78,9 @@ def aggregator(address: str | None = None):
             root = topology.roots()[0]
             where = address or topology.nodes[root].address or where
             wait_for = max(wait_for, len(topology.children(root)) or 1)
+            if any(not k.isdigit() for k in tokens):  # relays' tokens are keyed by node name
+                children = topology.children(root)
+                tokens = {str(i): tokens[n] for i, n in enumerate(children) if n in tokens}
 
         def with_spec(spec):
             return AggregatorServer(
@@ -90,7 +93,7 @@ def aggregator(address: str | None = None):
                 quorum=rt.quorum,
                 heartbeat_timeout=rt.heartbeat_timeout,
                 round_timeout=rt.round_timeout,
-                tokens={int(k): v for k, v in rt.tokens.items()} or None,
+                tokens={int(k): v for k, v in tokens.items() if k.isdigit()} or None,
                 tls=server_tls(rt),
                 chunk_size=rt.chunk_size,
                 bulk=rt.bulk,

@@ -3,7 +3,8 @@
     fedloom node CONFIG --name edge0
 
 serves the clients attached to ``edge0`` at its address (an :class:`AggregatorServer` with
-check-in, heartbeats, tokens and TLS as any aggregator) and dials its parent as a
+check-in, heartbeats, tokens and TLS as any aggregator; ``runtime.tokens`` holds the clients'
+tokens by id and the relays' tokens by node name) and dials its parent as a
 :class:`RuntimeClient` whose "training" is the edge's own rounds: for each model the parent
 hands it, it runs ``edge_rounds`` rounds of ``edge_strategy`` over its clients and uploads
 the aggregate, weighted by its clients' samples. It reuses the hierarchical simulation's own
@@ -16,7 +17,6 @@ levels over the network) are not supported yet: a relay serves clients.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -88,7 +88,7 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
         quorum=rt.quorum,
         heartbeat_timeout=rt.heartbeat_timeout,
         round_timeout=rt.round_timeout,
-        tokens={int(k): v for k, v in rt.tokens.items()} or None,
+        tokens={int(k): v for k, v in rt.tokens.items() if k.isdigit()} or None,
         tls=server_tls(rt),
         chunk_size=rt.chunk_size,
         bulk=rt.bulk,
@@ -103,7 +103,7 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
         task,
         parent.address or rt.address,
         client_id,
-        token=os.environ.get("FEDLOOM_TOKEN", ""),
+        token=rt.tokens.get(name, ""),  # a relay's token is keyed by its name
         task_id=rt.task_id,
         tls=client_tls(rt),
         retry_for=rt.retry_for,

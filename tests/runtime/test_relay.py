@@ -49,8 +49,22 @@ def config(out: Path) -> dict:
     }
 
 
-def test_launched_topology_equals_the_hierarchical_simulation(tmp_path):
+def secured(cfg: dict, certs) -> dict:
+    """TLS on every link (one certificate for 127.0.0.1) and a token per client and relay."""
+    cfg["runtime"] |= {
+        "tls_cert": certs.server_cert,
+        "tls_key": certs.server_key,
+        "tls_ca": certs.ca,
+        "tokens": {"0": "t0", "1": "t1", "2": "t2", "3": "t3", "a": "ta", "b": "tb"},
+    }
+    return cfg
+
+
+@pytest.mark.parametrize("security", [False, True])
+def test_launched_topology_equals_the_hierarchical_simulation(tmp_path, security, request):
     cfg = config(tmp_path / "net")
+    if security:
+        cfg = secured(cfg, request.getfixturevalue("certs"))
     path = tmp_path / "relay.json"
     path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "fedloom", "launch", str(path)]
@@ -71,6 +85,53 @@ def test_launched_topology_equals_the_hierarchical_simulation(tmp_path):
     assert set(last["nodes"]) == {"a", "b"}
     assert last["nodes"]["a"]["client_updates"] == 2  # 2 edge rounds x 1 client
     assert last["nodes"]["a"]["loss"] == sim.history[-1]["nodes"]["a"]["loss"]
+
+
+def test_a_relay_with_a_wrong_token_is_refused_by_the_root(tmp_path, certs):
+    cfg = secured(config(tmp_path / "net"), certs)
+    cfg["runtime"]["tokens"]["a"] = "wrong-for-the-root"
+    cfg["runtime"]["retry_for"] = 5.0
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps(cfg))
+    root_cfg = json.loads(json.dumps(cfg))
+    root_cfg["runtime"]["tokens"]["a"] = "ta"  # what the root expects
+    root_path = tmp_path / "root.json"
+    root_path.write_text(json.dumps(root_cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fedloom = [sys.executable, "-m", "fedloom"]
+    procs = [
+        subprocess.Popen(
+            [*fedloom, "server", str(root_path)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    ]
+    try:
+        procs.append(
+            subprocess.Popen(
+                [*fedloom, "node", str(path), "--name", "a"],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        procs += [
+            subprocess.Popen([*fedloom, "client", str(path), "--server",
+                              cfg["topology"]["nodes"][1]["address"], "--client-id", str(c)],
+                             env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+            for c in (0, 1)
+        ]  # fmt: skip
+        out, _ = procs[1].communicate(timeout=120)
+        assert procs[1].returncode != 0
+        assert "bad token" in out, out[-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def test_a_relay_needs_a_topology_node_with_clients(tmp_path):
