@@ -87,6 +87,27 @@ def test_launched_topology_equals_the_hierarchical_simulation(tmp_path, security
     assert last["nodes"]["a"]["loss"] == sim.history[-1]["nodes"]["a"]["loss"]
 
 
+def test_three_levels_over_the_network_equal_the_simulation(tmp_path):
+    """root <- mid <- (a, b), clients under a and b: mid is a relay of relays."""
+    cfg = config(tmp_path / "net")
+    port = free_port()
+    cfg["topology"]["nodes"].insert(1, {"name": "mid", "address": f"127.0.0.1:{port}"})
+    cfg["topology"]["edges"] = [["mid", "root"], ["a", "mid"], ["b", "mid"]]
+    cfg["strategy"]["clients_per_round"] = 1
+    path = tmp_path / "relay.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fedloom", "launch", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    sim_cfg = json.loads(json.dumps(cfg))
+    sim_cfg["output"]["dir"] = (tmp_path / "sim").as_posix()
+    exp = Experiment.from_config(sim_cfg)
+    sim = exp.run()
+    data = (tmp_path / "net" / "relay" / "model.safetensors").read_bytes()
+    assert torch.equal(decode(data, exp.federation.spec)[0], sim.params)
+
+
 def test_a_relay_with_a_wrong_token_is_refused_by_the_root(tmp_path, certs):
     cfg = secured(config(tmp_path / "net"), certs)
     cfg["runtime"]["tokens"]["a"] = "wrong-for-the-root"

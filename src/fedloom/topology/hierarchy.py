@@ -158,6 +158,9 @@ class HierarchicalClients:
         self._global: torch.Tensor | None = None
         self._plan, self._round = RoundPlan([]), 0
         self._runs: dict[str, int] = {}  # node rounds run so far in this global round
+        # nodes whose children are reached through ``engine`` (a relay's server) rather than
+        # simulated here: a relay of relays over the network
+        self.served: set[str] = set()
         self._wire_bytes = 0
 
     # -- the engine --------------------------------------------------------------------------
@@ -237,7 +240,7 @@ class HierarchicalClients:
             rng = np.random.default_rng(derive_seed(self.seed, "edge/" + name, g, j))
             plan = strategy.configure(t, available, rng)
             stats = _RoundStats()
-            if not children:
+            if not children or name in self.served:
                 engine.distribute(g + j * ROUND_STRIDE, plan, buf)
                 stream: Iterable[ClientUpdate] = engine.collect()
             else:  # children start from a snapshot: the strategy may write buf as it goes

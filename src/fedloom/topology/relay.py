@@ -10,8 +10,8 @@ hands it, it runs ``edge_rounds`` rounds of ``edge_strategy`` over its clients a
 the aggregate, weighted by its clients' samples. It reuses the hierarchical simulation's own
 node loop (:meth:`HierarchicalClients._run_node`) with the server in place of the in-process
 engine, so sampling, client seeds and aggregation are those of the simulation and a network
-run gives the simulation's parameters bit for bit. Relays whose children are relays (three
-levels over the network) are not supported yet: a relay serves clients.
+run gives the simulation's parameters bit for bit. A relay may also serve relays (any depth):
+its child relays get its rounds numbered ``g + j * ROUND_STRIDE`` and keep the root's ``g``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..params import flatten_module
 from ..update import ClientUpdate
 from .graph import Topology
+from .hierarchy import ROUND_STRIDE
 
 log = logging.getLogger("fedloom.relay")
 
@@ -39,11 +40,14 @@ class EdgeLoop:
         self.hierarchy, self.name, self.client_id = hierarchy, name, client_id
         self.seed = hierarchy.seed
         self.spec = hierarchy.engine.spec
-        self._round, self._params = 0, None
+        self._round, self._params = -1, None
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        self._round, self._params = round, global_params
-        self.hierarchy._runs = {}  # node rounds count from 0 in every round of the parent
+        # a parent relay numbers its rounds g + j * ROUND_STRIDE; g is the root's round
+        g = round % ROUND_STRIDE
+        if g != self._round:  # node rounds count from 0 in every round of the root
+            self.hierarchy._runs = {}
+        self._round, self._params = g, global_params
 
     def collect(self) -> Iterator[ClientUpdate]:
         assert self._params is not None, "distribute first"
@@ -70,8 +74,6 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     parents, node = topology.parents(name), topology.nodes[name]
     if not parents:
         raise ConfigError(f"fedloom node: {name!r} is the root; run it with fedloom server")
-    if topology.children(name) or not node.clients:
-        raise ConfigError(f"fedloom node: {name!r} must serve clients (relays of relays: not yet)")
     parent = topology.nodes[parents[0]]
     dataset = load_dataset(cfg)
     task = build_task(cfg, dataset, partition(cfg, dataset))
@@ -83,7 +85,7 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
         task_id=rt.task_id,
         seed=cfg.seed,
         address=node.address or "127.0.0.1:0",
-        min_clients=len(node.clients),
+        min_clients=len(topology.children(name)) or len(node.clients),
         start_timeout=rt.start_timeout,
         quorum=rt.quorum,
         heartbeat_timeout=rt.heartbeat_timeout,
@@ -94,9 +96,10 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
         bulk=rt.bulk,
         bulk_port=rt.bulk_port,
     ).start()
-    tree._engine = server  # the node loop's clients train behind this server
+    tree._engine = server  # the node loop's clients (or child relays) train behind it
+    tree.served.add(name)
     tree._wire_bytes = spec.nbytes
-    log.info("relay %s serves %d clients at %s", name, len(node.clients), server.address)
+    log.info("relay %s serves its group at %s", name, server.address)
     server.available_clients(0)  # wait for the check-ins before taking work from the parent
     client_id = topology.children(parent.name).index(name)
     upward = RuntimeClient(
