@@ -10,46 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from ..aggregation import Aggregator
 from ..registry import register_strategy
-from .fedopt import AdaptiveFedOpt, check_decay
+from .fedadam import FedAdam
 
 
 @register_strategy("fedyogi")
-class FedYogi(AdaptiveFedOpt):
+class FedYogi(FedAdam):
     """m = b1 m + (1 - b1) Delta; v = v - (1 - b2) Delta^2 sign(v - Delta^2);
     x += eta m / (sqrt(v) + tau), with m_{-1} = 0, v_{-1} = tau^2.
 
-    Defaults as for :class:`FedAdam` (beta1 0.9, beta2 0.99 as fixed in the paper; tau 1e-3
-    from its grid; server_lr 1e-2 only a starting point, tuned per task in the paper).
+    Arguments and defaults as for :class:`FedAdam`, whose subclass it is: only the v update
+    differs (beta1 0.9, beta2 0.99 as fixed in the paper; tau 1e-3 from its grid; server_lr
+    1e-2 only a starting point, tuned per task in the paper).
 
     Args:
         server_lr: eta (> 0). beta1, beta2: decays in [0, 1). tau: adaptivity (> 0).
         clients_per_round / fraction / weighted / aggregator: as for :class:`FedAvg`.
     """
-
-    def __init__(
-        self,
-        server_lr: float = 1e-2,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        tau: float = 1e-3,
-        *,
-        clients_per_round: int | None = None,
-        fraction: float | None = None,
-        weighted: bool = True,
-        aggregator: Aggregator | None = None,
-    ):
-        super().__init__(
-            server_lr,
-            beta1,
-            tau,
-            clients_per_round=clients_per_round,
-            fraction=fraction,
-            weighted=weighted,
-            aggregator=aggregator,
-        )
-        self.beta2 = check_decay("beta2", beta2)
 
     def _update_v(self, v: torch.Tensor, delta: torch.Tensor) -> None:
         sq = torch.mul(delta, delta, out=self._buffer("direction"))  # free until v is done

@@ -49,9 +49,7 @@ def launch(
     out = out or sys.stdout
     port = master_port or free_port(master_addr)
     aggregator_port = free_port(master_addr)
-    procs: list[subprocess.Popen] = []
-    lock = threading.Lock()
-    pumps = []
+    commands = []
     for rank in range(nproc):
         env = dict(
             os.environ,
@@ -63,28 +61,9 @@ def launch(
             FEDLOOM_PORT=str(aggregator_port),
             PYTHONUNBUFFERED="1",
         )
-        procs.append(
-            subprocess.Popen(
-                command_for(target, args),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
         label = "aggregator" if rank == 0 else f"client {rank - 1}"
-        t = threading.Thread(target=_pump, args=(procs[-1], label, out, lock), daemon=True)
-        t.start()
-        pumps.append(t)
-    try:
-        return _wait(procs, grace)
-    except KeyboardInterrupt:
-        _terminate(procs, grace)
-        return 130
-    finally:
-        for t in pumps:
-            t.join(timeout=1)
+        commands.append((label, command_for(target, args), env))
+    return _run_all(commands, grace, out)
 
 
 def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.0, out=None) -> int:
@@ -111,15 +90,22 @@ def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.
         for cid in node.clients:
             cmd = [*fedloom, "client", config, "--server", str(node.address), "--client-id"]
             roles.append((f"client {cid}", [*cmd, str(cid), *overrides]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return _run_all([(label, cmd, env) for label, cmd in roles], grace, out)
+
+
+def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float, out) -> int:
+    """Start every ``(label, command, env)`` (the first is the aggregator), pump their output
+    prefixed by label, and end them all together (Ctrl-C too)."""
     out = out or sys.stdout
     procs: list[subprocess.Popen] = []
     lock = threading.Lock()
     pumps = []
-    for label, cmd in roles:
+    for label, cmd, env in commands:
         procs.append(
             subprocess.Popen(
                 cmd,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
