@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import median, print_headlines, write_results
+from common import median, peak_rss_mb, print_headlines, rss_mb, write_results
 
 import fedloom
 from fedloom.algorithms.base import RoundPlan
@@ -81,23 +80,6 @@ def random_dataset(clients: int, seed: int) -> tuple[fedloom.TensorDataset, list
     ds = fedloom.TensorDataset("random", x[:n], y[:n], x[n:], y[n:], CLASSES)
     parts = [np.arange(i * PER_CLIENT, (i + 1) * PER_CLIENT) for i in range(clients)]
     return ds, parts
-
-
-def rss_mb() -> float:
-    """Current resident set size (Linux ``/proc``), MB; NaN where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MB (``ru_maxrss`` is KB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, Any]:

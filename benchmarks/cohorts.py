@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import median, mnist_root, print_headlines, write_results
+from common import median, mnist_root, peak_rss_mb, print_headlines, rss_mb, write_results
 from overhead import PlainFedAvg, accuracy, iid_parts
 from torch import nn
 
@@ -223,23 +222,6 @@ def synthetic_dataset(seed: int) -> tuple[fedloom.TensorDataset, list[np.ndarray
                 parts.append(r[depth])
         depth += 1
     return ds, parts, generators
-
-
-def rss_mb() -> float:
-    """Current resident set size (Linux ``/proc``), MB; NaN where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, MB (``ru_maxrss`` is KB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: Sequence[str] | None = None) -> int:
