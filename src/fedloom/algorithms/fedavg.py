@@ -43,17 +43,25 @@ class FedAvg(Strategy):
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
     ) -> torch.Tensor:
-        agg = self.aggregator
-        agg.reset(global_params)
-        for u in updates:
-            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0, u.extras)
-        if agg.count == 0:
+        avg = combine(self.aggregator, global_params, updates, self.weighted)
+        if avg is None:
             log.warning("round %d: no client update was accepted; the model is unchanged", round)
             return global_params
-        return global_params.copy_(agg.result())
+        return global_params.copy_(avg)
 
     def state_dict(self) -> dict:
         return {"aggregator": self.aggregator.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.aggregator.load_state_dict(state.get("aggregator", {}))
+
+
+def combine(
+    aggregator: Aggregator, like: torch.Tensor, updates: Iterable[ClientUpdate], weighted: bool
+) -> torch.Tensor | None:
+    """Stream ``updates`` through ``aggregator`` (weighted by sample count or uniformly); the
+    combination, or None when no update came. Shared by FedAvg and the server optimisers."""
+    aggregator.reset(like)
+    for u in updates:
+        aggregator.add(u.params, float(u.num_samples) if weighted else 1.0, u.extras)
+    return aggregator.result() if aggregator.count else None

@@ -34,6 +34,7 @@ from ..registry import register_strategy
 from ..update import ClientUpdate
 from .base import RoundPlan, Strategy
 from .client import ClientAlgorithm, LocalRun, register_client_algorithm
+from .fedavg import combine
 
 log = logging.getLogger("fedloom")
 
@@ -117,16 +118,13 @@ class FedDyn(Strategy):
     ) -> torch.Tensor:
         if not self.num_clients:
             raise RuntimeError("FedDyn.aggregate needs configure first (for m, the clients)")
-        self._mean.reset(global_params)
-        for u in updates:
-            self._mean.add(u.params, 1.0)
-        if self._mean.count == 0:
+        avg = combine(self._mean, global_params, updates, weighted=False)  # the paper's mean
+        if avg is None:
             log.warning("round %d: no client update was accepted; the model is unchanged", round)
             return global_params
         if self.h is None:
             self.h = torch.zeros_like(global_params)
         share = self._mean.count / self.num_clients
-        avg = self._mean.result()
         x = global_params.sub_(avg)  # theta_t - avg = -(1/|P|) sum (theta_k - theta_t)
         self.h.add_(x, alpha=self.alpha * share)
         return x.copy_(avg).sub_(self.h, alpha=1.0 / self.alpha)

@@ -23,6 +23,7 @@ import torch
 from ..aggregation import Aggregator, WeightedMean
 from ..update import ClientUpdate
 from .base import Strategy
+from .fedavg import combine
 
 log = logging.getLogger("fedloom")
 
@@ -112,18 +113,14 @@ class FedOpt(Strategy):
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
     ) -> torch.Tensor:
-        agg = self.aggregator
-        agg.reset(global_params)
-        for u in updates:
-            agg.add(u.params, float(u.num_samples) if self.weighted else 1.0, u.extras)
-        if agg.count == 0:
+        avg = combine(self.aggregator, global_params, updates, self.weighted)
+        if avg is None:
             log.warning(
                 "round %d: no client update was accepted; the model and the server optimiser "
                 "state are unchanged",
                 round,
             )
             return global_params
-        avg = agg.result()
         self._prepare(global_params)
         delta = torch.sub(avg, global_params, out=self._work["delta"])
         direction = self._step(delta)
