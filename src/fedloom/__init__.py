@@ -4,7 +4,7 @@ The same :class:`Task` runs as a fast, deterministic in-process simulation and (
 network runtime) as a real deployment. Everything a user needs is importable from here.
 """
 
-from . import models
+from . import models, optim
 from .aggregation import (
     Aggregator,
     CoordinateMedian,
@@ -177,6 +177,7 @@ __all__ = [
     "load_mnist5k",
     "load_synthetic",
     "models",
+    "optim",
     "partition_report",
     "register_dataset",
     "register_model",

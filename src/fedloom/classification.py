@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import optim
 from .data.base import TensorDataset
 from .data.partition.base import Partitioner
 from .seeding import derive_seed
@@ -84,9 +85,10 @@ class ClassificationTask(Task):
         return self.model_fn().to(self.device)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """torch's SGD or Adam, as :mod:`fedloom.optim` builds them (no torch._dynamo import)."""
         if self.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(
+            return optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return optim.SGD(
             model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
 

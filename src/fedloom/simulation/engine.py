@@ -23,26 +23,10 @@ from ..task import ClientContext, Task
 from ..update import ClientUpdate
 from .states import ClientStates
 
-_warm = threading.Event()
 # torch's global RNG is one per process: seeding it and then building a model or training a
 # client must not interleave with another thread doing the same (clients run as threads in
 # tests and embedded deployments); uncontended, the lock costs well under a microsecond
 MODEL_INIT_LOCK = threading.RLock()
-
-
-def warm_up_optimizers() -> None:
-    """Pay torch's lazy imports of a first optimizer (~2 s in torch 2.13) once, in a background
-    thread started while data and models load, rather than in the first client's time."""
-    if _warm.is_set():
-        return
-    _warm.set()
-
-    def step() -> None:  # building an optimizer imports torch._dynamo; its first step more
-        p = torch.nn.Parameter(torch.zeros(1))
-        p.grad = torch.zeros(1)
-        torch.optim.SGD([p], lr=0.1).step()
-
-    threading.Thread(target=step, name="fedloom-warm-up", daemon=True).start()
 
 
 def local_epochs(config: dict[str, Any], cid: int, default: int) -> int:
@@ -70,7 +54,6 @@ class InProcessClients:
     """
 
     def __init__(self, task: Task, seed: int = 0, state_memory_mb: float | None = None):
-        warm_up_optimizers()
         self.task = task
         self.seed = seed
         with MODEL_INIT_LOCK:

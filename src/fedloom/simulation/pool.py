@@ -19,7 +19,6 @@ pickled), so this backend is for CPU tasks on platforms with ``fork`` (Linux, ma
 from __future__ import annotations
 
 import queue
-import threading
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -123,9 +122,6 @@ class ProcessPoolClients:
             return
         if self._closed:
             raise RuntimeError("ProcessPoolClients is closed")
-        for t in threading.enumerate():  # never fork while the optimizer warm-up imports
-            if t.name == "fedloom-warm-up":
-                t.join()
         self._outbox = self._ctx.Queue()
         for wid in range(self.workers):
             inbox = self._ctx.Queue()

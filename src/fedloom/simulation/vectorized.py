@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from .. import optim
 from ..algorithms.base import RoundPlan
 from ..classification import ClassificationTask
 from ..params import ParamSpec, flatten_module
@@ -226,7 +227,7 @@ class VectorizedClients:
             opt = self.task.build_optimizer(self.model)
         except Exception as e:  # noqa: BLE001 - a hook that fails on our model
             return f"build_optimizer raised {_why(e)}"
-        if type(opt) is not torch.optim.SGD:
+        if type(opt) not in (torch.optim.SGD, optim.SGD):  # SGD's own step, nothing added
             return f"the optimizer is {type(opt).__name__}, not plain SGD"
         where = {id(p): n for n, p in self.model.named_parameters()}
         fed = set(self.spec.names)
