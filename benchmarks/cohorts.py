@@ -123,7 +123,10 @@ def contenders_for(
     start = torch.cat([p.detach().reshape(-1) for p in plain.model.parameters()])
     if not (torch.equal(vec.params, start) and torch.equal(seq.params, start)):
         raise RuntimeError("the contenders do not start from the same weights")
-    return {"vectorized": vec, "sequential": seq, "plain": plain}
+    contenders = {"vectorized": vec, "sequential": seq, "plain": plain}
+    if vec.backend.path == "fused":  # the generic vmap step too, to show what fusing gains
+        contenders["vmap"] = federation(lambda t: VectorizedClients(t, seed, fuse=False))
+    return contenders
 
 
 def time_rounds(
@@ -176,6 +179,7 @@ def time_rounds(
         "speedup_vs_sequential": med["sequential"] / med["vectorized"],
         "cpu_speedup_vs_plain": cpu_med["plain"] / cpu_med["vectorized"],
         "vectorized": backend.vectorized,
+        "path": backend.path,
         "fallback_reason": backend.fallback_reason,
         "params": vec.spec.numel,
         # same rounds, same sampling and shuffles: the two engines must agree
@@ -185,7 +189,9 @@ def time_rounds(
 
 def report(label: str, res: dict[str, Any]) -> None:
     s, c = res["seconds_per_round"], res["cpu_seconds_per_round"]
-    mode = "vectorised" if res["vectorized"] else f"FELL BACK ({res['fallback_reason']})"
+    mode = f"{res['path']} step" if res["vectorized"] else f"FELL BACK ({res['fallback_reason']})"
+    if "vmap" in s:
+        mode += f"; the vmap step {s['vmap']['median']:.4f} s/round"
     print(
         f"{label}: vectorized {s['vectorized']['median']:.4f} s/round ({mode}), sequential "
         f"{s['sequential']['median']:.4f}, plain {s['plain']['median']:.4f} (wall medians of "

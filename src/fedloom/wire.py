@@ -13,6 +13,7 @@ good ones straight into a flat buffer: it checks the header against the :class:`
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import sys
@@ -135,7 +136,7 @@ def _gather(buf: memoryview, spec: ParamSpec, layout: list[int] | None) -> torch
 
 def check_finite_values(flat: torch.Tensor, spec: ParamSpec, where: str = "update") -> None:
     """Raise :class:`WireError` naming the tensors that hold NaN or Inf."""
-    if bool(torch.isfinite(flat.sum())):
+    if math.isfinite(flat.sum().item()):
         return  # one fused reduction; only a non-finite (or overflowing) buffer pays the scan
     bad = [n for n, t in spec.unflatten(flat).items() if not bool(torch.isfinite(t).all())]
     if bad:  # a finite buffer whose sum merely overflowed (e.g. fp16) is fine

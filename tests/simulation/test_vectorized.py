@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import CLIENT_SIZES, IN_FEATURES, NUM_CLASSES, tiny_dataset, tiny_parts
 from torch import nn
 
@@ -27,6 +28,7 @@ from fedloom import (
     TensorDataset,
     models,
 )
+from fedloom.simulation import fused
 from fedloom.simulation.vectorized import VectorizedClients
 
 torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps small ops fast
@@ -60,11 +62,11 @@ def run(task: Task, backend: Any, rounds: int = 3, per_round: int = 4) -> Federa
     return fed
 
 
-def both(make: Callable[[], Task], **kw: Any) -> tuple[Federation, Federation]:
+def both(make: Callable[[], Task], fuse: bool = True, **kw: Any) -> tuple[Federation, Federation]:
     """The same run with the sequential engine and with VectorizedClients."""
     seq_task, vec_task = make(), make()
     seq = run(seq_task, InProcessClients(seq_task, SEED), **kw)
-    vec = run(vec_task, VectorizedClients(vec_task, SEED), **kw)
+    vec = run(vec_task, VectorizedClients(vec_task, SEED, fuse=fuse), **kw)
     return seq, vec
 
 
@@ -90,9 +92,13 @@ def assert_same_run(seq: Federation, vec: Federation, exact: bool = False) -> No
     ],
     ids=["b5", "b4-e2-wd", "b32"],
 )
-def test_matches_the_sequential_engine(model_fn: Callable[[], nn.Module], config: dict) -> None:
-    seq, vec = both(lambda: make_task(model_fn, **config), per_round=4)
+@pytest.mark.parametrize("path", ["fused", "vmap"])
+def test_matches_the_sequential_engine(
+    model_fn: Callable[[], nn.Module], config: dict, path: str
+) -> None:
+    seq, vec = both(lambda: make_task(model_fn, **config), fuse=path == "fused", per_round=4)
     assert vec.backend.vectorized and vec.backend.fallback_reason is None  # type: ignore[attr-defined]
+    assert vec.backend.path == path  # type: ignore[attr-defined]
     assert_same_run(seq, vec)
 
 
@@ -176,9 +182,10 @@ class TwoGroups(ClassificationTask):
         )
 
 
-def test_param_groups_and_frozen_parameters() -> None:
-    seq, vec = both(lambda: make_task(cls=TwoGroups))
-    assert vec.backend.vectorized  # type: ignore[attr-defined]
+@pytest.mark.parametrize("path", ["fused", "vmap"])
+def test_param_groups_and_frozen_parameters(path: str) -> None:
+    seq, vec = both(lambda: make_task(cls=TwoGroups), fuse=path == "fused")
+    assert vec.backend.path == path  # type: ignore[attr-defined]
     assert_same_run(seq, vec)
 
 
@@ -297,16 +304,21 @@ def test_falls_back_to_the_sequential_engine(name: str, caplog: pytest.LogCaptur
     assert backend.state_dict()["clients"].keys() == seq.backend.state_dict()["clients"].keys()
 
 
+@pytest.mark.parametrize("path", ["fused", "vmap"])
 def test_a_failing_batched_step_falls_back_for_the_round(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    path: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     task = make_task()
-    backend = VectorizedClients(task, SEED)
+    backend = VectorizedClients(task, SEED, fuse=path == "fused")
+    assert backend.path == path
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(backend, "_step", broken)
+    if path == "fused":
+        monkeypatch.setattr(backend._chain, "train", broken)
+    else:
+        monkeypatch.setattr(backend, "_step", broken)
     with caplog.at_level(logging.WARNING, logger="fedloom"):
         vec = run(task, backend)
     assert not backend.vectorized and "RuntimeError: boom" in (backend.fallback_reason or "")
@@ -329,3 +341,157 @@ def test_rejects_bad_arguments() -> None:
         VectorizedClients(make_task(), max_cohort=0)
     with pytest.raises(ValueError, match="memory_mb"):
         VectorizedClients(make_task(), memory_mb=0)
+
+
+# -- the fused step (fused.py): chains of Linear layers and activations --------------------------
+
+
+class OwnForward(nn.Module):
+    """A user's own forward: a method flatten, functional activations, a Linear without bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(IN_FEATURES, 7, bias=False)
+        self.b = nn.Linear(7, 5)
+        self.c = nn.Linear(5, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x.flatten(1)))
+        h = F.leaky_relu(self.b(h), 0.2)
+        return self.c(h.sigmoid())
+
+
+class Shared(nn.Module):
+    """One Linear applied twice: its gradient is the sum of two uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IN_FEATURES, IN_FEATURES)
+        self.out = nn.Linear(IN_FEATURES, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(torch.relu(self.fc(x))))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IN_FEATURES, IN_FEATURES)
+        self.out = nn.Linear(IN_FEATURES, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + torch.relu(self.fc(x)))
+
+
+def modules_chain() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(IN_FEATURES, 6),
+        nn.Tanh(),
+        nn.Identity(),
+        nn.Linear(6, 5),
+        nn.LeakyReLU(0.1),
+        nn.Dropout(0.0),
+        nn.Linear(5, 5),
+        nn.Sigmoid(),
+        nn.Linear(5, NUM_CLASSES),
+    )
+
+
+def image_task(model_fn: Callable[[], nn.Module]) -> ClassificationTask:
+    """Samples of shape (2, 4): a chain must flatten them first to be fused."""
+    d = tiny_dataset()
+    img = TensorDataset(
+        "tiny-img", d.train_x.view(-1, 2, 4), d.train_y, d.test_x.view(-1, 2, 4), d.test_y, 3
+    )
+    return ClassificationTask(model_fn, img, tiny_parts(), lr=0.1, batch_size=5, weight_decay=0.01)
+
+
+FUSED: dict[str, Callable[[], Task]] = {
+    "own-forward": lambda: make_task(OwnForward, weight_decay=0.01),
+    "modules": lambda: make_task(modules_chain, batch_size=3, local_epochs=2),
+    "flattened-images": lambda: image_task(lambda: models.mlp((2, 4), NUM_CLASSES, hidden=6)),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+def test_the_fused_step_trains_chains_as_the_sequential_engine(name: str) -> None:
+    seq, vec = both(FUSED[name])
+    assert vec.backend.path == "fused"  # type: ignore[attr-defined]
+    assert_same_run(seq, vec)
+
+
+NOT_FUSED: dict[str, tuple[Callable[[], Task], str]] = {
+    "shared-weights": (lambda: make_task(Shared), "used twice"),
+    "residual": (lambda: make_task(Residual), "more than once"),
+    "gelu": (
+        lambda: make_task(
+            lambda: nn.Sequential(nn.Linear(IN_FEATURES, 6), nn.GELU(), nn.Linear(6, 3))
+        ),
+        "GELU",
+    ),
+    "late-flatten": (
+        lambda: image_task(lambda: nn.Sequential(nn.Linear(4, 5), nn.Flatten(), nn.Linear(10, 3))),
+        "flatten",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_FUSED))
+def test_other_models_take_the_vmap_step(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    make, reason = NOT_FUSED[name]
+    with caplog.at_level(logging.INFO, logger="fedloom"):
+        seq, vec = both(make)
+    assert vec.backend.path == "vmap"  # type: ignore[attr-defined]
+    assert any("vmap step" in r.message and reason in r.message for r in caplog.records)
+    assert_same_run(seq, vec)
+
+
+def test_fused_chunks_fit_the_cache_on_a_cpu() -> None:
+    """A model of ~17 MB a client: the fused step trains one client at a time (in cache), the
+    vmap step as many as ``memory_mb`` holds."""
+
+    def big() -> ClassificationTask:
+        return make_task(lambda: models.mlp((IN_FEATURES,), NUM_CLASSES, hidden=2048))
+
+    fused, plain = VectorizedClients(big(), SEED), VectorizedClients(big(), SEED, fuse=False)
+    assert fused.path == "fused" and plain.path == "vmap"
+    assert fused._chunk_size() == 1
+    assert plain._chunk_size() == int(512 * 2**20) // (3 * plain.spec.nbytes) > 1
+
+
+def test_low_rank_and_dense_weights_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64-wide hidden layer stays low-rank through 8 steps of batch 3; the first layer (8
+    inputs: rank cap 4) flushes to dense after one step; the output layer is dense at once.
+    Both ways give the sequential engine's models, in float64 to rounding: in float32 the
+    low-rank sums are ordered differently, and a ReLU input within rounding of 0 may flip."""
+    seen: list[tuple[str, int]] = []
+    original = fused._Weights.finish
+
+    def finish(self: fused._Weights) -> None:
+        seen.append((self.mode, self.steps))
+        original(self)
+
+    monkeypatch.setattr(fused._Weights, "finish", finish)
+
+    d = tiny_dataset()
+    d64 = TensorDataset("tiny64", d.train_x.double(), d.train_y, d.test_x.double(), d.test_y, 3)
+
+    def make() -> ClassificationTask:
+        def model() -> nn.Module:
+            return models.mlp((IN_FEATURES,), NUM_CLASSES, hidden=64).double()
+
+        return ClassificationTask(model, d64, tiny_parts(), lr=0.1, batch_size=3)
+
+    seq, vec = both(make, per_round=6, rounds=2)
+    assert vec.backend.path == "fused"  # type: ignore[attr-defined]
+    assert torch.allclose(seq.params, vec.params, rtol=0, atol=1e-12)
+    assert ("lowrank", 8) in seen and ("dense", 0) in seen
+
+    task = make()
+    dense = VectorizedClients(task, SEED)
+    assert dense._chain is not None
+    dense._chain.lowrank = False
+    seen.clear()  # the trial steps above ran low-rank
+    vec_dense = run(task, dense, per_round=6, rounds=2)
+    assert torch.allclose(seq.params, vec_dense.params, rtol=0, atol=1e-12)
+    assert seen and all(mode == "dense" for mode, _ in seen)
