@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("server", "client", "start", "launch", "node"):
             return _runtime(args)
         source = None if args.command == "demo" else args.config
-        overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + args.overrides
+        overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + _engine(args)
+        overrides += args.overrides
         return _run(source, overrides, args.resume, args.progress)
     except FedloomError as e:
         print(f"fedloom: error: {e}", file=sys.stderr)
@@ -125,6 +126,29 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="progress bar (default: when the terminal is a TTY)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["sequential", "vectorized", "pool"],
+        help="how the simulation trains a round's clients (simulation.engine)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="train clients in N worker processes (simulation.engine=pool, workers=N; "
+        "asmallbit's main_mp.py --process_threshold)",
+    )
+
+
+def _engine(args: argparse.Namespace) -> list[str]:
+    """``--engine`` / ``--processes`` as config overrides (an explicit ``--set`` wins)."""
+    if args.processes is not None:
+        if args.processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+        if args.engine not in (None, "pool"):
+            raise ConfigError(f"--processes runs the 'pool' engine, not {args.engine!r}")
+        return ["simulation.engine='pool'", f"simulation.workers={args.processes}"]
+    return [f"simulation.engine='{args.engine}'"] if args.engine else []
 
 
 def _run(source, overrides: list[str], resume: bool, progress: bool | None) -> int:

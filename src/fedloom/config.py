@@ -123,6 +123,22 @@ class RuntimeConfig(_Section):
     tls_server_name: str | None = None
 
 
+class SimulationConfig(_Section):
+    """How a simulation trains each round's clients (the network runtime ignores it).
+
+    ``engine``: ``"sequential"``, one client after another with one reused model
+    (:class:`~fedloom.InProcessClients`); ``"vectorized"``, all of a round's clients at once
+    with ``torch.func`` or, for chains of Linear layers, a fused step
+    (:class:`~fedloom.simulation.VectorizedClients`; it falls back to sequential, saying why,
+    for what it cannot reproduce); ``"pool"``, ``workers`` forked processes of ``threads``
+    torch threads each, bit-identical to sequential (:class:`~fedloom.ProcessPoolClients`).
+    Under ``torchrun`` each rank trains its share sequentially."""
+
+    engine: Literal["sequential", "vectorized", "pool"] = "sequential"
+    workers: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1)
+
+
 class AttackConfig(_Section):
     """Byzantine clients, in simulation (:mod:`fedloom.simulation.attacks`): a seeded
     ``fraction`` of all clients sends sign-flipped or noise updates, or trains on flipped
@@ -176,6 +192,7 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     topology: TopologyConfig | None = None  # None: the usual one-level federation
 

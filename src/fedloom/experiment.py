@@ -35,6 +35,8 @@ from .seeding import derive_seed
 from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
 from .simulation.distributed import DistributedClients, in_distributed_env
 from .simulation.engine import InProcessClients
+from .simulation.pool import ProcessPoolClients
+from .simulation.vectorized import VectorizedClients
 from .task import Task
 from .topology import HierarchicalClients, NodeMetrics, Topology
 
@@ -249,12 +251,23 @@ class Experiment:
         else:
             sim: Any = None
             state_mb = cfg.train.state_memory_mb
-            if state_mb is not None and backend is not None:
-                log.warning("train.state_memory_mb applies to the simulation only: ignored")
+            engine = cfg.simulation.engine
+            if backend is not None:
+                if state_mb is not None:
+                    log.warning("train.state_memory_mb applies to the simulation only: ignored")
+                if engine != "sequential":
+                    log.warning("simulation.engine applies to the simulation only: ignored")
+            elif engine != "sequential":
+                _check_engine(cfg, distributed)
 
-            def clients() -> InProcessClients | DistributedClients:
+            def clients() -> Any:
                 if distributed:  # under torchrun: each rank trains a share of every round
                     return DistributedClients(task, cfg.seed, state_memory_mb=state_mb)
+                if engine == "vectorized":
+                    return VectorizedClients(task, cfg.seed)
+                if engine == "pool":
+                    workers, threads = cfg.simulation.workers, cfg.simulation.threads
+                    return ProcessPoolClients(task, cfg.seed, workers=workers, threads=threads)
                 return InProcessClients(task, cfg.seed, state_memory_mb=state_mb)
 
             if cfg.attack.kind in ("sign_flip", "scaled_noise"):
@@ -263,7 +276,8 @@ class Experiment:
                 def sim(spec: Any) -> AttackedClients:  # made when Federation makes its default
                     return AttackedClients(clients(), attack, attackers, cfg.seed)
 
-            elif distributed or state_mb is not None:  # else Federation makes the default
+            elif distributed or state_mb is not None or engine != "sequential":
+                # else Federation makes the default
                 sim = lambda spec: clients()  # noqa: E731
 
             if cfg.topology is not None and backend is not None:  # the root of relays
@@ -300,12 +314,32 @@ class Experiment:
 
     def run(self) -> RunResult:
         """Run the federation; the partition figure is drawn after it (also when it fails),
-        as matplotlib's ~1.3 s of import and drawing is no reason to delay the first client."""
+        as matplotlib's ~1.3 s of import and drawing is no reason to delay the first client.
+        A backend with worker processes is closed at the end."""
         try:
             return self.federation.run()
         finally:
+            close = getattr(self.federation.backend, "close", None)
+            if callable(close):
+                close()
             if self.config.output.figures and self.recorder is not None:
                 self.write_partition_figure()
+
+
+def _check_engine(cfg: Config, distributed: bool) -> None:
+    """Refuse a ``simulation.engine`` that the rest of the config cannot run with."""
+    engine = cfg.simulation.engine
+    if distributed:
+        raise ConfigError(
+            f"simulation.engine = {engine!r}: under torchrun each rank trains its share "
+            "sequentially; leave it 'sequential'"
+        )
+    if cfg.topology is not None:
+        raise ConfigError(f"simulation.engine = {engine!r}: a topology runs 'sequential'")
+    if cfg.train.state_memory_mb is not None:
+        raise ConfigError(
+            f"simulation.engine = {engine!r}: train.state_memory_mb is for 'sequential'"
+        )
 
 
 def run(
