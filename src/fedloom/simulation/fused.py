@@ -139,8 +139,9 @@ class LinearChain:
         glob: Sequence[torch.Tensor],
         active: Sequence[int],
         batch: Callable[[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        k: int,
     ) -> torch.Tensor:
-        """Train ``k = active[0]`` clients from the global model; return their summed losses.
+        """Train ``k`` clients from the global model; return their summed losses.
 
         Args:
             work: per spec entry, a contiguous ``(k, *shape)`` buffer; on return the entries of
@@ -150,8 +151,8 @@ class LinearChain:
                 count, so they are always a prefix.
             batch: ``(step, a) -> (x, y, w)``: the ``(a, B, ...)`` inputs, ``(a, B)`` labels
                 and ``(a, B)`` sample weights (``1/len(batch)``, 0 for padding slots).
+            k: the clients; those past ``active[0]`` take no step and keep the global model.
         """
-        k = active[0]
         layers = {
             i: _Weights(
                 glob[op.weight], work[op.weight][:k], self.hyper.get(op.weight), self.lowrank

@@ -377,7 +377,7 @@ class VectorizedClients:
         batch = torch.stack([x, x]), torch.stack([y, y]), w
         try:
             with torch.no_grad():
-                chain.train(work, glob, [2, 2], lambda t, a: batch)
+                chain.train(work, glob, [2, 2], lambda t, a: batch, 2)
         except Exception as e:  # noqa: BLE001 - then the vmap step it is
             log.info("VectorizedClients: vmap step (the fused step raised %s)", _why(e))
             return None
@@ -503,8 +503,22 @@ class VectorizedClients:
         active = torch.searchsorted(-sorted_steps, -torch.arange(t_max), right=False).tolist()
 
         glob = self._unflatten(self._global)
-        if self._chain is not None:
-            return self._fused_chunk(rnd, cids, epochs, steps, order, idx, w, active, glob, t0)
+        train = self._fused_rows if self._chain is not None else self._vmap_rows
+        rows, loss_sum = train(k, idx, w, active, glob)
+        return self._updates(rnd, cids, epochs, steps, order, rows, loss_sum, t0)
+
+    def _vmap_rows(
+        self,
+        k: int,
+        idx: torch.Tensor,
+        w: torch.Tensor,
+        active: list[int],
+        glob: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's ``k`` clients trained with the ``vmap``-ed gradient: their rows and
+        summed losses (``idx``, ``w``: the layout; ``active``: clients training per step)."""
+        task = self.task
+        assert isinstance(task, ClassificationTask) and self._global is not None
         fixed = tuple(glob[i] for i in self._fixed)
         hyper = [self._hyper[self.spec.entries[i].name] for i in self._trained]
         rows = torch.empty((k, self.spec.numel), dtype=self.spec.dtype, device=self._global.device)
@@ -533,26 +547,21 @@ class VectorizedClients:
                             g.add_(p, alpha=wd)
                         p.add_(g, alpha=-lr)
                 loss_sum[:a] += losses
-        return self._updates(rnd, cids, epochs, steps, order, rows, loss_sum, t0)
+        return rows, loss_sum
 
-    def _fused_chunk(
+    def _fused_rows(
         self,
-        rnd: int,
-        cids: list[int],
-        epochs: int,
-        steps: list[int],
-        order: list[int],
+        k: int,
         idx: torch.Tensor,
         w: torch.Tensor,
         active: list[int],
         glob: list[torch.Tensor],
-        t0: float,
-    ) -> list[ClientUpdate]:
-        """The chunk's steps with :class:`~fedloom.simulation.fused.LinearChain` (in place)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same with :class:`~fedloom.simulation.fused.LinearChain` (in place)."""
         task, chain = self.task, self._chain
         assert isinstance(task, ClassificationTask) and chain is not None
         assert self._global is not None
-        k, dev = len(cids), self._global.device
+        dev = self._global.device
         # a contiguous (k, *shape) buffer per tensor, kept between chunks: an in-place batched
         # matmul into the strided views of the (k, numel) rows copies them first (measured 6x)
         if not self._work or self._work[0].shape[0] < k:
@@ -567,12 +576,12 @@ class VectorizedClients:
             return _rows(task._x, ids), _rows(task._y, ids), w[:a, t]
 
         with torch.no_grad():
-            loss_sum = chain.train(work, glob, active, batch)
+            loss_sum = chain.train(work, glob, active, batch, k)
         rows = torch.empty((k, self.spec.numel), dtype=self.spec.dtype, device=dev)
         owned = chain.owned
         for e, (v, b) in enumerate(zip(self._views(rows), work)):
             v.copy_(b if e in owned else glob[e].expand_as(v))
-        return self._updates(rnd, cids, epochs, steps, order, rows, loss_sum, t0)
+        return rows, loss_sum
 
     def _updates(
         self,
