@@ -495,3 +495,71 @@ def test_low_rank_and_dense_weights_agree(monkeypatch: pytest.MonkeyPatch) -> No
     vec_dense = run(task, dense, per_round=6, rounds=2)
     assert torch.allclose(seq.params, vec_dense.params, rtol=0, atol=1e-12)
     assert seen and all(mode == "dense" for mode, _ in seen)
+
+
+def test_no_step_reads_memory_it_did_not_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every float ``torch.empty`` filled with NaN: a buffer read before it is written (e.g. the
+    low-rank factors of clients that have finished, times zero) would poison the models."""
+    real_empty = torch.empty
+
+    def nan_empty(*args: Any, **kwargs: Any) -> torch.Tensor:
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+    def make() -> ClassificationTask:
+        return make_task(
+            lambda: models.mlp((IN_FEATURES,), NUM_CLASSES, hidden=64), batch_size=3, local_epochs=2
+        )
+
+    for path in ("fused", "vmap"):
+        seq, vec = both(make, fuse=path == "fused", per_round=6, rounds=2)
+        assert vec.backend.path == path  # type: ignore[attr-defined]
+        assert all(r["rejected"] == 0 for r in vec.history)
+        assert_same_run(seq, vec)
+
+
+class ClampedGrad(ClassificationTask):
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        model[1].weight.register_hook(lambda g: g.clamp(-0.01, 0.01))  # type: ignore[index]
+        return model
+
+
+class ClippedStep(ClassificationTask):
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        opt = super().build_optimizer(model)
+        opt.register_step_post_hook(lambda o, a, k: None)
+        return opt
+
+
+def forward_hooked() -> nn.Module:
+    model = mlp()
+    model[3].register_forward_hook(lambda m, i, o: o.clamp(-1, 1))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: make_task(cls=ClampedGrad), "parameter 1.weight has gradient hooks"),
+        (lambda: make_task(cls=ClippedStep), "the optimizer has step hooks"),
+    ],
+    ids=["grad-hook", "step-hook"],
+)
+def test_hooks_the_batched_steps_would_skip_fall_back(
+    make: Callable[[], Task], reason: str
+) -> None:
+    seq, vec = both(make)
+    assert vec.backend.path == "sequential"  # type: ignore[attr-defined]
+    assert reason in (vec.backend.fallback_reason or "")  # type: ignore[attr-defined]
+    assert_same_run(seq, vec, exact=True)
+
+
+def test_forward_hooks_keep_to_the_vmap_step(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="fedloom"):
+        seq, vec = both(lambda: make_task(forward_hooked))
+    assert vec.backend.path == "vmap"  # type: ignore[attr-defined]
+    assert any("module 3 has forward hooks" in r.message for r in caplog.records)
+    assert_same_run(seq, vec)

@@ -93,6 +93,9 @@ class LinearChain:
         ``sample_dims`` is the number of dims of one input sample: above 1 the chain must
         start with a flatten (a Linear over the last dim alone is not what the step computes).
         """
+        hooked = _hooked_module(model)
+        if hooked is not None:
+            return None, f"{hooked} has forward hooks (the fused step would not run them)"
         try:
             graph = torch.fx.symbolic_trace(model).graph
         except Exception as e:  # noqa: BLE001 - fx refuses many things; any refusal is a "no"
@@ -323,7 +326,8 @@ class _Weights:
         cols = slice(self.steps * b, (self.steps + 1) * b)
         self.H[:a, cols] = h
         self.D[:a, cols] = d
-        self.D[a:, cols] = 0  # clients that have finished take no more steps
+        self.H[a:, cols] = 0  # clients that have finished take no more steps (and 0 * the
+        self.D[a:, cols] = 0  # uninitialised memory of H could be 0 * NaN in the flush)
         self.steps += 1
 
     def finish(self) -> None:
@@ -342,6 +346,18 @@ class _Weights:
         else:
             self.work.copy_(w0)
         self.mode, self.fresh, self.steps = "dense", False, 0
+
+
+def _hooked_module(model: nn.Module) -> str | None:
+    """The name of a module with forward (pre-)hooks, ``"a global module hook"``, or None."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "a global module hook"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"module {name or 'root'}"
+    return None
 
 
 def _op_of(

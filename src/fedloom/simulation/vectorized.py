@@ -248,7 +248,9 @@ class VectorizedClients:
                 return f"the model has {kind} ({name or 'root'}): batch statistics"
             if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
                 return f"the model has {kind} ({name or 'root'}): random in train mode"
-        reason = self._check_optimizer()
+        reason = _hooks(self.model)
+        if reason is None:
+            reason = self._check_optimizer()
         if reason is None:
             with _forked_rng(task.device):
                 reason = self._trial()
@@ -263,6 +265,13 @@ class VectorizedClients:
             return f"build_optimizer raised {_why(e)}"
         if type(opt) not in (torch.optim.SGD, optim.SGD):  # SGD's own step, nothing added
             return f"the optimizer is {type(opt).__name__}, not plain SGD"
+        from torch.optim import optimizer as torch_optimizer
+
+        global_hooks = torch_optimizer._global_optimizer_pre_hooks or (
+            torch_optimizer._global_optimizer_post_hooks
+        )
+        if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks or global_hooks:
+            return "the optimizer has step hooks"
         where = {id(p): n for n, p in self.model.named_parameters()}
         fed = set(self.spec.names)
         self._hyper: dict[str, tuple[float, float]] = {}  # name -> (lr, weight decay)
@@ -616,6 +625,21 @@ class VectorizedClients:
                 )
             )
         return updates
+
+
+def _hooks(model: nn.Module) -> str | None:
+    """Why hooks on gradients make the batched steps unfaithful, if the model has any."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks:
+        return "a global module backward hook is registered"
+    for name, m in model.named_modules():
+        if m._backward_hooks or m._backward_pre_hooks:
+            return f"module {name or 'root'} has backward hooks"
+    for name, p in model.named_parameters():
+        if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+            return f"parameter {name} has gradient hooks"
+    return None
 
 
 def _rows(data: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
