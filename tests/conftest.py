@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedloom import ClassificationTask, TensorDataset
+from fedloom import ClassificationTask, Federation, TensorDataset, load_checkpoint, save_checkpoint
 
 # Tiny models train fastest on one thread; several OpenMP threads on a busy 2-core machine
 # make each small matmul wait for the others (seen: 60x slower).
@@ -51,6 +51,25 @@ def make_tiny_task(cls: type[ClassificationTask] = ClassificationTask, **kwargs:
     kwargs.setdefault("lr", 0.1)
     kwargs.setdefault("batch_size", 4)
     return cls(tiny_mlp, tiny_dataset(), tiny_parts(), **kwargs)
+
+
+def resumed(
+    make: Callable[[int], Federation], tmp_path: Path, rounds: int = 4, stop: int = 2
+) -> tuple[Federation, Federation, dict[str, Any]]:
+    """The resume check every stateful part gets: ``make(rounds)`` run straight through, and
+    ``make(stop)`` run, checkpointed to disk, loaded into a fresh ``make(rounds)`` and run on.
+    Asserts the final parameters are bit-identical; returns (straight, resumed, checkpoint)
+    for the caller's own checks of the state."""
+    straight = make(rounds)
+    straight.run()
+    first = make(stop)
+    first.run()
+    state = load_checkpoint(save_checkpoint(tmp_path / "checkpoint.pt", first.state_dict()))
+    second = make(rounds)
+    second.load_state_dict(state)
+    second.run()
+    assert torch.equal(second.params, straight.params)
+    return straight, second, state
 
 
 @pytest.fixture

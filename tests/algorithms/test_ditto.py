@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_task
+from conftest import make_tiny_task, resumed
 from quadratic import QuadraticTask, sgd
 
-from fedloom import FedAvg, Federation, load_checkpoint, save_checkpoint
+from fedloom import FedAvg, Federation
 from fedloom.algorithms import Ditto
 from fedloom.algorithms.ditto import DittoPersonal
 from fedloom.config import Config
@@ -68,14 +68,7 @@ def test_resume_is_bit_identical(tmp_path: Path):
     def make(rounds: int) -> Federation:
         return Federation(make_tiny_task(), Ditto(lam=0.5, clients_per_round=3), rounds=rounds)
 
-    full = make(4)
-    full.run()
-    first = make(2)
-    first.run()
-    second = make(4)
-    second.load_state_dict(load_checkpoint(save_checkpoint(tmp_path / "c.pt", first.state_dict())))
-    second.run()
-    assert torch.equal(second.params, full.params)
+    full, second, _ = resumed(make, tmp_path)
     a, b = full.backend.state_dict()["clients"], second.backend.state_dict()["clients"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[c]["ditto"], b[c]["ditto"]) for c in a)

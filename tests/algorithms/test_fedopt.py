@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_task
+from conftest import make_tiny_task, resumed
 
 from fedloom import (
     STRATEGIES,
@@ -20,9 +20,7 @@ from fedloom import (
     FedAvg,
     Federation,
     WeightedMean,
-    load_checkpoint,
     load_config,
-    save_checkpoint,
 )
 from fedloom.algorithms import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedloom.experiment import build_strategy
@@ -234,13 +232,7 @@ def test_federation_checkpoint_resume(index: int, tmp_path: Path) -> None:
     def make(rounds: int) -> Federation:
         return Federation(make_tiny_task(), make_all()[index], rounds=rounds, seed=0)
 
-    full = make(4).run()
-    first = make(2)
-    first.run()
-    state = load_checkpoint(save_checkpoint(tmp_path / "ck.pt", first.state_dict()))
-    second = make(4)
-    second.load_state_dict(state)
-    assert torch.equal(second.run().params, full.params)
+    resumed(make, tmp_path)
 
 
 def test_empty_round_changes_nothing(caplog) -> None:

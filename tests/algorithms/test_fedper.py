@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_task
+from conftest import make_tiny_task, resumed
 from quadratic import QuadraticTask
 from torch import nn
 
-from fedloom import Federation, load_checkpoint, save_checkpoint
+from fedloom import Federation
 from fedloom.algorithms import FedPer
 from fedloom.config import Config
 from fedloom.experiment import build_strategy
@@ -121,14 +121,7 @@ def test_resume_is_bit_identical(tmp_path: Path):
     def make(rounds: int) -> Federation:
         return Federation(make_tiny_task(), FedPer(clients_per_round=3), rounds=rounds, seed=4)
 
-    full = make(4)
-    full.run()
-    first = make(2)
-    first.run()
-    second = make(4)
-    second.load_state_dict(load_checkpoint(save_checkpoint(tmp_path / "c.pt", first.state_dict())))
-    second.run()
-    assert torch.equal(second.params, full.params)
+    full, second, _ = resumed(make, tmp_path)
     a, b = full.backend.state_dict()["clients"], second.backend.state_dict()["clients"]
     assert a.keys() == b.keys()
     for c in a:

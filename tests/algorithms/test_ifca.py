@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_task
+from conftest import make_tiny_task, resumed
 from quadratic import QuadraticTask, sgd
 
-from fedloom import ClientUpdate, FedAvg, Federation, load_checkpoint, save_checkpoint
+from fedloom import ClientUpdate, FedAvg, Federation
 from fedloom.algorithms import IFCA
 from fedloom.config import Config
 from fedloom.experiment import build_strategy
@@ -111,16 +111,8 @@ def test_resume_is_bit_identical(tmp_path: Path):
         s = IFCA(clusters=3, init_noise=0.1, clients_per_round=4)
         return Federation(make_tiny_task(), s, rounds=rounds, seed=3)
 
-    full = fed(4)
-    full.run()
-    first = fed(2)
-    first.run()
-    state = first.state_dict()
-    second = fed(4)
-    second.load_state_dict(load_checkpoint(save_checkpoint(tmp_path / "c.pt", state)))
-    assert second.strategy.assignments == first.strategy.assignments
-    second.run()
-    assert torch.equal(second.params, full.params)
+    full, second, state = resumed(fed, tmp_path)
+    assert state["strategy"]["assignments"]
     assert torch.equal(second.strategy.models, full.strategy.models)
     assert second.strategy.assignments == full.strategy.assignments
     with pytest.raises(ValueError, match="3 models"):
