@@ -6,16 +6,18 @@ weights through memory four times per step (forward, input gradient, weight grad
 fresh buffer, the SGD update reading both) and pays ``vmap``'s dispatch on each of a dozen
 ops. Written out by hand, a step reads each weight matrix once for the forward, once for the
 input gradient, and updates it in place with one ``baddbmm_`` that adds ``-lr * d^T h``
-straight into the weights: no gradient buffer is ever allocated. The arithmetic is the one
-autograd does (the activations' backward are aten's own ``*_backward`` kernels), so results
-agree with the sequential engine to float rounding, and a trial step is checked against
-autograd before the chain is used.
+straight into the weights: no gradient buffer is ever allocated. Better still, for the first
+steps of a round a layer keeps its clients' updates as low-rank factors and runs the forward
+on the shared global weights (:class:`_Weights`), writing each client's weights once. The
+activations' backward are aten's own ``*_backward`` kernels; in float64 results equal the
+sequential engine's to rounding, and two trial steps are checked against autograd's SGD
+before the chain is used.
 
 What qualifies: a model that ``torch.fx`` traces into one chain ``x -> op -> op -> ... ->
 logits`` of ``nn.Linear`` (each used once), ``ReLU``/``Tanh``/``Sigmoid``/``LeakyReLU``
 (as modules, ``torch``/``F`` functions or tensor methods), ``Identity``, a zero-probability
-``Dropout`` and a leading ``Flatten``. Anything else is left to the ``vmap`` step; the
-reason is kept in :attr:`LinearChain.why_not` for the log.
+``Dropout`` and a leading ``Flatten``, with no forward hooks. Anything else is left to the
+``vmap`` step, and :meth:`LinearChain.of` says why (logged).
 """
 
 from __future__ import annotations
