@@ -161,6 +161,28 @@ def test_param_group_added_later(path, ours, theirs) -> None:
         o1.add_param_group({"params": head1.parameters()})
 
 
+def test_lr_schedulers_drive_it_as_torchs(path) -> None:
+    """A StepLR (lr) and a OneCycleLR (lr and Adam's betas) give torch's schedule and steps."""
+    for ours, theirs, sched in (
+        (fo.SGD, torch.optim.SGD, lambda o: torch.optim.lr_scheduler.StepLR(o, 2, gamma=0.5)),
+        (
+            fo.Adam,
+            torch.optim.Adam,
+            lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=6),
+        ),
+    ):
+        m1, o1, m2, o2 = pair(ours, theirs, {"lr": 0.1})
+        s1, s2 = sched(o1), sched(o2)
+        for i in range(6):
+            train(m1, o1, range(i, i + 1))
+            train(m2, o2, range(i, i + 1))
+            s1.step()
+            s2.step()
+            assert s1.get_last_lr() == s2.get_last_lr()
+        assert_same(m1.state_dict(), m2.state_dict())
+        assert_same(o1.state_dict(), o2.state_dict())
+
+
 def test_step_hooks_run_once_each(path) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # hooks torch's SGD.step
     assert getattr(torch.optim.SGD.step, "hooked", False)
