@@ -102,15 +102,31 @@ class NotifyConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    """The network runtime (``fedloom server`` / ``client`` / ``start`` / ``launch``)."""
+    """The network runtime (``fedloom server`` / ``client`` / ``start`` / ``launch``).
+
+    ``round_timeout``: seconds a round waits for its clients; a round with fewer than
+    ``quorum`` valid updates then follows ``short_round``: ``"retry"`` (up to
+    ``round_retries`` times, then skip), ``"skip"`` (the model stays, the record says why) or
+    ``"abort"``. ``tokens``: client id (or, in a topology, relay name) -> token; when given
+    it must cover every client (and relay), else the run refuses to start. ``max_samples``
+    bounds the sample count a client declares at check-in, which bounds its updates' weight.
+    ``max_concurrent_uploads`` x the update size bounds receive memory. ``transfer_timeout``
+    bounds one model transfer (default 60 s + 1 s per MiB). ``async_max_share``: in async
+    runs, the most one client may contribute of recent updates, in fair shares."""
 
     address: str = "127.0.0.1:50051"
     task_id: str = "fedloom"
     min_clients: int = Field(1, ge=1)
     start_timeout: float | None = Field(None, gt=0)
     quorum: int = Field(1, ge=1)
-    heartbeat_timeout: float = Field(30.0, gt=0)
-    round_timeout: float | None = Field(None, gt=0)
+    heartbeat_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
+    round_timeout: float | None = Field(600.0, gt=0, allow_inf_nan=False)
+    short_round: Literal["retry", "skip", "abort"] = "retry"  # a round short of quorum
+    round_retries: int = Field(3, ge=0)
+    max_samples: int = Field(1_000_000_000, ge=1)  # the most a client may declare at check-in
+    max_concurrent_uploads: int = Field(16, ge=1)  # receive memory: this x the update size
+    transfer_timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    async_max_share: float = Field(2.0, ge=1, allow_inf_nan=False)
     retry_for: float = Field(60.0, gt=0)
     chunk_size: int = Field(1 << 20, ge=1)
     bulk: bool = True  # models also on a raw bulk port beside gRPC (clients fall back to gRPC)

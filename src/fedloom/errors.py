@@ -34,3 +34,7 @@ class CheckpointError(FedloomError, ValueError):
 
 class DatasetError(FedloomError, ValueError):
     """A dataset file that is missing, corrupt or of the wrong format."""
+
+
+class QuorumError(FedloomError, RuntimeError):
+    """Too few clients returned an update for a round to count."""

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,9 @@ def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> 
     )
 
 
+LOOP_OPTIONS = {"max_update_norm"}  # strategy options the round loop applies, for any strategy
+
+
 def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
     s = cfg.strategy
     cls = STRATEGIES.get(s.name)
@@ -113,13 +117,13 @@ def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
             log.warning(
                 "strategy %s does not cluster clients: clusters=%d ignored", s.name, s.clusters
             )
-    unknown = set(s.options) - set(inspect.signature(cls).parameters)
+    unknown = set(s.options) - set(inspect.signature(cls).parameters) - LOOP_OPTIONS
     if unknown:
         raise ConfigError(
             f"strategy.options: {sorted(unknown)} not taken by {s.name}; it takes "
             f"{[p for p in inspect.signature(cls).parameters if p not in kwargs]}"
         )
-    options = dict(s.options)
+    options = {k: v for k, v in s.options.items() if k not in LOOP_OPTIONS}
     agg = options.get("aggregator")
     if isinstance(agg, str | dict):  # "median" or {"name": "trimmed_mean", "beta": 0.2}
         spec = {"name": agg} if isinstance(agg, str) else dict(agg)
@@ -188,7 +192,7 @@ class Experiment:
         progress: bool | None = None,
         backend: Any = None,
     ) -> Experiment:
-        """Build the run a config describes. ``backend(cfg)``, when given, makes what replaces
+        """Build the run a config describes. ``backend(cfg, task)``, when given, makes what replaces
         the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC)."""
         cfg = load_config(source, list(overrides))
         if cfg.attack.kind and backend is not None:
@@ -239,6 +243,15 @@ class Experiment:
         )
         if cfg.train.stragglers:
             loop["stragglers"] = cfg.train.stragglers
+        norm = cfg.strategy.options.get("max_update_norm")
+        if norm is not None:
+            if isinstance(norm, bool) or not isinstance(norm, int | float) or not 0 < norm < inf:
+                raise ConfigError(f"strategy.options.max_update_norm must be > 0, got {norm!r}")
+            loop["max_update_norm"] = float(norm)
+        if backend is not None:
+            loop.update(
+                short_round=cfg.runtime.short_round, round_retries=cfg.runtime.round_retries
+            )
         if isinstance(strategy, AsyncStrategy):
             if backend is None:
                 raise ConfigError(
@@ -246,7 +259,7 @@ class Experiment:
                     "runtime (fedloom server/client, start or launch), not as a simulation"
                 )
             fed: Federation = AsyncFederation(
-                task, strategy, backend(cfg), every_seconds=cfg.strategy.every_seconds, **loop
+                task, strategy, backend(cfg, task), every_seconds=cfg.strategy.every_seconds, **loop
             )
         else:
             sim: Any = None
@@ -292,7 +305,7 @@ class Experiment:
                 sim = hierarchy(cfg, task)
                 loop["callbacks"].insert(0, NodeMetrics())  # before the recorder writes
 
-            fed = Federation(task, strategy, backend(cfg) if backend else sim, **loop)
+            fed = Federation(task, strategy, backend(cfg, task) if backend else sim, **loop)
         if resume:
             fed.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
         return cls(cfg, dataset, parts, task, fed, recorder)

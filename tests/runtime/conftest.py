@@ -7,6 +7,7 @@ in teardown; client threads are daemons joined with timeouts; polling loops have
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -26,9 +27,10 @@ import pytest
 import torch
 
 from fedloom import ParamSpec, decode
+from fedloom.runtime.gate import identity_metadata
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.proto import fedloom_pb2_grpc as pb_grpc
-from fedloom.runtime.transport import GRPC_OPTIONS
+from fedloom.runtime.transport import GRPC_OPTIONS, split_chunk
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -282,6 +284,36 @@ def servers() -> Iterator[list]:
             s.stop(grace=0.2)
 
 
+class IdentityStub:
+    """An Aggregator stub that sends, with every call, the identity metadata a real client
+    sends (the aggregator authenticates that before it reads a message), taken from the
+    request's own task, client and token fields unless ``metadata`` is given."""
+
+    def __init__(self, channel: grpc.Channel):
+        self._stub = pb_grpc.AggregatorStub(channel)
+
+    def __getattr__(self, method: str):
+        call = getattr(self._stub, method)
+
+        def with_identity(request, *args, metadata=None, **kwargs):
+            if metadata is None:
+                if method == "Upload":
+                    request = iter(request)
+                    first = next(request)
+                    head = (
+                        first
+                        if isinstance(first, pb.Chunk)
+                        else pb.Chunk.FromString(split_chunk(first)[0])
+                    )
+                    request = itertools.chain([first], request)
+                else:
+                    head = request
+                metadata = identity_metadata(head.task_id, head.client_id, head.token)
+            return call(request, *args, metadata=metadata, **kwargs)
+
+        return with_identity
+
+
 @contextlib.contextmanager
 def stub_for(address: str, credentials: grpc.ChannelCredentials | None = None):
     channel = (
@@ -290,7 +322,7 @@ def stub_for(address: str, credentials: grpc.ChannelCredentials | None = None):
         else grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
     )
     try:
-        yield pb_grpc.AggregatorStub(channel)
+        yield IdentityStub(channel)
     finally:
         channel.close()
 

@@ -149,7 +149,7 @@ def test_bulk_upload_is_checked_and_counted_like_a_grpc_one(one_round):
     update = server._results[0]
     assert update.num_samples == 3 and torch.equal(update.params, params + 1)
     reply, _ = ask(server, request("upload", total_bytes=len(good), num_samples=3), good)
-    assert not reply["accepted"] and "not asked" in reply["reason"]  # one update per round
+    assert not reply["accepted"] and "duplicate" in reply["reason"]  # one update per round
     reply, _ = ask(server, request("upload", token="x", total_bytes=len(good)), good)
     assert reply["code"] == "UNAUTHENTICATED"
 

@@ -8,6 +8,7 @@ conditions: ``rounds`` versions (OpenFed's max version) or the target metric.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
@@ -17,12 +18,14 @@ from ..algorithms.asynchronous import AsyncStrategy
 from ..update import ClientUpdate
 from .loop import Federation, RoundState
 
+log = logging.getLogger("fedloom")
+
 
 class AsyncBackend(Protocol):
     def available_clients(self, round: int) -> list[int]: ...
     def publish(self, params: torch.Tensor, version: int) -> None: ...
     def next_update(self, timeout: float) -> ClientUpdate | None: ...
-    def base(self, version: int) -> torch.Tensor: ...
+    def base(self, version: int) -> torch.Tensor | None: ...
 
 
 class AsyncFederation(Federation):
@@ -60,33 +63,42 @@ class AsyncFederation(Federation):
         self._state(RoundState.TRAIN, rnd)
         stats = {"accepted": 0, "rejected": 0, "loss": 0.0, "samples": 0}
         stale: list[int] = []
-        first = True
+        peaks: dict[int, float] = {}
+        saved = self._snapshot()
+        first, said = True, 0
         while not strategy.ready():
             waited = time.perf_counter() - t0
             if self.every_seconds and waited >= self.every_seconds and strategy.pending():
                 break
             u = self.backend.next_update(0.1)  # type: ignore[attr-defined]
             if u is None:
+                if int(waited / 30) > said:
+                    said = int(waited / 30)
+                    log.info("version %d waits for updates (%d in so far)", rnd, stats["accepted"])
                 continue
             if first:
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
             staleness = (rnd - 1) - u.version
-            error = self._check(u)
-            if error is None and not 0 <= staleness <= strategy.max_staleness:
-                error = f"staleness {staleness} outside [0, {strategy.max_staleness}]"
+            error = self._check(u, peaks=peaks)
+            base = None
+            if error is None and 0 <= staleness <= strategy.max_staleness:
+                base = self.backend.base(u.version)  # type: ignore[attr-defined]
+            if error is None and base is None:
+                error = f"staleness {staleness} outside [0, {strategy.max_staleness}] or too old"
             for cb in self.callbacks:
                 cb.on_update(self, u, error)
             if error:
                 stats["rejected"] += 1
                 continue
-            strategy.accept(self.params, u, staleness, self.backend.base(u.version))  # type: ignore[attr-defined]
+            strategy.accept(self.params, u, staleness, base)
             stale.append(staleness)
             stats["accepted"] += 1
             stats["samples"] += u.num_samples
             stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
         self._state(RoundState.AGGREGATE, rnd)
         strategy.apply(self.params)
+        poisoned = self._guard_aggregate(rnd, saved, peaks)
         self.round = rnd
         self.backend.publish(self.params, rnd)  # type: ignore[attr-defined]
         self._published = rnd
@@ -102,8 +114,6 @@ class AsyncFederation(Federation):
             "staleness_max": max(stale, default=0),
             "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
         }
-        if rnd % self.eval_every == 0 or rnd == self.rounds:
-            record.update(self.evaluate())
-        record["seconds"] = time.perf_counter() - t0
-        self.history.append(record)
-        return record
+        if poisoned:
+            record["aggregate_rejected"] = poisoned
+        return self._close(rnd, record, t0)

@@ -10,22 +10,24 @@ are aggregated as they arrive, so TRAIN and UPLOAD overlap: in a simulation clie
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from ..algorithms.base import RoundPlan, Strategy
-from ..errors import CheckpointError, WireError
+from ..errors import CheckpointError, QuorumError, WireError
 from ..params import ParamSpec, flatten_module
 from ..seeding import derive_seed, seed_torch
 from ..task import Task
-from ..update import ClientUpdate
+from ..update import ClientUpdate, checked_metrics
 from ..wire import check_finite_values, encode
 
 log = logging.getLogger("fedloom")
@@ -49,6 +51,17 @@ class Backend(Protocol):
     def collect(self) -> Iterator[ClientUpdate]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ReportsRoundStats(Protocol):
+    """A backend with figures of its own for each round's record (the network aggregator's
+    refused calls, say)."""
+
+    def round_stats(self) -> dict[str, Any]: ...
+
+
+ShortRound = Literal["retry", "skip", "abort"]
 
 
 class Callback:
@@ -90,6 +103,14 @@ class Federation:
         stragglers: share of each round's clients that run a random number of local epochs
             in [1, E] (FedProx's systems heterogeneity); strategies that do not accept
             partial work drop those that fall short of E, as FedAvg's paper does.
+        short_round: what a round short of its quorum (:class:`QuorumError` from the backend)
+            does: ``"retry"`` it up to ``round_retries`` times, then skip it; ``"skip"`` it at
+            once (the model stays as it was, the record says why); ``"abort"`` the run.
+        max_update_norm: reject updates farther than this (L2) from the round's global model.
+
+    A round whose aggregate would hold NaN or Inf (finite but huge updates overflow a mean)
+    is rolled back, model and strategy state, with the clients of the largest values named
+    in the log and the record (``aggregate_rejected``); the run goes on.
     """
 
     def __init__(
@@ -104,7 +125,18 @@ class Federation:
         target: tuple[str, float] | None = None,
         callbacks: Sequence[Callback] = (),
         stragglers: float = 0.0,
+        short_round: ShortRound = "retry",
+        round_retries: int = 3,
+        max_update_norm: float | None = None,
     ):
+        if short_round not in ("retry", "skip", "abort"):
+            raise ValueError(f"short_round must be retry, skip or abort, got {short_round!r}")
+        if round_retries < 0:
+            raise ValueError(f"round_retries must be >= 0, got {round_retries}")
+        if max_update_norm is not None and not 0 < max_update_norm < math.inf:
+            raise ValueError(f"max_update_norm must be finite and > 0, got {max_update_norm}")
+        self.short_round, self.round_retries = short_round, round_retries
+        self.max_update_norm = max_update_norm
         if not 0 <= stragglers <= 1:
             raise ValueError(f"stragglers must be in [0, 1], got {stragglers}")
         self.stragglers = stragglers
@@ -161,6 +193,25 @@ class Federation:
         return result
 
     def run_round(self, rnd: int) -> dict[str, Any]:
+        """One round, retried or skipped by the ``short_round`` policy when short of quorum."""
+        for attempt in range(self.round_retries + 1):
+            saved = self._snapshot()
+            try:
+                return self._round(rnd, saved)
+            except QuorumError as e:
+                self._restore(saved)
+                if self.short_round == "abort":
+                    raise
+                if self.short_round == "retry" and attempt < self.round_retries:
+                    log.warning(
+                        "%s: retrying the round (%d of %d)", e, attempt + 1, self.round_retries
+                    )
+                    continue
+                log.warning("%s: round skipped, the model is unchanged", e)
+                return self._skipped(rnd, str(e))
+        raise AssertionError("not reached")
+
+    def _round(self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]]) -> dict[str, Any]:
         t0 = time.perf_counter()
         self._state(RoundState.START_ROUND, rnd)
         rng = np.random.default_rng(derive_seed(self.seed, "sample", rnd))
@@ -175,11 +226,13 @@ class Federation:
             "loss": 0.0,
             "samples": 0,
             "client_seconds": {},
+            "peaks": {},
         }
         self.strategy.aggregate(
-            rnd, self.params, self._accepted(rnd, self.backend.collect(), stats)
+            rnd, self.params, self._accepted(rnd, self.backend.collect(), stats, saved[0])
         )
         self._state(RoundState.AGGREGATE, rnd)
+        poisoned = self._guard_aggregate(rnd, saved, stats["peaks"])
         self.round = rnd
         self._state(RoundState.CLOSE_ROUND, rnd)
         record: dict[str, Any] = {
@@ -192,13 +245,52 @@ class Federation:
             "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
             "client_seconds": stats["client_seconds"],
         }
+        if poisoned:
+            record["aggregate_rejected"] = poisoned
         if self.stragglers:
             record["stragglers_dropped"] = dropped
+        return self._close(rnd, record, t0)
+
+    def _close(self, rnd: int, record: dict[str, Any], t0: float) -> dict[str, Any]:
+        """Add the backend's figures and the evaluation to ``record``; keep it in history."""
+        if isinstance(self.backend, ReportsRoundStats):
+            record.update(self.backend.round_stats())
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
         record["seconds"] = time.perf_counter() - t0
         self.history.append(record)
         return record
+
+    def _skipped(self, rnd: int, reason: str) -> dict[str, Any]:
+        self.round = rnd
+        record = {"round": rnd, "clients": 0, "rejected": 0, "samples": 0, "skipped": reason}
+        return self._close(rnd, record, time.perf_counter())
+
+    # -- rollback ------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The global model and the strategy's state before a round (one copy of each), to
+        roll back a round that is short of quorum or would poison the model."""
+        return self.params.clone(), copy.deepcopy(self.strategy.state_dict())
+
+    def _restore(self, saved: tuple[torch.Tensor, dict[str, Any]]) -> None:
+        self.params.copy_(saved[0])
+        self.strategy.load_state_dict(copy.deepcopy(saved[1]))
+
+    def _guard_aggregate(
+        self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]], peaks: dict[int, float]
+    ) -> str | None:
+        """Roll back a non-finite aggregate; the reason (naming the clients with the largest
+        values), or None when the aggregate is sound."""
+        try:
+            check_finite_values(self.params, self.spec, "the aggregate")
+        except WireError as e:
+            self._restore(saved)
+            top = sorted(peaks, key=lambda c: -peaks[c])[:3]
+            named = ", ".join(f"client {c} (max |x| {peaks[c]:.3g})" for c in top)
+            reason = f"{e}; round rolled back; largest values from {named or 'no client'}"
+            log.error("round %d: %s", rnd, reason)
+            return reason
+        return None
 
     def _straggle(self, rnd: int, plan: RoundPlan) -> int:
         """Give a share of ``plan``'s clients fewer epochs; drop them if the strategy wants
@@ -222,14 +314,18 @@ class Federation:
 
     # -- updates ------------------------------------------------------------------------------
     def _accepted(
-        self, rnd: int, updates: Iterable[ClientUpdate], stats: dict[str, Any]
+        self,
+        rnd: int,
+        updates: Iterable[ClientUpdate],
+        stats: dict[str, Any],
+        before: torch.Tensor | None = None,
     ) -> Iterator[ClientUpdate]:
         first = True
         for u in updates:
             if first:
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
-            error = self._check(u)
+            error = self._check(u, before, stats["peaks"])
             for cb in self.callbacks:
                 cb.on_update(self, u, error)
             if error:
@@ -243,7 +339,13 @@ class Federation:
                 stats["client_seconds"][str(u.client_id)] = round(float(u.metrics["seconds"]), 4)
             yield u
 
-    def _check(self, u: ClientUpdate) -> str | None:
+    def _check(
+        self,
+        u: ClientUpdate,
+        before: torch.Tensor | None = None,
+        peaks: dict[int, float] | None = None,
+    ) -> str | None:
+        """Why ``u`` cannot be aggregated, or None. ``peaks`` gets its largest |value|."""
         if "error" in u.extras:  # refused by the backend (e.g. on arrival over the network)
             return str(u.extras["error"])
         p = u.params
@@ -252,9 +354,21 @@ class Federation:
         if u.num_samples <= 0:
             return f"num_samples must be > 0, got {u.num_samples}"
         try:
-            check_finite_values(p, self.spec)
-        except WireError as e:
+            checked_metrics(u.metrics)
+        except ValueError as e:
             return str(e)
+        peak = float(torch.linalg.vector_norm(p, math.inf)) if p.numel() else 0.0
+        if not math.isfinite(peak):  # one reduction; only a bad buffer pays the named scan
+            try:
+                check_finite_values(p, self.spec)
+            except WireError as e:
+                return str(e)
+        if peaks is not None:
+            peaks[u.client_id] = peak
+        if self.max_update_norm is not None and before is not None:
+            norm = float(torch.linalg.vector_norm(p - before))
+            if not norm <= self.max_update_norm:
+                return f"update norm {norm:.4g} exceeds max_update_norm {self.max_update_norm}"
         return None
 
     # -- state -------------------------------------------------------------------------------

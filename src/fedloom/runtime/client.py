@@ -27,6 +27,7 @@ from ..simulation import InProcessClients
 from ..task import Task
 from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
 from . import bulk
+from .gate import identity_metadata
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
 from .security import TLSConfig, channel_credentials, client_ssl_context
@@ -34,7 +35,11 @@ from .transport import GRPC_OPTIONS, encode_chunks, join_chunks
 
 log = logging.getLogger("fedloom.client")
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the aggregator is busy: back off and try again
+}
 
 
 class RefusedError(FedloomError, PermissionError):
@@ -86,6 +91,7 @@ class RuntimeClient:
         self.transfers = {"bulk": 0, "grpc": 0}
         self._ssl = None if tls is None else client_ssl_context(tls)
         self._recv = bytearray()  # reused for every download: no page faults per round
+        self._md = identity_metadata(task_id, self.client_id, token)  # sent with every call
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -105,7 +111,7 @@ class RuntimeClient:
             )
             self._check_in()
             while True:
-                ins = self._call(self.stub.Poll, self._poll())
+                ins = self._call(self._poll_call, self._poll())
                 if ins.kind == pb.Instruction.STOP:
                     log.info(
                         "client %d: task finished after %d rounds", self.client_id, self.rounds_done
@@ -129,7 +135,9 @@ class RuntimeClient:
         try:
             data = self._bulk_download(ins, limit)
             if data is None:
-                _, data = self._call(lambda r: join_chunks(self._download(r), limit), request)
+                _, data = self._call(
+                    lambda r: join_chunks(self._download(r, metadata=self._md), limit), request
+                )
                 self.transfers["grpc"] += 1
         except (grpc.RpcError, bulk.BulkRefused) as e:
             code = e.code if isinstance(e, bulk.BulkRefused) else e.code().name
@@ -192,7 +200,7 @@ class RuntimeClient:
             num_samples=num_samples,
             metrics_json=json.dumps(metrics),
         )
-        reply = self._call(lambda _: self._upload(chunks()), None)
+        reply = self._call(lambda _: self._upload(chunks(), metadata=self._md), None)
         self.transfers["grpc"] += 1
         return reply
 
@@ -288,7 +296,7 @@ class RuntimeClient:
                 else self.task.num_samples(self.client_id)
             ),
         )
-        reply = self._retry(lambda: self.stub.CheckIn(request))
+        reply = self._retry(lambda: self.stub.CheckIn(request, metadata=self._md))
         if not reply.accepted:
             raise RefusedError(f"client {self.client_id}: check-in refused: {reply.reason}")
         self.chunk_size = reply.chunk_size or self.chunk_size
@@ -315,9 +323,12 @@ class RuntimeClient:
         request = self._poll(busy=True)
         while not stop.wait(self.heartbeat_s):
             try:
-                self.stub.Poll(request, timeout=10)
+                self.stub.Poll(request, timeout=10, metadata=self._md)
             except grpc.RpcError as e:
                 log.debug("client %d: heartbeat failed: %s", self.client_id, e.code())
+
+    def _poll_call(self, request):
+        return self.stub.Poll(request, timeout=30, metadata=self._md)
 
     def _poll(self, busy: bool = False):
         return pb.PollRequest(

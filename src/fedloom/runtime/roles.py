@@ -63,13 +63,67 @@ def client_tls(rt: RuntimeConfig) -> TLSConfig | None:
     return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)
 
 
+def check_tokens(cfg: Config, num_clients: int) -> None:
+    """Fail closed: a token table must cover every client of the run (and, in a topology,
+    every relay, by name), with ids written as canonical integers; else a ConfigError."""
+    tokens = cfg.runtime.tokens
+    if not tokens:
+        return
+    names: set[str] = set()
+    if cfg.topology is not None:
+        from ..topology import Topology
+
+        topology = Topology.from_config(cfg.topology)
+        names = set(topology.nodes) - set(topology.roots())
+    ids = {str(i) for i in range(num_clients)}
+    if stray := sorted(set(tokens) - ids - names)[:5]:
+        raise ConfigError(
+            f"runtime.tokens: keys {stray} are neither client ids in [0, {num_clients}) written "
+            f"as plain integers{' nor relay names' if names else ''}"
+        )
+    if missing := sorted(ids - set(tokens), key=int)[:10] + sorted(names - set(tokens))[:5]:
+        raise ConfigError(
+            f"runtime.tokens: no token for {missing}; a token table must cover every client"
+            f"{' and relay' if names else ''} (or leave it empty for an unauthenticated run)"
+        )
+
+
+def tokens_for(rt: RuntimeConfig, keys: list[str]) -> dict[int, str] | None:
+    """The token table of a server whose client ``i`` is ``keys[i]`` (a client id or a relay
+    name), or None for an unauthenticated run (:func:`check_tokens` made sure it covers)."""
+    if not rt.tokens:
+        return None
+    return {i: rt.tokens[k] for i, k in enumerate(keys)}
+
+
+def server_options(rt: RuntimeConfig) -> dict[str, Any]:
+    """The :class:`AggregatorServer` keyword arguments the ``[runtime]`` section sets."""
+    return dict(
+        task_id=rt.task_id,
+        start_timeout=rt.start_timeout,
+        quorum=rt.quorum,
+        heartbeat_timeout=rt.heartbeat_timeout,
+        round_timeout=rt.round_timeout,
+        tls=server_tls(rt),
+        chunk_size=rt.chunk_size,
+        bulk=rt.bulk,
+        bulk_port=rt.bulk_port,
+        max_samples=rt.max_samples,
+        max_concurrent_uploads=rt.max_concurrent_uploads,
+        transfer_timeout=rt.transfer_timeout,
+        async_max_share=rt.async_max_share,
+    )
+
+
 def aggregator(address: str | None = None):
     """A backend factory for :meth:`Experiment.from_config`: the gRPC aggregator."""
 
-    def make(cfg: Config):
+    def make(cfg: Config, task: Any):
         rt = cfg.runtime
+        check_tokens(cfg, task.num_clients)
         asynchronous = issubclass(STRATEGIES.get(cfg.strategy.name), AsyncStrategy)
-        where, wait_for, tokens = address or rt.address, rt.min_clients, dict(rt.tokens)
+        where, wait_for = address or rt.address, rt.min_clients
+        keys = [str(i) for i in range(task.num_clients)]
         if cfg.topology is not None:  # the root of a hierarchy: its clients are its relays
             from ..topology import Topology
 
@@ -78,27 +132,18 @@ def aggregator(address: str | None = None):
             root = topology.roots()[0]
             where = address or topology.nodes[root].address or where
             wait_for = max(wait_for, len(topology.children(root)) or 1)
-            if any(not k.isdigit() for k in tokens):  # relays' tokens are keyed by node name
-                children = topology.children(root)
-                tokens = {str(i): tokens[n] for i, n in enumerate(children) if n in tokens}
+            keys = topology.children(root)
 
         def with_spec(spec):
             return AggregatorServer(
                 spec,
-                task_id=rt.task_id,
                 seed=cfg.seed,
                 address=where,
+                clients=range(len(keys)),
                 min_clients=wait_for,
-                start_timeout=rt.start_timeout,
-                quorum=rt.quorum,
-                heartbeat_timeout=rt.heartbeat_timeout,
-                round_timeout=rt.round_timeout,
-                tokens={int(k): v for k, v in tokens.items() if k.isdigit()} or None,
-                tls=server_tls(rt),
-                chunk_size=rt.chunk_size,
-                bulk=rt.bulk,
-                bulk_port=rt.bulk_port,
+                tokens=tokens_for(rt, keys),
                 mode="async" if asynchronous else "sync",
+                **server_options(rt),
             ).start()
 
         return with_spec
@@ -159,6 +204,7 @@ def run_client(
             f"{task.num_clients} clients (0..{task.num_clients - 1})"
         )
     rt = cfg.runtime
+    check_tokens(cfg, task.num_clients)
     token = (
         token
         if token is not None

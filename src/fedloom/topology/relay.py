@@ -61,7 +61,7 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     from ..config import load_config
     from ..experiment import build_task, hierarchy, load_dataset, partition
     from ..runtime.client import RuntimeClient
-    from ..runtime.roles import client_tls, server_tls
+    from ..runtime.roles import check_tokens, client_tls, server_options
     from ..runtime.server import AggregatorServer
 
     cfg = load_config(source, list(overrides))
@@ -80,21 +80,18 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     tree = hierarchy(cfg, task)(None)
     rt = cfg.runtime
     spec, _ = flatten_module(task.build_model(), task.personal_layers)
+    check_tokens(cfg, task.num_clients)
+    children = topology.children(name)  # child relays are ids 0.., else its clients' own
+    ids = range(len(children)) if children else node.clients
+    keys = children or [str(c) for c in node.clients]
     server = AggregatorServer(
         spec,
-        task_id=rt.task_id,
         seed=cfg.seed,
         address=node.address or "127.0.0.1:0",
-        min_clients=len(topology.children(name)) or len(node.clients),
-        start_timeout=rt.start_timeout,
-        quorum=rt.quorum,
-        heartbeat_timeout=rt.heartbeat_timeout,
-        round_timeout=rt.round_timeout,
-        tokens={int(k): v for k, v in rt.tokens.items() if k.isdigit()} or None,
-        tls=server_tls(rt),
-        chunk_size=rt.chunk_size,
-        bulk=rt.bulk,
-        bulk_port=rt.bulk_port,
+        clients=ids,
+        min_clients=len(keys),
+        tokens={i: rt.tokens[k] for i, k in zip(ids, keys)} if rt.tokens else None,
+        **server_options(rt),
     ).start()
     tree._engine = server  # the node loop's clients (or child relays) train behind it
     tree.served.add(name)
