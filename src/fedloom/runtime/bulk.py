@@ -57,7 +57,7 @@ def recv_header(sock: socket.socket) -> dict[str, Any]:
         raise WireError(f"bulk header announces {n} bytes; the limit is {HEADER_MAX}")
     try:
         header = json.loads(recv_exact(sock, n))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise WireError(f"malformed bulk header: {e}") from None
     if not isinstance(header, dict):
         raise WireError("malformed bulk header: not a JSON object")
