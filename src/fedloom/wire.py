@@ -75,16 +75,21 @@ def read_header(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, s
     (hlen,) = struct.unpack("<Q", view[:8])
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(view):
         raise WireError(f"header length {hlen} does not fit a message of {len(view)} bytes")
-    try:
-        header = json.loads(bytes(view[8 : 8 + hlen]))
+    try:  # strict UTF-8 as safetensors has it (json.loads(bytes) would take UTF-16, a BOM, ...)
+        header = json.loads(str(view[8 : 8 + hlen], "utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WireError(f"header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise WireError("header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise WireError("__metadata__ must map strings to strings")
     return header, meta, 8 + hlen
+
+
+def _no_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
 def decode(
@@ -153,22 +158,22 @@ def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
     starts: list[int] = []
     spans: list[tuple[int, int, str]] = []
     for e in spec.entries:
-        h = header.get(e.name)
-        if h is None:
-            continue
+        if e.name not in header:
+            continue  # a missing name, already in problems
+        h = header[e.name]
         if not isinstance(h, dict):
             problems.append(f"{e.name}: malformed entry")
             continue
         dtype, shape, offsets = h.get("dtype"), h.get("shape"), h.get("data_offsets")
         if not isinstance(dtype, str) or DTYPES.get(dtype) != e.dtype:
             problems.append(f"{e.name}: dtype {dtype}, expected {DTYPE_NAMES[e.dtype]}")
-        if not isinstance(shape, list) or tuple(shape) != e.shape:
+        if not isinstance(shape, list) or not _ints(shape) or tuple(shape) != e.shape:
             problems.append(f"{e.name}: shape {shape}, expected {list(e.shape)}")
         size = e.numel * _ITEMSIZE[DTYPE_NAMES[e.dtype]]
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
+            or not _ints(offsets)
             or offsets[1] - offsets[0] != size
         ):
             problems.append(f"{e.name}: data_offsets {offsets} do not hold {size} bytes")
@@ -186,6 +191,11 @@ def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
         raise WireError("message does not match the model spec: " + "; ".join(problems))
     in_order = all(b <= a for b, a in zip(starts, starts[1:])) if starts else True
     return None if in_order else starts
+
+
+def _ints(values: list) -> bool:
+    """JSON integers only: not 2.0, which equals 2, nor true, which equals 1."""
+    return all(type(v) is int for v in values)
 
 
 # -- bundles: the model plus named flat buffers laid out like it ------------------------------

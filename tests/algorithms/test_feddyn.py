@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_task, resumed
-from quadratic import QuadraticTask, sgd
+from quadratic import REL, QuadraticTask, sgd
 
 from fedloom import (
     ClientUpdate,
@@ -57,13 +57,13 @@ def test_two_rounds_match_algorithm_1_worked_by_hand(alpha, per_round):
         cohorts.append(list(fed.plan.clients))
     assert set(cohorts[0]) & set(cohorts[1])  # some client trains with grad_prev != 0
     x, h, prev = by_hand(cohorts, alpha)
-    assert float(fed.params[0]) == pytest.approx(x, rel=1e-5, abs=1e-6)
-    assert float(s.h[0]) == pytest.approx(h, rel=1e-5, abs=1e-7)
+    assert float(fed.params[0]) == pytest.approx(x, rel=REL, abs=REL)
+    assert float(s.h[0]) == pytest.approx(h, rel=REL, abs=REL)
     states = fed.backend.states
     assert sorted(states) == sorted(set(cohorts[0]) | set(cohorts[1]))  # one per client
     for k, v in enumerate(prev):
         got = float(states[k]["feddyn_grad"][0]) if k in states else 0.0
-        assert got == pytest.approx(v, rel=1e-5, abs=1e-7)
+        assert got == pytest.approx(v, rel=REL, abs=REL)
 
 
 def test_server_update_on_vectors_and_empty_rounds(caplog):

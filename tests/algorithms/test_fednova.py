@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_task, resumed
-from quadratic import QuadraticTask, grad, sgd
+from quadratic import REL, QuadraticTask, grad, sgd
 
 from fedloom import FedAvg, Federation, load_config
 from fedloom.algorithms.fednova import FedNova, NormalizedSteps, sgd_norm
@@ -73,9 +73,9 @@ def test_fednova_with_unequal_steps_matches_the_paper_by_hand(rho):
     task.momentum, steps = rho, [STEPS[str(c)] for c in range(3)]
     nova = Federation(task, fixed_steps(FedNova)(), rounds=2, seed=0)
     got = float(nova.run().params[0])
-    assert got == pytest.approx(by_hand(2, steps, rho), rel=1e-6, abs=1e-7)
+    assert got == pytest.approx(by_hand(2, steps, rho), rel=REL, abs=REL)
     avg = float(Federation(task, fixed_steps(FedAvg)(), rounds=2, seed=0).run().params[0])
-    assert avg == pytest.approx(by_hand(2, steps, rho, nova=False), rel=1e-6, abs=1e-7)
+    assert avg == pytest.approx(by_hand(2, steps, rho, nova=False), rel=REL, abs=REL)
     assert abs(got - avg) > 1e-3  # normalising by the steps changes the result
 
 
@@ -83,11 +83,11 @@ def test_equal_steps_and_plain_sgd_is_weighted_fedavg():
     task = QuadraticTask(DATA, lr=0.1, w0=0.5)
     task.local_epochs = 3
     got = float(Federation(task, FedNova(), rounds=2, seed=0).run().params[0])
-    assert got == pytest.approx(by_hand(2, [3, 3, 3], nova=False), rel=1e-6, abs=1e-7)
+    assert got == pytest.approx(by_hand(2, [3, 3, 3], nova=False), rel=REL, abs=REL)
     w = 0.5  # and by hand as FedAvg: the mean of three-step SGD, weighted by samples
     for _ in range(2):
         w = sum(len(p) * sgd(w, p, 0.1, 3) for p in DATA) / 6
-    assert got == pytest.approx(w, rel=1e-6, abs=1e-7)
+    assert got == pytest.approx(w, rel=REL, abs=REL)
     big = dict(batch_size=32, local_epochs=2)  # every tiny client takes 2 steps
     a = Federation(make_tiny_task(**big), FedNova(fraction=1.0), rounds=2, seed=3).run()
     b = Federation(make_tiny_task(**big), FedAvg(fraction=1.0), rounds=2, seed=3).run()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_task, resumed, tiny_dataset, tiny_parts
-from quadratic import QuadraticTask, grad, sgd
+from quadratic import REL, QuadraticTask, grad, sgd
 from torch import nn
 
 from fedloom import (
@@ -70,13 +70,13 @@ def test_two_rounds_match_algorithm_1_worked_by_hand(option, eta_g, weighted, pe
     assert set(cohorts[0]) & set(cohorts[1])  # some client corrects with its own c_i != 0
     x, c, ci = by_hand(cohorts, option, eta_g, weighted)
     assert c != 0
-    assert float(fed.params[0]) == pytest.approx(x, rel=1e-5, abs=1e-6)
-    assert float(s.c[0]) == pytest.approx(c, rel=1e-5, abs=1e-6)
+    assert float(fed.params[0]) == pytest.approx(x, rel=REL, abs=REL)
+    assert float(s.c[0]) == pytest.approx(c, rel=REL, abs=REL)
     states = fed.backend.states
     assert sorted(states) == sorted(set(cohorts[0]) | set(cohorts[1]))  # one c_i per client
     for i, v in enumerate(ci):
         got = float(states[i]["scaffold_ci"][0]) if i in states else 0.0
-        assert got == pytest.approx(v, rel=1e-5, abs=1e-6)
+        assert got == pytest.approx(v, rel=REL, abs=REL)
 
 
 @pytest.mark.parametrize("option", ["I", "II"])

@@ -13,7 +13,7 @@ from conftest import run_overrides
 from safetensors.torch import load_file
 
 import fedloom
-from fedloom import Experiment
+from fedloom import Experiment, TensorDataset
 from fedloom.cli import main
 from fedloom.config import load_config
 from fedloom.errors import ConfigError
@@ -52,14 +52,48 @@ def test_the_pool_engine_is_closed_after_the_run(tmp_path: Path) -> None:
     assert backend._closed and not any(p.is_alive() for p in backend._procs)
 
 
-def test_the_vectorized_engine_trains_the_mlp_fused(tmp_path: Path) -> None:
-    _, seq = final_params(tmp_path, "seq", **{"model.name": "mlp"})
-    exp, vec = final_params(
-        tmp_path, "vec", **{"model.name": "mlp", "simulation.engine": "vectorized"}
-    )
-    backend = exp.federation.backend
-    assert isinstance(backend, VectorizedClients) and backend.path == "fused"
-    assert torch.allclose(seq, vec, atol=1e-5)
+@pytest.fixture
+def float64_mlp(register_temp_model, monkeypatch) -> dict[str, Any]:
+    """Overrides that run the MNIST MLP in float64: the model and the data cast to double."""
+    from fedloom.registry import DATASETS
+
+    def mnist5k_f64(**kw: Any) -> TensorDataset:
+        d = fedloom.load_mnist5k(**kw)
+        return TensorDataset(
+            "mnist5k_f64", d.train_x.double(), d.train_y, d.test_x.double(), d.test_y, 10
+        )
+
+    register_temp_model("mlp_f64", lambda shape, n: fedloom.build_model("mlp", shape, n).double())
+    monkeypatch.setitem(DATASETS._items, "mnist5k_f64", mnist5k_f64)
+    return {"model.name": "mlp_f64", "data.dataset": "mnist5k_f64"}
+
+
+def test_the_vectorized_engine_trains_the_mlp_fused(
+    tmp_path: Path, float64_mlp: dict[str, Any]
+) -> None:
+    vectorized = {"simulation.engine": "vectorized"}
+    runs: dict[str, torch.Tensor] = {}
+    for name, extra in {
+        "seq32": {"model.name": "mlp"},
+        "vec32": {"model.name": "mlp", **vectorized},
+        "seq64": float64_mlp,
+        "vec64": {**float64_mlp, **vectorized},
+    }.items():
+        exp, runs[name] = final_params(tmp_path, name, **extra)
+        if name.startswith("vec"):
+            backend = exp.federation.backend
+            assert isinstance(backend, VectorizedClients) and backend.path == "fused"
+    # float64: the same algorithm, so only rounding differs: eps64 (1.1e-16) x the ~800 terms
+    # of a 784-wide dot product x 40 steps (2 rounds of 400 samples / B=20) on values < 3:
+    # ~1e-11 < 1e-10 (seen: 6e-17); any error in the algorithm shows as > 1e-4.
+    assert runs["vec64"].dtype == torch.float64
+    assert (runs["vec64"] - runs["seq64"]).abs().max() < 1e-10
+    # float32: rounding alone keeps the engines within ~1e-7 of the float64 run, but a ReLU input
+    # within rounding of zero can go either way (here: seq32 3.6e-8 from float64, vec32 2.4e-5).
+    # One flipped unit changes one sample's term of one step by lr/B * max|x| * |delta|, where
+    # |delta| <= 2 * max|W_out| = 2 / sqrt(200) ~ 0.14 (softmax - onehot sums to <= 2 in |.|;
+    # init bound of the 200 -> 10 layer): 0.05 / 20 * 2.83 * 0.14 ~ 1e-3.
+    assert (runs["vec32"] - runs["seq32"]).abs().max() <= 1e-3
 
 
 def test_engine_flags_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,7 +34,10 @@ from fedloom.simulation.vectorized import VectorizedClients
 torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps small ops fast
 
 SEED = 7
-ATOL = 1e-5
+# float32, sums in another order: eps32 (6e-8) x 16 terms (the widest dot product) x |x| <= 8
+# x <= 30 steps (3 rounds of <= 10) = 2.3e-4; a ReLU flip is rare on ~100 samples (seen: 1e-6).
+ATOL = 2.5e-4
+LOSS_REL = 1e-4  # the mean of float32 losses of models ATOL apart: |dL/dw| * ATOL / L < 1e-4
 
 
 def logreg() -> nn.Module:
@@ -79,7 +82,7 @@ def assert_same_run(seq: Federation, vec: Federation, exact: bool = False) -> No
         )
     for a, b in zip(seq.history, vec.history):
         assert a["clients"] == b["clients"] and a["samples"] == b["samples"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_REL)
 
 
 @pytest.mark.parametrize("model_fn", [logreg, mlp], ids=["logreg", "mlp"])
@@ -114,6 +117,7 @@ def test_float64_agrees_to_rounding() -> None:
 
     seq, vec = both(make, per_round=6)
     assert vec.params.dtype == torch.float64
+    # float64: eps64 (1.1e-16) x 16 terms x |x| <= 8 x <= 36 steps = 5e-13 < 1e-12
     assert torch.allclose(seq.params, vec.params, rtol=0, atol=1e-12)
 
 
@@ -147,7 +151,7 @@ def test_collect_yields_per_client_views_in_plan_order() -> None:
         assert v.num_samples == n and v.round == 2
         assert v.metrics["steps"] == 2 * math.ceil(n / 5) == s.metrics["steps"]
         assert v.metrics["epochs"] == 2
-        assert v.metrics["loss"] == pytest.approx(s.metrics["loss"], rel=1e-5)
+        assert v.metrics["loss"] == pytest.approx(s.metrics["loss"], rel=LOSS_REL)
         assert vp.dim() == 1 and vp.dtype == sp.dtype and vp._base is base  # a row, no copy
         assert torch.allclose(vp, sp, atol=ATOL)
 
@@ -164,7 +168,7 @@ def test_chunks_give_the_same_updates() -> None:
     _, chunked = collect_both(make_task, plan, max_cohort=4)
     for (a, ap), (b, bp) in zip(whole, chunked):
         assert a.client_id == b.client_id and a.metrics["steps"] == b.metrics["steps"]
-        assert torch.allclose(ap, bp, atol=1e-6)
+        assert torch.allclose(ap, bp, atol=ATOL)  # the same sums, maybe other BLAS kernels
 
 
 class TwoGroups(ClassificationTask):
@@ -484,6 +488,7 @@ def test_low_rank_and_dense_weights_agree(monkeypatch: pytest.MonkeyPatch) -> No
 
     seq, vec = both(make, per_round=6, rounds=2)
     assert vec.backend.path == "fused"  # type: ignore[attr-defined]
+    # float64: eps64 (1.1e-16) x 64 terms x |x| <= 8 x 16 steps (2 rounds of <= 8) = 9e-13
     assert torch.allclose(seq.params, vec.params, rtol=0, atol=1e-12)
     assert ("lowrank", 8) in seen and ("dense", 0) in seen
 

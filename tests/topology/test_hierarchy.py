@@ -100,10 +100,12 @@ def test_two_level_full_participation_equals_flat_up_to_rounding() -> None:
     flat.run()
     two = hier_run(TWO_LEVEL, rounds=3, seed=2, task=task, strategy=FedAvg(fraction=1.0))
     assert not two.backend.flat
-    assert torch.allclose(two.params, flat.params, rtol=1e-5, atol=1e-6)
+    # float32 sums of 6 weighted models regrouped: <= 6 eps32 (6e-8) x |w| <= 3 = 1e-6 a round;
+    # 3 rounds, each error carried through <= 4 SGD steps of lr 0.1 (|x| <= 8): x 10 -> 2e-5
+    assert torch.allclose(two.params, flat.params, rtol=0, atol=2e-5)
     for h, f in zip(two.history, flat.history):
-        assert h["accuracy"] == pytest.approx(f["accuracy"])
-        assert h["train_loss"] == pytest.approx(f["train_loss"], rel=1e-5)
+        assert h["accuracy"] == f["accuracy"]  # counts of argmaxes: no margin is ~1e-5 thin
+        assert h["train_loss"] == pytest.approx(f["train_loss"], rel=1e-4)  # |dL/dw| x 2e-5
         assert h["samples"] == f["samples"] == 90
     assert [r["clients"] for r in two.history] == [2, 2, 2]  # the root's clients are edges
 

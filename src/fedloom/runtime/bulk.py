@@ -58,7 +58,7 @@ def recv_header(sock: socket.socket, deadline: float | None = None) -> dict[str,
         raise WireError(f"bulk header announces {n} bytes; the limit is {HEADER_MAX}")
     try:
         header = json.loads(recv_exact(sock, n, deadline))
-    except (ValueError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise WireError(f"malformed bulk header: {e}") from None
     if not isinstance(header, dict):
         raise WireError("malformed bulk header: not a JSON object")
