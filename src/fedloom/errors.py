@@ -34,3 +34,7 @@ class CheckpointError(FedloomError, ValueError):
 
 class DatasetError(FedloomError, ValueError):
     """A dataset file that is missing, corrupt or of the wrong format."""
+
+
+class RunDirError(FedloomError, FileExistsError):
+    """A run directory that already holds an earlier run's results (see ``--overwrite``)."""
