@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+# `make demo` is meant to be rerun: it replaces runs/demo (`fedloom demo` by itself refuses to
+# replace an earlier run, as `fedloom run` does).
 demo: $(STAMP)
-	$(PY) -m fedloom demo
+	$(PY) -m fedloom demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests

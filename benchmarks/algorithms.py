@@ -93,7 +93,7 @@ def mnist_config(args: argparse.Namespace, name: str, alpha: float) -> dict[str,
 
 def run(cfg: dict[str, Any], target: float | None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    exp = fedloom.Experiment.from_config(cfg, progress=False)
+    exp = fedloom.Experiment.from_config(cfg, progress=False, overwrite=True)
     result = exp.run()
     accs = [r.get("accuracy") for r in result.history]
     out: dict[str, Any] = {

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_name = "fedavg_mnist_quick" if args.quick else "fedavg_mnist"
     cfg = build_config(args, "fedavg_mnist_cnn_quick" if args.quick else "fedavg_mnist_cnn")
     t0 = time.perf_counter()
-    exp = fedloom.Experiment.from_config(cfg, progress=False)
+    exp = fedloom.Experiment.from_config(cfg, progress=False, overwrite=True)
     setup_s = time.perf_counter() - t0
     printer = RoundPrinter()
     exp.federation.callbacks.append(printer)

@@ -9,6 +9,7 @@ import fedloom
 result = fedloom.run(
     {"name": "api_demo", "rounds": 5, "data": {"num_clients": 50}, "model": {"name": "mlp"}},
     overrides=["train.lr=0.05"],
+    overwrite=True,  # replace runs/api_demo from an earlier run of this script
 )
 print("config run:", result.final_metrics)
 

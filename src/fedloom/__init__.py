@@ -55,7 +55,15 @@ from .data import (
     load_synthetic,
     partition_report,
 )
-from .errors import ClientError, ConfigError, DatasetError, FedloomError, WireError
+from .errors import (
+    CheckpointError,
+    ClientError,
+    ConfigError,
+    DatasetError,
+    FedloomError,
+    RunDirError,
+    WireError,
+)
 from .experiment import Experiment, run
 from .federation import (
     Callback,
@@ -137,6 +145,7 @@ __all__ = [
     "AGGREGATORS",
     "Aggregator",
     "Callback",
+    "CheckpointError",
     "ClassificationTask",
     "ClientContext",
     "ClientError",
@@ -156,6 +165,7 @@ __all__ = [
     "PowerLaw",
     "RoundPlan",
     "RoundState",
+    "RunDirError",
     "RunRecorder",
     "RunResult",
     "Shards",

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         source = None if args.command == "demo" else args.config
         overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + _engine(args)
         overrides += args.overrides
-        return _run(source, overrides, args.resume, args.progress)
+        return _run(source, overrides, args.resume, args.overwrite, args.progress)
     except FedloomError as e:
         print(f"fedloom: error: {e}", file=sys.stderr)
         return 2
@@ -127,6 +127,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="progress bar (default: when the terminal is a TTY)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run of the same name (refused otherwise)",
+    )
+    p.add_argument(
         "--engine",
         choices=["sequential", "vectorized", "pool"],
         help="how the simulation trains a round's clients (simulation.engine)",
@@ -151,10 +156,12 @@ def _engine(args: argparse.Namespace) -> list[str]:
     return [f"simulation.engine='{args.engine}'"] if args.engine else []
 
 
-def _run(source, overrides: list[str], resume: bool, progress: bool | None) -> int:
+def _run(source, overrides: list[str], resume: bool, overwrite: bool, progress: bool | None) -> int:
     from .experiment import Experiment
 
-    exp = Experiment.from_config(source, overrides, resume=resume, progress=progress)
+    exp = Experiment.from_config(
+        source, overrides, resume=resume, overwrite=overwrite, progress=progress
+    )
     result = exp.run()
     if exp.recorder is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
@@ -194,6 +201,7 @@ def _runtime(args: argparse.Namespace) -> int:
             overrides,
             address=address or getattr(args, "address", None),
             resume=args.resume,
+            overwrite=args.overwrite,
             progress=args.progress,
         )
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())

@@ -212,6 +212,15 @@ class Config(_Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     topology: TopologyConfig | None = None  # None: the usual one-level federation
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        """The run directory is ``output.dir/name``: a name must be one folder inside it, so a
+        config can never make a run write (or clear results) anywhere else."""
+        if not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError("must be one folder name inside output.dir (no '/', '\\', '..')")
+        return value
+
     @model_validator(mode="after")
     def _check_names(self) -> Config:
         from . import registry  # the registries are filled by importing fedloom

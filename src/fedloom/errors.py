@@ -38,3 +38,7 @@ class DatasetError(FedloomError, ValueError):
 
 class QuorumError(FedloomError, RuntimeError):
     """Too few clients returned an update for a round to count."""
+
+
+class RunDirError(FedloomError, FileExistsError):
+    """A run directory that already holds an earlier run's results (see ``--overwrite``)."""

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
 from .federation.async_loop import AsyncFederation
 from .federation.recorder import CHECKPOINT, RunRecorder
+from .federation.rundir import check_params, check_resumable, check_run_dir
 from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
 from .registry import AGGREGATORS, DATASETS, PARTITIONERS, STRATEGIES
@@ -189,12 +190,23 @@ class Experiment:
         overrides: list[str] = (),
         *,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool | None = None,
         backend: Any = None,
     ) -> Experiment:
         """Build the run a config describes. ``backend(cfg, task)``, when given, makes what replaces
-        the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC)."""
+        the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC).
+
+        The run directory is checked first, before any data is loaded: a fresh run refuses
+        an earlier run's results unless ``overwrite``; ``resume`` verifies the checkpoint and
+        refuses a config that changes what the run trains (:mod:`fedloom.federation.rundir`).
+        """
         cfg = load_config(source, list(overrides))
+        run_dir = Path(cfg.output.dir) / cfg.name
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        saved = load_checkpoint(run_dir / CHECKPOINT) if resume else None
+        if saved is not None:
+            check_resumable(run_dir / CHECKPOINT, saved, cfg.model_dump())
         if cfg.attack.kind and backend is not None:
             raise ConfigError("attack: attacks are simulated; run without the network runtime")
         dataset = load_dataset(cfg)
@@ -208,7 +220,6 @@ class Experiment:
                 task = LabelFlip().wrap(task, attackers)  # type: ignore[assignment]
             report["attack"] = {**cfg.attack.model_dump(), "attackers": attackers}
             log.info("attack %s: clients %s attack", cfg.attack.kind, attackers)
-        run_dir = Path(cfg.output.dir) / cfg.name
         distributed = backend is None and in_distributed_env()
         rank = int(os.environ.get("RANK", "0")) if distributed else 0
         target = (
@@ -223,6 +234,7 @@ class Experiment:
                 run_dir,
                 cfg.model_dump(),
                 resume=resume,
+                overwrite=overwrite,
                 tensorboard=cfg.output.tensorboard,
                 figures=cfg.output.figures,
                 checkpoint=cfg.output.checkpoint,
@@ -306,8 +318,9 @@ class Experiment:
                 loop["callbacks"].insert(0, NodeMetrics())  # before the recorder writes
 
             fed = Federation(task, strategy, backend(cfg, task) if backend else sim, **loop)
-        if resume:
-            fed.load_state_dict(load_checkpoint(run_dir / CHECKPOINT))
+        if saved is not None:
+            check_params(run_dir / CHECKPOINT, saved, fed.params.numel())
+            fed.load_state_dict(saved)
         return cls(cfg, dataset, parts, task, fed, recorder)
 
     @property
@@ -360,10 +373,15 @@ def run(
     overrides: list[str] = (),
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
 ) -> RunResult:
-    """Run (or resume) the experiment a config describes; returns the result."""
-    return Experiment.from_config(source, overrides, resume=resume, progress=progress).run()
+    """Run (or resume) the experiment a config describes; returns the result. ``overwrite``
+    replaces an earlier run of the same name, which is otherwise refused."""
+    exp = Experiment.from_config(
+        source, overrides, resume=resume, overwrite=overwrite, progress=progress
+    )
+    return exp.run()
 
 
 def _accepted(fn: Any, offered: dict[str, Any], drop_none: bool = False) -> dict[str, Any]:

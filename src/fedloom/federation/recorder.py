@@ -4,7 +4,8 @@ runs/<name>/config.json       the resolved config
 runs/<name>/metrics.jsonl     one record per round
 runs/<name>/tb/               TensorBoard event files
 runs/<name>/figures/*.png     accuracy, loss, partition
-runs/<name>/checkpoint.pt     atomic, after every round (resume)
+runs/<name>/checkpoint.pt     atomic and checksummed, after every round (resume); holds the
+                              config too, so --resume can refuse a changed one (rundir.py)
 runs/<name>/model.safetensors the final global model
 runs/<name>/report.{json,md}  the final metric report
 """
@@ -32,21 +33,25 @@ from ..observe import (
 from ..wire import encode
 from .checkpoint import save_checkpoint
 from .loop import Callback, Federation, RoundState, RunResult
+from .rundir import RESULTS, check_run_dir
 
 log = logging.getLogger("fedloom")
 
 CHECKPOINT = "checkpoint.pt"
-_OWNED = ("metrics.jsonl", CHECKPOINT, "model.safetensors", "report.json", "report.md")
+_OWNED = RESULTS  # what a fresh run (with overwrite) clears
 
 
 class RunRecorder(Callback):
     """Writes the run directory, draws progress and sends notifications.
 
     Args:
-        run_dir: the run's folder. A fresh run clears the files a previous run of the same
-            name left there; a resumed run keeps them and continues.
-        config: the resolved config, written as ``config.json`` and into the report.
+        run_dir: the run's folder. A fresh run refuses to start while an earlier run's results
+            are there (:class:`RunDirError`), unless ``overwrite`` clears them; a resumed run
+            keeps them and continues.
+        config: the resolved config, written as ``config.json``, into the report and into
+            every checkpoint (as JSON text).
         resume: continue an interrupted run (the metrics file is cut back to the checkpoint).
+        overwrite: replace an earlier run in ``run_dir``.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class RunRecorder(Callback):
         config: dict[str, Any] | None = None,
         *,
         resume: bool = False,
+        overwrite: bool = False,
         tensorboard: bool = True,
         figures: bool = True,
         checkpoint: bool = True,
@@ -66,7 +72,8 @@ class RunRecorder(Callback):
     ):
         self.dir = Path(run_dir)
         self.config = config or {}
-        self.resume, self.use_tb, self.figures = resume, tensorboard, figures
+        self.resume, self.overwrite = resume, overwrite
+        self.use_tb, self.figures = tensorboard, figures
         self.checkpoint, self.progress_flag = checkpoint, progress
         self.notifiers = list(notifiers)
         self.on_finish_flag, self.on_failure_flag = notify_on_finish, notify_on_failure
@@ -78,6 +85,7 @@ class RunRecorder(Callback):
         return self.dir / CHECKPOINT
 
     def on_start(self, fed: Federation) -> None:
+        check_run_dir(self.dir, resume=self.resume, overwrite=self.overwrite)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.resume:
             for name in _OWNED:
@@ -110,7 +118,8 @@ class RunRecorder(Callback):
             self.tb.log(record, step=record["round"])
         self.progress.end_round(record)
         if self.checkpoint:
-            save_checkpoint(self.checkpoint_path, fed.state_dict())
+            config = json.dumps(self.config, default=str)
+            save_checkpoint(self.checkpoint_path, {**fed.state_dict(), "config": config})
         return False
 
     def on_finish(self, fed: Federation, result: RunResult) -> None:

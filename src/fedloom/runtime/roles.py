@@ -157,6 +157,7 @@ def run_server(
     *,
     address: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     linger: float = 2.0,
 ) -> RunResult:
@@ -164,7 +165,12 @@ def run_server(
     from ..experiment import Experiment
 
     exp = Experiment.from_config(
-        source, overrides, resume=resume, progress=progress, backend=aggregator(address)
+        source,
+        overrides,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        backend=aggregator(address),
     )
     server: AggregatorServer = exp.federation.backend  # type: ignore[assignment]
     try:
