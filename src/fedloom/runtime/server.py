@@ -421,7 +421,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 log.info("client %d checked in (%d members)", cid, len(self.members))
             else:  # a client checks in once per process: it restarted, so its work is lost
                 member.last_seen, member.num_samples = time.monotonic(), n
-                if cid not in self._results and cid not in self._receiving:
+                if cid not in self._results:
                     self._handed.discard(cid)
                     self._busy.discard(cid)
                 log.info(
