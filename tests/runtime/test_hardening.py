@@ -224,3 +224,23 @@ def test_async_share_limit_makes_a_greedy_client_wait(servers):
         assert server._instruction(0, busy=False) is None  # busy now; and past its share
         server._busy.discard(0)
         assert server._instruction(0, busy=False) is None
+
+
+def test_messages_that_do_not_parse_are_refused_and_counted_without_a_traceback(
+    two_clients, caplog
+):
+    server, _ = two_clients
+    md = (("fedloom-task", "fedloom"), ("fedloom-client", "0"), ("fedloom-token", ""))
+    channel = grpc.insecure_channel(server.address)
+    garbage = b"\xff\xff\xff\xff\x0f"
+    for method in ("CheckIn", "Poll", "Download"):
+        call = channel.unary_unary(f"/fedloom.v1.Aggregator/{method}")
+        if method == "Download":
+            call = channel.unary_stream(f"/fedloom.v1.Aggregator/{method}")
+        with pytest.raises(grpc.RpcError) as e:
+            reply = call(garbage, metadata=md, timeout=10)
+            list(reply) if method == "Download" else None
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+    channel.close()
+    assert server.tally.total["malformed"] == 3
+    assert "Traceback" not in caplog.text and "Exception" not in caplog.text

@@ -387,16 +387,17 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
     def _handlers(self) -> grpc.GenericRpcHandler:
-        """The generated service's handlers, but models move as pre-serialised chunks."""
+        """The generated service's handlers, but models move as pre-serialised chunks, and a
+        message that does not parse reaches the handler as :data:`MALFORMED`."""
         h = {
             "CheckIn": grpc.unary_unary_rpc_method_handler(
-                self.CheckIn, pb.CheckInRequest.FromString, pb.CheckInReply.SerializeToString
+                self.CheckIn, _lenient(pb.CheckInRequest), pb.CheckInReply.SerializeToString
             ),
             "Poll": grpc.unary_unary_rpc_method_handler(
-                self.Poll, pb.PollRequest.FromString, pb.Instruction.SerializeToString
+                self.Poll, _lenient(pb.PollRequest), pb.Instruction.SerializeToString
             ),
             "Download": grpc.unary_stream_rpc_method_handler(
-                self.Download, pb.DownloadRequest.FromString, bytes
+                self.Download, _lenient(pb.DownloadRequest), bytes
             ),
             "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
                 self.Upload, None, pb.UploadReply.SerializeToString
@@ -536,7 +537,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         return model, list(chunks)
 
     def Upload(self, request_iterator, context):  # noqa: N802
-        cid = self._member(None, context)  # the gate authenticated the call's metadata
+        cid = self._member(None, context, stream=True)  # the gate checked the metadata
         stream = iter(request_iterator)
         try:
             first = next(stream, None)
@@ -722,6 +723,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _same_client(self, msg, context) -> int:
         """The authenticated client id, which the message must name as well."""
         cid = client_of(context)
+        if msg is MALFORMED:
+            self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"client {cid}: a message that does not parse",
+            )
         if msg.client_id != str(cid) or msg.task_id != self.task_id:
             self._abort(
                 context,
@@ -731,8 +739,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             )
         return cid
 
-    def _member(self, msg, context) -> int:
-        cid = client_of(context) if msg is None else self._same_client(msg, context)
+    def _member(self, msg, context, stream: bool = False) -> int:
+        """The checked-in client making this call (a stream's header is checked later)."""
+        cid = client_of(context) if stream else self._same_client(msg, context)
         with self._cv:
             if cid not in self.members:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"client {cid} has not checked in")
@@ -747,6 +756,22 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 del self.members[cid]
                 self._busy.discard(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
+
+
+MALFORMED = object()  # what a message that does not parse reaches its handler as
+
+
+def _lenient(message: Any) -> Any:
+    """A deserializer that gives :data:`MALFORMED` for bytes that do not parse as ``message``
+    (gRPC logs a traceback for a deserializer that raises, and fails one that gives None)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception:  # protobuf's DecodeError
+            return MALFORMED
+
+    return parse
 
 
 def _bad_fields(head) -> str | None:
