@@ -12,13 +12,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..algorithms.asynchronous import AsyncStrategy
 from ..config import Config, RuntimeConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, FedloomError
 from ..federation import RunResult
 from ..registry import STRATEGIES
 from .client import RuntimeClient
@@ -51,15 +52,30 @@ def role_from_env(env: dict[str, str] | None = None) -> Role | None:
     return Role("client", f"{host}:{port}", rank - 1)
 
 
+def _tls_files(rt: RuntimeConfig, *keys: str) -> None:
+    """The TLS files this side reads must exist. Checked per role, not in the config: one
+    config serves both sides and a client machine need not hold the server's key."""
+    for key in keys:
+        path = getattr(rt, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"runtime.{key}: no such file {path}")
+
+
 def server_tls(rt: RuntimeConfig) -> TLSConfig | None:
     if not (rt.tls_cert or rt.tls_key):
+        if rt.tls_client_ca:
+            raise ConfigError("runtime.tls_client_ca needs runtime.tls_cert and runtime.tls_key")
         return None
+    if not (rt.tls_cert and rt.tls_key):
+        raise ConfigError("runtime.tls_cert and runtime.tls_key go together on the aggregator")
+    _tls_files(rt, "tls_cert", "tls_key", "tls_client_ca")
     return TLSConfig(cert=rt.tls_cert, key=rt.tls_key, client_ca=rt.tls_client_ca)
 
 
 def client_tls(rt: RuntimeConfig) -> TLSConfig | None:
     if not rt.tls_ca:
         return None
+    _tls_files(rt, "tls_ca", "tls_cert", "tls_key")
     return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)
 
 
@@ -83,23 +99,30 @@ def aggregator(address: str | None = None):
                 tokens = {str(i): tokens[n] for i, n in enumerate(children) if n in tokens}
 
         def with_spec(spec):
-            return AggregatorServer(
-                spec,
-                task_id=rt.task_id,
-                seed=cfg.seed,
-                address=where,
-                min_clients=wait_for,
-                start_timeout=rt.start_timeout,
-                quorum=rt.quorum,
-                heartbeat_timeout=rt.heartbeat_timeout,
-                round_timeout=rt.round_timeout,
-                tokens={int(k): v for k, v in tokens.items() if k.isdigit()} or None,
-                tls=server_tls(rt),
-                chunk_size=rt.chunk_size,
-                bulk=rt.bulk,
-                bulk_port=rt.bulk_port,
-                mode="async" if asynchronous else "sync",
-            ).start()
+            tls = server_tls(rt)  # missing files are named before any port is taken
+            try:
+                server = AggregatorServer(
+                    spec,
+                    task_id=rt.task_id,
+                    seed=cfg.seed,
+                    address=where,
+                    min_clients=wait_for,
+                    start_timeout=rt.start_timeout,
+                    quorum=rt.quorum,
+                    heartbeat_timeout=rt.heartbeat_timeout,
+                    round_timeout=rt.round_timeout,
+                    tokens={int(k): v for k, v in tokens.items() if k.isdigit()} or None,
+                    tls=tls,
+                    chunk_size=rt.chunk_size,
+                    bulk=rt.bulk,
+                    bulk_port=rt.bulk_port,
+                    mode="async" if asynchronous else "sync",
+                )
+            except RuntimeError as e:  # grpcio >= 1.50 raises this when it cannot bind
+                if "Failed to bind" not in str(e):
+                    raise
+                raise FedloomError(f"cannot listen on {where}: port in use?") from None
+            return server.start()
 
         return with_spec
 
