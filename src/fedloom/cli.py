@@ -6,11 +6,42 @@ import argparse
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError, FedloomError
 
 DEMO_OVERRIDES = ['name="demo"']
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high``, refused by argparse (one line, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"{low}..{high}"
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: give {allowed}")
+        return value
+
+    return parse
+
+
+def _address_type(any_port: bool) -> Callable[[str], str]:
+    """An argparse type: ``host:port`` (port 0 only where a server may take any free port)."""
+    from .config import check_address
+
+    def parse(text: str) -> str:
+        try:
+            return check_address(text, any_port=any_port)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +76,22 @@ def main(argv: list[str] | None = None) -> int:
 
     p_srv = sub.add_parser("server", help="run the aggregator of a networked run (gRPC)")
     p_srv.add_argument("config", type=Path)
-    p_srv.add_argument("--address", help="host:port to listen on (default: runtime.address)")
+    p_srv.add_argument(
+        "--address",
+        type=_address_type(any_port=True),
+        help="host:port to listen on (default: runtime.address)",
+    )
     _common(p_srv)
     p_srv.add_argument("--resume", action="store_true", help="continue from the checkpoint")
 
     p_cli = sub.add_parser("client", help="run one data holder of a networked run")
     p_cli.add_argument("config", type=Path)
-    p_cli.add_argument("--server", help="the aggregator's host:port (default: runtime.address)")
-    p_cli.add_argument("--client-id", type=int, required=True)
+    p_cli.add_argument(
+        "--server",
+        type=_address_type(any_port=False),
+        help="the aggregator's host:port (default: runtime.address)",
+    )
+    p_cli.add_argument("--client-id", type=_int_at_least(0), required=True)
     p_cli.add_argument("--token", help="this client's token (or env FEDLOOM_TOKEN)")
     p_cli.add_argument("--data", help="where this client's data lives (sets data.root)")
     p_cli.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
@@ -62,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_start.add_argument("config", type=Path)
     p_start.add_argument("--role", choices=["server", "client"])
-    p_start.add_argument("--client-id", type=int)
-    p_start.add_argument("--address", help="aggregator host:port")
+    p_start.add_argument("--client-id", type=_int_at_least(0))
+    p_start.add_argument(
+        "--address", type=_address_type(any_port=True), help="aggregator host:port"
+    )
     _common(p_start)
     p_start.add_argument("--resume", action="store_true")
 
@@ -79,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         help="start 1 aggregator + N-1 clients on this machine (or a config's whole topology)",
     )
     p_launch.add_argument(
-        "--nproc", type=int, help="processes (not needed for a config with a [topology])"
+        "--nproc",
+        type=_int_at_least(2),
+        help="processes: 1 aggregator + clients (not needed for a config with a [topology])",
     )
-    p_launch.add_argument("--master-port", type=int)
+    p_launch.add_argument("--master-port", type=_int_at_least(1, 65535))
     p_launch.add_argument("target", help="a config file, or a .py script run in every process")
     p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
 
@@ -101,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + _engine(args)
         overrides += args.overrides
         return _run(source, overrides, args.resume, args.overwrite, args.progress)
-    except FedloomError as e:
+    except (FedloomError, OSError) as e:  # expected: bad input, a missing or unwritable file
+        if args.verbose:
+            traceback.print_exc()
         print(f"fedloom: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

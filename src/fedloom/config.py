@@ -7,7 +7,9 @@ and the allowed keys or values.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,32 @@ from .errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN or infinity is never a usable learning rate, timeout or count: refused everywhere
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _finite_options(value: dict[str, Any]) -> dict[str, Any]:
+    """``options`` tables reach constructors untyped: refuse NaN/infinity in them here, where
+    the error can still name the key, instead of a NaN model many rounds later."""
+
+    def walk(v: Any, path: str) -> None:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{path}: {v} is not a finite number")
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, item in items:
+            walk(item, f"{path}.{k}" if path else str(k))
+
+    walk(value, "")
+    return value
+
+
+def check_address(value: str, *, any_port: bool = True) -> str:
+    """``host:port`` with a port number (0, any free port, only where a server listens)."""
+    host, sep, port = value.rpartition(":")
+    low = 0 if any_port else 1
+    if not (sep and host and port.isdigit() and low <= int(port) <= 65535):
+        raise ValueError(f"{value!r} is not host:port with a port {low}..65535")
+    return value
 
 
 class DataConfig(_Section):
@@ -40,10 +67,14 @@ class DataConfig(_Section):
     min_samples: int = Field(1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
+    _options = field_validator("options")(_finite_options)
+
 
 class ModelConfig(_Section):
     name: str = "small_cnn"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _options = field_validator("options")(_finite_options)
 
 
 class TrainConfig(_Section):
@@ -60,6 +91,20 @@ class TrainConfig(_Section):
     # all in memory. Checkpoints still gather every state (output.checkpoint = false avoids it)
     state_memory_mb: float | None = Field(None, gt=0)
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        """Checked here: torch's own error comes from deep inside the first client's round."""
+        import torch
+
+        try:
+            device = torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"{value!r} is not a torch device (cpu, cuda, cuda:0, mps)") from None
+        if device.type == "cuda" and (device.index or 0) >= (n := torch.cuda.device_count()):
+            raise ValueError(f"{value!r}: this machine has {n} CUDA device(s)")
+        return value
+
 
 class StrategyConfig(_Section):
     name: str = "fedavg"
@@ -68,6 +113,8 @@ class StrategyConfig(_Section):
     clusters: int | None = Field(None, ge=1)
     every_seconds: float | None = Field(None, gt=0)  # async: also aggregate every T seconds
     options: dict[str, Any] = Field(default_factory=dict)
+
+    _options = field_validator("options")(_finite_options)
 
     @model_validator(mode="after")
     def _one_of(self) -> StrategyConfig:
@@ -79,7 +126,8 @@ class StrategyConfig(_Section):
 
 class EvalConfig(_Section):
     every: int = Field(1, ge=1)
-    target_metric: str | None = None
+    # what a config's ClassificationTask reports; a name it never reports would never stop a run
+    target_metric: Literal["accuracy", "test_loss", "train_loss"] | None = None
     target_value: float | None = None
 
 
@@ -137,6 +185,8 @@ class RuntimeConfig(_Section):
     tls_ca: str | None = None
     tls_client_ca: str | None = None
     tls_server_name: str | None = None
+
+    _address = field_validator("address")(check_address)
 
 
 class SimulationConfig(_Section):
@@ -198,7 +248,7 @@ class Config(_Section):
     """A whole run. Every section has defaults, so ``Config()`` is the demo."""
 
     name: str = "fedloom"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=1 << 63)  # torch and numpy take seeds in [0, 2**63)
     rounds: int = Field(50, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -236,9 +286,50 @@ class Config(_Section):
                 raise ValueError(f"{key}: unknown {reg.kind} {value!r}; allowed: {reg.names()}")
         if (self.eval.target_metric is None) != (self.eval.target_value is None):
             raise ValueError("eval.target_metric and eval.target_value go together")
+        self._check_options()
+        self._check_counts()
         if self.topology is not None:  # checked here so the error is not buried in the input
             self._check_topology(self.topology)
         return self
+
+    def _check_options(self) -> None:
+        """Option keywords the model, dataset or strategy does not take, named now rather
+        than as a TypeError from deep inside the run."""
+        from . import registry
+
+        model = registry.MODELS.get(self.model.name)
+        loader = registry.DATASETS.get(self.data.dataset)
+        strategy = registry.STRATEGIES.get(self.strategy.name)
+        checks = [
+            ("model.options", self.model.name, model, {"input_shape", "num_classes"}),
+            ("data.options", self.data.dataset, loader, {"root", "download", "seed"}),
+            ("strategy.options", self.strategy.name, strategy, set()),
+        ]
+        for key, name, factory, given in checks:
+            options = getattr(self, key.split(".")[0]).options
+            params = inspect.signature(factory).parameters
+            if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                continue
+            taken = [p for p in params if p not in given and not p.startswith("_")]
+            if unknown := sorted(set(options) - set(taken)):
+                raise ValueError(f"{key}: {unknown} not taken by {name}; it takes {taken}")
+
+    def _check_counts(self) -> None:
+        """Counts of clients that no run with ``data.num_clients`` clients can meet."""
+        k = self.data.num_clients
+        per_round = self.strategy.clients_per_round
+        if per_round is not None and "clients_per_round" in self.strategy.model_fields_set:
+            if per_round > k:
+                raise ValueError(
+                    f"strategy.clients_per_round: {per_round} is more than the "
+                    f"data.num_clients = {k} clients"
+                )
+        if self.topology is None:  # a hierarchy's root counts its relays instead
+            for key in ("min_clients", "quorum"):
+                if (n := getattr(self.runtime, key)) > k:
+                    raise ValueError(
+                        f"runtime.{key}: {n} is more than the data.num_clients = {k} clients"
+                    )
 
     def _check_topology(self, section: TopologyConfig) -> None:
         from .topology.graph import Topology
@@ -356,13 +447,19 @@ def load_config(
 def read_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file")
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
+        raise ConfigError(f"{path}: not valid {kind}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a {kind} table, not a {type(data).__name__}")
+    return data
 
 
 def validate(data: dict[str, Any]) -> Config:
@@ -386,6 +483,8 @@ def format_errors(e: ValidationError) -> str:
                 lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
             else:
                 lines.append(msg)
+    if len(lines) == 1:  # one problem, one line
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

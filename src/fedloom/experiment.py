@@ -80,11 +80,21 @@ def partition(cfg: Config, dataset: TensorDataset) -> list[np.ndarray]:
         raise ConfigError(f"data: {e}") from None
 
 
+def _model_from_config(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """``build_model`` for the config's model; options it cannot build with (a negative
+    width, a CNN on flat inputs) become a ConfigError naming ``model.name``/``model.options``."""
+    try:
+        return build_model(cfg.model.name, input_shape, num_classes, **cfg.model.options)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"model.name = {cfg.model.name!r} with model.options = {cfg.model.options} cannot "
+            f"be built for inputs of shape {tuple(input_shape)}: {type(e).__name__}: {e}"
+        ) from e
+
+
 def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> ClassificationTask:
     t = cfg.train
-    model_fn = partial(
-        build_model, cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options
-    )
+    model_fn = partial(_model_from_config, cfg, dataset.input_shape, dataset.num_classes)
     return ClassificationTask(
         model_fn,
         dataset,
@@ -222,6 +232,8 @@ class Experiment:
             log.info("attack %s: clients %s attack", cfg.attack.kind, attackers)
         distributed = backend is None and in_distributed_env()
         rank = int(os.environ.get("RANK", "0")) if distributed else 0
+        if not rank:
+            _check_writable(Path(cfg.output.dir))
         target = (
             (cfg.eval.target_metric, cfg.eval.target_value)
             if cfg.eval.target_metric is not None
@@ -350,6 +362,20 @@ class Experiment:
                 close()
             if self.config.output.figures and self.recorder is not None:
                 self.write_partition_figure()
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse an ``output.dir`` that cannot be made or written, naming the key, rather than
+    an OSError from the middle of making the run directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".fedloom-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"output.dir = {str(directory)!r} is not a writable directory: {e}"
+        ) from e
 
 
 def _check_engine(cfg: Config, distributed: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,10 @@ RETRYABLE = {
 
 class RefusedError(FedloomError, PermissionError):
     """The aggregator refused this client (unknown client, bad token, wrong task)."""
+
+
+class UnreachableError(FedloomError, ConnectionError):
+    """The aggregator did not answer for ``retry_for`` seconds (not running, wrong address)."""
 
 
 class RuntimeClient:
@@ -93,9 +98,25 @@ class RuntimeClient:
         self._recv = bytearray()  # reused for every download: no page faults per round
         self._md = identity_metadata(task_id, self.client_id, token)  # sent with every call
 
+    # seconds between two logged retries of one call: the first is logged at once, then a
+    # line every so often rather than one per backoff step (tens a minute)
+    log_every = 5.0
+
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Train until told to stop; returns the number of rounds this client trained."""
+        """Train until told to stop; returns the number of rounds this client trained.
+
+        A gRPC status no retry can mend (the address is some other service, the aggregator
+        failed) ends the run as a one-line :class:`FedloomError` naming it."""
+        try:
+            return self._run()
+        except grpc.RpcError as e:
+            raise FedloomError(
+                f"client {self.client_id}: the aggregator at {self.server} answered "
+                f"{e.code().name}: {e.details()}"
+            ) from None
+
+    def _run(self) -> int:
         with self._channel() as channel:
             self.stub = pb_grpc.AggregatorStub(channel)
             # models move as raw serialised chunks: the data is copied once each way
@@ -351,8 +372,12 @@ class RuntimeClient:
                 raise
 
     def _retry(self, fn):
+        """``fn()``, retried with backoff while the aggregator is unavailable; each retry is
+        logged (rate-limited by ``log_every``) and giving up after ``retry_for`` seconds is
+        one :class:`UnreachableError` line naming the address and the last status."""
         delay, cap = self.backoff
-        deadline = time.monotonic() + self.retry_for
+        start = time.monotonic()
+        logged = -math.inf
         while True:
             try:
                 result = fn()
@@ -367,14 +392,26 @@ class RuntimeClient:
                     grpc.StatusCode.INVALID_ARGUMENT,
                 ):
                     raise RefusedError(f"client {self.client_id}: {e.details()}") from None
-                if code not in RETRYABLE or time.monotonic() > deadline:
+                if code not in RETRYABLE:
                     raise
-                log.debug(
-                    "client %d: aggregator unavailable (%s); retry in %.2f s",
-                    self.client_id,
-                    code,
-                    delay,
-                )
+                now = time.monotonic()
+                if now - start > self.retry_for:
+                    raise UnreachableError(
+                        f"client {self.client_id}: no aggregator at {self.server} after "
+                        f"{now - start:.0f} s of retries (runtime.retry_for = {self.retry_for:g}); "
+                        f"last status {code.name}: {e.details()}"
+                    ) from None
+                if now - logged >= self.log_every:
+                    logged = now
+                    log.warning(
+                        "client %d: aggregator at %s unavailable (%s: %s); retrying for up to "
+                        "%.0f s more",
+                        self.client_id,
+                        self.server,
+                        code.name,
+                        e.details(),
+                        self.retry_for - (now - start),
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, cap)
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -43,9 +45,13 @@ def launch(
 ) -> int:
     """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded."""
     if nproc < 2:
-        raise ValueError(f"--nproc must be >= 2 (one aggregator, at least one client), got {nproc}")
-    if not target.endswith(".py") and not Path(target).exists():
-        raise FileNotFoundError(f"{target} does not exist")
+        raise ConfigError(f"--nproc must be >= 2 (an aggregator and a client), got {nproc}")
+    if not Path(target).is_file():
+        raise ConfigError(f"{target}: no such file")
+    if not target.endswith(".py"):  # one error line now, not one from every process
+        from ..config import load_config
+
+        load_config(target, _overrides(args))
     out = out or sys.stdout
     port = master_port or free_port(master_addr)
     aggregator_port = free_port(master_addr)
@@ -73,12 +79,12 @@ def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.
     from ..config import load_config
     from ..topology import Topology
 
-    if not Path(config).exists():
-        raise FileNotFoundError(f"{config} does not exist")
+    if not Path(config).is_file():
+        raise ConfigError(f"{config}: no such file")
     overrides = list(args)  # --set K=V pairs, passed on to every process
-    cfg = load_config(config, [v for k, v in zip(args[::2], args[1::2]) if k == "--set"])
+    cfg = load_config(config, _overrides(args))
     if cfg.topology is None:
-        raise ValueError(f"{config} has no [topology]: give --nproc instead")
+        raise ConfigError(f"{config} has no [topology]: give --nproc (1 aggregator + clients)")
     topology = Topology.from_config(cfg.topology)
     topology.validate(network=True)
     fedloom = [sys.executable, "-m", "fedloom"]
@@ -92,6 +98,11 @@ def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.
             roles.append((f"client {cid}", [*cmd, str(cid), *overrides]))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return _run_all([(label, cmd, env) for label, cmd in roles], grace, out)
+
+
+def _overrides(args: Sequence[str]) -> list[str]:
+    """The ``--set K=V`` values among the arguments passed on to every process."""
+    return [v for k, v in zip(args, args[1:]) if k == "--set"]
 
 
 def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float, out) -> int:
@@ -116,7 +127,7 @@ def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float
         t.start()
         pumps.append(t)
     try:
-        return _wait(procs, grace)
+        return _wait(procs, [label for label, _, _ in commands], grace, out, lock)
     except KeyboardInterrupt:
         _terminate(procs, grace)
         return 130
@@ -125,7 +136,15 @@ def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float
             t.join(timeout=1)
 
 
-def _wait(procs: list[subprocess.Popen], grace: float) -> int:
+def _wait(
+    procs: list[subprocess.Popen], labels: list[str], grace: float, out, lock: threading.Lock
+) -> int:
+    """0 when the aggregator succeeded and no client failed by itself.
+
+    Once the aggregator is done, clients get ``grace`` seconds to hear STOP; those still
+    running are stopped and do not count as failures: in an asynchronous run (fedasync,
+    fedbuff) clients are still training when the last model version is made, and by the time
+    they upload the aggregator is gone, so they would otherwise retry until stopped."""
     server, clients = procs[0], procs[1:]
     while True:
         code = server.poll()
@@ -139,8 +158,14 @@ def _wait(procs: list[subprocess.Popen], grace: float) -> int:
     deadline = time.monotonic() + grace
     while any(p.poll() is None for p in clients) and time.monotonic() < deadline:
         time.sleep(0.1)
+    running = [p for p in clients if p.poll() is None]
+    if running:
+        names = ", ".join(label for p, label in zip(clients, labels[1:]) if p in running)
+        with lock:
+            out.write(f"[launch] the aggregator is done; stopping {names}\n")
+            out.flush()
     _terminate(procs, grace)
-    return 0 if all(p.returncode == 0 for p in procs) else 1
+    return 0 if all(p.returncode == 0 for p in clients if p not in running) else 1
 
 
 def _terminate(procs: list[subprocess.Popen], grace: float) -> None:

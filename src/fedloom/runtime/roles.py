@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,15 +52,30 @@ def role_from_env(env: dict[str, str] | None = None) -> Role | None:
     return Role("client", f"{host}:{port}", rank - 1)
 
 
+def _tls_files(rt: RuntimeConfig, *keys: str) -> None:
+    """The TLS files this side reads must exist. Checked per role, not in the config: one
+    config serves both sides and a client machine need not hold the server's key."""
+    for key in keys:
+        path = getattr(rt, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"runtime.{key}: no such file {path}")
+
+
 def server_tls(rt: RuntimeConfig) -> TLSConfig | None:
     if not (rt.tls_cert or rt.tls_key):
+        if rt.tls_client_ca:
+            raise ConfigError("runtime.tls_client_ca needs runtime.tls_cert and runtime.tls_key")
         return None
+    if not (rt.tls_cert and rt.tls_key):
+        raise ConfigError("runtime.tls_cert and runtime.tls_key go together on the aggregator")
+    _tls_files(rt, "tls_cert", "tls_key", "tls_client_ca")
     return TLSConfig(cert=rt.tls_cert, key=rt.tls_key, client_ca=rt.tls_client_ca)
 
 
 def client_tls(rt: RuntimeConfig) -> TLSConfig | None:
     if not rt.tls_ca:
         return None
+    _tls_files(rt, "tls_ca", "tls_cert", "tls_key")
     return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)
 
 
