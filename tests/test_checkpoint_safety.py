@@ -255,7 +255,7 @@ def test_demo_server_and_start_take_overwrite(tmp_path, capsys, monkeypatch) -> 
         ({"train.lr": 0.1}, ["train.lr"]),
         ({"data.alpha": 0.1, "train.lr": 0.1}, ["data.alpha", "train.lr"]),
         ({"model.name": "mlp"}, ["model.name"]),
-        ({"strategy.options": {"server_lr": 0.5}, "seed": 1}, ["seed", "strategy.options"]),
+        ({"strategy.options": {"weighted": False}, "seed": 1}, ["seed", "strategy.options"]),
     ],
 )
 def test_resume_with_a_changed_experiment_is_refused(finished, changes, keys, capsys) -> None:

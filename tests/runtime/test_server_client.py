@@ -188,7 +188,8 @@ def test_tokens_refuse_bad_and_unknown_clients_and_admit_good_ones(
 ):
     tokens = {"0": "secret0", "1": "secret1"}
     cfg = base_config(tmp_path, "tokens", tokens=tokens, min_clients=2)
-    cfg = with_changes(cfg, rounds=1, **{"data.num_clients": 2})  # client 2 is not in the run
+    changes = {"data.num_clients": 2, "strategy.clients_per_round": 2}  # client 2 is not in it
+    cfg = with_changes(cfg, rounds=1, **changes)
     exp = Experiment.from_config(cfg, backend=aggregator("127.0.0.1:0"))
     server = exp.federation.backend
     servers.append(server)
