@@ -160,7 +160,7 @@ class RuntimeConfig(_Section):
     bounds the sample count a client declares at check-in, which bounds its updates' weight.
     ``max_concurrent_uploads`` x the update size bounds receive memory. ``transfer_timeout``
     bounds one model transfer (default 60 s + 1 s per MiB). ``async_max_share``: in async
-    runs, the most one client may contribute of recent updates, in fair shares."""
+    runs, the most one client may contribute of recent updates, in fair shares (> 1)."""
 
     address: str = "127.0.0.1:50051"
     task_id: str = "fedloom"
@@ -174,7 +174,7 @@ class RuntimeConfig(_Section):
     max_samples: int = Field(1_000_000_000, ge=1)  # the most a client may declare at check-in
     max_concurrent_uploads: int = Field(16, ge=1)  # receive memory: this x the update size
     transfer_timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
-    async_max_share: float = Field(2.0, ge=1, allow_inf_nan=False)
+    async_max_share: float = Field(2.0, gt=1, allow_inf_nan=False)  # 1 can wedge a run
     retry_for: float = Field(60.0, gt=0)
     chunk_size: int = Field(1 << 20, ge=1)
     bulk: bool = True  # models also on a raw bulk port beside gRPC (clients fall back to gRPC)

@@ -334,9 +334,11 @@ def check_in(stub, cid: int, task_id: str = "fedloom", token: str = "", samples:
     )
 
 
-def poll_for_train(stub, cid: int, task_id: str = "fedloom", timeout: float = 20.0):
+def poll_for_train(
+    stub, cid: int, task_id: str = "fedloom", timeout: float = 20.0, token: str = ""
+):
     """Poll until the aggregator hands this client work (TRAIN) or STOP."""
-    request = pb.PollRequest(task_id=task_id, client_id=str(cid))
+    request = pb.PollRequest(task_id=task_id, client_id=str(cid), token=token)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ins = stub.Poll(request, timeout=10)
@@ -346,15 +348,23 @@ def poll_for_train(stub, cid: int, task_id: str = "fedloom", timeout: float = 20
     raise AssertionError(f"client {cid} got no work within {timeout} s")
 
 
-def download(stub, cid: int, ins, spec: ParamSpec, task_id: str = "fedloom") -> torch.Tensor:
+def download(
+    stub, cid: int, ins, spec: ParamSpec, task_id: str = "fedloom", token: str = ""
+) -> torch.Tensor:
+    return decode(download_bytes(stub, cid, ins, spec, task_id, token), spec)[0].clone()
+
+
+def download_bytes(
+    stub, cid: int, ins, spec: ParamSpec, task_id: str = "fedloom", token: str = ""
+) -> bytes:
+    """The model bytes of the round ``ins`` names, as the aggregator serves them."""
     from fedloom.runtime.transport import join_chunks
 
     request = pb.DownloadRequest(
-        task_id=task_id, client_id=str(cid), round=ins.round, version=ins.version
+        task_id=task_id, client_id=str(cid), token=token, round=ins.round, version=ins.version
     )
     _, data = join_chunks(stub.Download(request, timeout=60), spec.nbytes + (1 << 20))
-    params, _ = decode(data, spec)
-    return params.clone()
+    return bytes(data)
 
 
 def upload(

@@ -97,6 +97,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             60 s plus one second per MiB of ``max_update_bytes``).
         async_max_share: in async mode, the most one client may contribute of the recent
             updates, as a multiple of its fair share (1 / live clients); past it, it waits.
+            Must be > 1: at exactly 1, every client can hold its fair share while none is
+            training, and then none may be given work again.
         bulk: also serve models on a second port (``bulk_port``, 0 picks one) as raw bytes
             beside gRPC (see :mod:`fedloom.runtime.bulk`); clients fall back to gRPC when
             they cannot reach it.
@@ -138,8 +140,8 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
             )
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
-        if async_max_share < 1:
-            raise ValueError(f"async_max_share must be >= 1, got {async_max_share}")
+        if not async_max_share > 1:  # at exactly 1 every client can be at its cap, idle: a wedge
+            raise ValueError(f"async_max_share must be > 1, got {async_max_share}")
         self.mode, self.keep_versions = mode, keep_versions
         self.spec, self.task_id, self.seed = spec, task_id, seed
         self.min_clients, self.start_timeout, self.quorum = min_clients, start_timeout, quorum
@@ -616,8 +618,9 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         if tensors:
             update.extras["tensors"] = tensors
         if self.mode == "async":
-            self._recent.append(cid)
-            self._queue.put(update)
+            with self._cv:  # the share window sees accepts in the order the loop gets them
+                self._recent.append(cid)
+                self._queue.put(update)
             return pb.UploadReply(accepted=True)
         with self._cv:
             if (head.round, head.version) != (self._round, self._version):

@@ -1,0 +1,1 @@
+"""Attacks on a real aggregator process: outsiders, hostile insiders, floods, restarts."""
