@@ -77,6 +77,7 @@ def test_a_finite_but_huge_update_cannot_poison_the_model(strategy):
     rec = fed.history[1]
     assert "client 3" in rec["aggregate_rejected"] and "rolled back" in rec["aggregate_rejected"]
     assert "aggregate_rejected" not in fed.history[0] and "aggregate_rejected" not in fed.history[2]
+    assert (rec["clients"], rec["rejected"], rec["samples"]) == (0, 6, 0)
     # round 2 left the model and the strategy state as round 1 did: rounds 1 and 3 of the
     # attacked run are rounds 1 and 2 of an honest run whose round 2 samples round 3's data
     assert fed.history[2]["clients"] == 6

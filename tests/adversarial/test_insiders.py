@@ -161,7 +161,7 @@ def test_a_hostile_insider_is_refused_counted_and_the_model_stays_finite(tmp_pat
         (2, 3, 1),
         (3, 3, 1),
         (4, 3, 1),
-        (5, 4, 0),
+        (5, 0, 4),  # rolled back: nothing of the round counts
     ]
     assert [r["round"] for r in metrics if "aggregate_rejected" in r] == [5]
     assert "client 3 (max |x| 3e+38)" in metrics[4]["aggregate_rejected"]

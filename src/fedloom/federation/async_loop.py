@@ -61,9 +61,15 @@ class AsyncFederation(Federation):
             self._published = rnd - 1
         self._state(RoundState.DISTRIBUTE, rnd)
         self._state(RoundState.TRAIN, rnd)
-        stats = {"accepted": 0, "rejected": 0, "loss": 0.0, "samples": 0}
-        stale: list[int] = []
         peaks: dict[int, float] = {}
+        stats: dict[str, Any] = {
+            "accepted": 0,
+            "rejected": 0,
+            "loss": 0.0,
+            "samples": 0,
+            "peaks": peaks,
+        }
+        stale: list[int] = []
         saved = self._snapshot()
         first, said = True, 0
         while not strategy.ready():
@@ -98,7 +104,7 @@ class AsyncFederation(Federation):
             stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
         self._state(RoundState.AGGREGATE, rnd)
         strategy.apply(self.params)
-        poisoned = self._guard_aggregate(rnd, saved, peaks)
+        poisoned = self._guard_aggregate(rnd, saved, stats)
         self.round = rnd
         self.backend.publish(self.params, rnd)  # type: ignore[attr-defined]
         self._published = rnd

@@ -232,7 +232,7 @@ class Federation:
             rnd, self.params, self._accepted(rnd, self.backend.collect(), stats, saved[0])
         )
         self._state(RoundState.AGGREGATE, rnd)
-        poisoned = self._guard_aggregate(rnd, saved, stats["peaks"])
+        poisoned = self._guard_aggregate(rnd, saved, stats)
         self.round = rnd
         self._state(RoundState.CLOSE_ROUND, rnd)
         record: dict[str, Any] = {
@@ -277,18 +277,20 @@ class Federation:
         self.strategy.load_state_dict(copy.deepcopy(saved[1]))
 
     def _guard_aggregate(
-        self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]], peaks: dict[int, float]
+        self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]], stats: dict[str, Any]
     ) -> str | None:
-        """Roll back a non-finite aggregate; the reason (naming the clients with the largest
-        values), or None when the aggregate is sound."""
+        """Roll back a non-finite aggregate (then no update of the round counts as accepted);
+        the reason, naming the clients with the largest values, or None when it is sound."""
         try:
             check_finite_values(self.params, self.spec, "the aggregate")
         except WireError as e:
             self._restore(saved)
+            peaks = stats["peaks"]
             top = sorted(peaks, key=lambda c: -peaks[c])[:3]
             named = ", ".join(f"client {c} (max |x| {peaks[c]:.3g})" for c in top)
             reason = f"{e}; round rolled back; largest values from {named or 'no client'}"
             log.error("round %d: %s", rnd, reason)
+            stats.update(rejected=stats["rejected"] + stats["accepted"], accepted=0, samples=0)
             return reason
         return None
 
