@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, QuorumError, WireError
@@ -390,13 +391,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         """The generated service's handlers, but models move as pre-serialised chunks."""
         h = {
             "CheckIn": grpc.unary_unary_rpc_method_handler(
-                self.CheckIn, pb.CheckInRequest.FromString, pb.CheckInReply.SerializeToString
+                self.CheckIn, _parser(pb.CheckInRequest), pb.CheckInReply.SerializeToString
             ),
             "Poll": grpc.unary_unary_rpc_method_handler(
-                self.Poll, pb.PollRequest.FromString, pb.Instruction.SerializeToString
+                self.Poll, _parser(pb.PollRequest), pb.Instruction.SerializeToString
             ),
             "Download": grpc.unary_stream_rpc_method_handler(
-                self.Download, pb.DownloadRequest.FromString, bytes
+                self.Download, _parser(pb.DownloadRequest), bytes
             ),
             "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
                 self.Upload, None, pb.UploadReply.SerializeToString
@@ -722,6 +723,13 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _same_client(self, msg, context) -> int:
         """The authenticated client id, which the message must name as well."""
         cid = client_of(context)
+        if msg is _UNPARSABLE:
+            self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"client {cid}: the request is not a valid message",
+            )
         if msg.client_id != str(cid) or msg.task_id != self.task_id:
             self._abort(
                 context,
@@ -747,6 +755,23 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 del self.members[cid]
                 self._busy.discard(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
+
+
+_UNPARSABLE = object()  # a request body that is not a message of its type
+
+
+def _parser(cls: Any) -> Any:
+    """``cls.FromString``, but a body that does not parse gives :data:`_UNPARSABLE`: the
+    handler refuses it as one counted ``malformed`` call (gRPC's own deserializer would log
+    a traceback for each)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError:
+            return _UNPARSABLE
+
+    return parse
 
 
 def _bad_fields(head) -> str | None:
