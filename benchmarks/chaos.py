@@ -64,15 +64,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def config(out: Path, name: str, *, clients: int = 4, rounds: int = 5, per_round: int = 3,
-           max_norm: float | None = None) -> dict[str, Any]:  # fmt: skip
+def config(
+    out: Path,
+    name: str,
+    *,
+    clients: int = 4,
+    rounds: int = 5,
+    per_round: int = 3,
+    epochs: int = 30,
+    max_norm: float | None = None,
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "name": name,
         "seed": 0,
         "rounds": rounds,
         "data": {"dataset": "mnist5k", "num_clients": clients, "partition": "shards"},
         "model": {"name": "logreg"},
-        "train": {"local_epochs": 30, "batch_size": 10, "lr": 0.05},  # ~1 s rounds
+        "train": {"local_epochs": epochs, "batch_size": 10, "lr": 0.05},  # ~1 s rounds
         "strategy": {"name": "fedavg", "clients_per_round": per_round},
         "output": {"dir": out.as_posix(), "progress": False, "tensorboard": False,
                    "figures": False},
@@ -539,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plain_cfg = config(work / "runs", "x")
         plain_ref, spec, _ = simulate(plain_cfg, work / "sim")
-        insider_cfg = config(work / "runs", "x", clients=5, max_norm=1e3)
+        insider_kw = dict(clients=5, rounds=7, per_round=4, epochs=10, max_norm=1e3)
+        insider_cfg = config(work / "runs", "x", **insider_kw)
         insider_ref, ispec, _ = simulate(insider_cfg, work / "sim", rejected={INSIDER})
         insider_plain, _, _ = simulate(insider_cfg, work / "sim")
 
@@ -576,16 +585,17 @@ def main(argv: list[str] | None = None) -> int:
             r = scenario_outsider(new_run("outsider"), spec, plain_ref, seed=args.seed, scale=1.0)
             record("outsider", "outsider", True, r)
         if wanted("insider"):
-            r = scenario_insider(new_run("insider", clients=5, max_norm=1e3), ispec,
-                                 insider_ref, insider_plain)  # fmt: skip
+            r = scenario_insider(
+                new_run("insider", **insider_kw), ispec, insider_ref, insider_plain
+            )
             record("insider", "insider", True, r)
         for s in range(seeds):
             for kind in ("client", "aggregator"):
                 name = f"kill_{kind}#{s}"
                 if wanted(name):
                     run = new_run(name.replace("#", "_"))
-                    r = scenario_plain(run, spec, plain_ref, kill=kind, seed=args.seed * 100 + s,
-                                       window=window)  # fmt: skip
+                    seed = args.seed * 100 + 2 * s + (kind == "aggregator")
+                    r = scenario_plain(run, spec, plain_ref, kill=kind, seed=seed, window=window)
                     record(name, f"kill_{kind}", True, r)
     finally:
         if args.keep:

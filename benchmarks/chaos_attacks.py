@@ -297,12 +297,21 @@ class Insider:
     them as its update (bad header fields, another client's name, an ``Infinity`` round on the
     bulk port, ...), then exactly one update that is counted and rejected (NaN model, 3e38
     model, metrics as a list, a string loss, 2^62 samples; rotating), then a flood of
-    duplicates. In rounds it is not sampled for it uploads anyway. Replies ``accepted: true``
-    are wrong accepts, except the 3e38 model: it is finite, so the aggregator takes it and
-    the round loop rejects it (``max_update_norm``), which the run's records show.
+    duplicates. In rounds it is not sampled for it uploads anyway. (An upload refused before
+    its bytes are read, such as one announcing 2^40 bytes, also counts as its update.)
+    Replies ``accepted: true`` are wrong accepts, except the 3e38 model: it is finite, so
+    the aggregator takes it and the round loop rejects it (``max_update_norm``), which the
+    run's records show.
     """
 
-    RECORDED = ("nan_model", "huge_model", "metrics_list", "string_loss", "samples_2_62")
+    RECORDED = (
+        "nan_model",
+        "huge_model",
+        "metrics_list",
+        "string_loss",
+        "samples_2_62",
+        "bulk_total_bytes_2_40",
+    )
 
     def __init__(self, address: str, task_id: str, client_id: int, token: str, samples: int):
         self.address, self.task_id, self.cid, self.token = address, task_id, client_id, token
@@ -475,9 +484,6 @@ class Insider:
         self._expect_refusal(
             "num_samples_0", lambda: self._grpc_upload(good, rnd, ver, num_samples=0)
         )
-        self._expect_refusal(
-            "bulk_total_bytes_2_40", lambda: self._bulk_upload(good, rnd, ver, total_bytes=1 << 40)
-        )
         # exactly one counted (and rejected) update
         kind = self.RECORDED[(len(self.sampled_rounds) - 1) % len(self.RECORDED)]
         self.recorded[rnd] = kind
@@ -502,9 +508,13 @@ class Insider:
             self._expect_refusal(
                 kind, lambda: self._bulk_upload(good, rnd, ver, metrics_json='{"loss": "low"}')
             )
-        else:
+        elif kind == "samples_2_62":
             self._expect_refusal(
                 kind, lambda: self._grpc_upload(good, rnd, ver, num_samples=1 << 62)
+            )
+        else:  # an oversized announce is refused before a byte is read, and counted
+            self._expect_refusal(
+                kind, lambda: self._bulk_upload(good, rnd, ver, total_bytes=1 << 40)
             )
         self._flood(good, rnd, ver)
 
