@@ -321,8 +321,9 @@ def tail(text: str, n: int = 1500) -> str:
 # -- scenarios ---------------------------------------------------------------------------------
 def scenario_plain(run: Run, spec, reference, *, kill: str | None = None, seed: int = 0,
                    window: float = 10.0) -> dict[str, Any]:  # fmt: skip
-    """Baseline, or one kill -9 (``kill`` = "client" / "aggregator") at a random time within
-    ``window`` seconds after the first round starts, restarted at once."""
+    """Baseline, or one kill -9 (``kill`` = "client" / "aggregator") at a random point:
+    once a random number of rounds is recorded, a random time into the next round
+    (``window`` / rounds is the baseline's time per round); restarted at once."""
     rng = random.Random(seed)
     t0 = time.monotonic()
     extra: dict[str, Any] = {}
@@ -334,9 +335,15 @@ def scenario_plain(run: Run, spec, reference, *, kill: str | None = None, seed: 
         started = run.wait_for_log(server, f"({n} members)", 90)
         extra["round_1_started_s"] = round(time.monotonic() - t0, 1) if started else None
         if kill is not None and started:
-            delay = rng.uniform(0.0, window)
-            time.sleep(delay)
-            extra["kill_after_s"] = round(delay, 2)
+            # a random round, then a random moment within it (training, upload, aggregation,
+            # evaluation, checkpoint): ``window`` is the baseline's time for all rounds
+            rounds = run.cfg["rounds"]
+            k, within = rng.randrange(rounds), rng.uniform(0.0, 0.9 * window / rounds)
+            end = time.monotonic() + 60
+            while len(run.records()) < k and time.monotonic() < end:
+                time.sleep(0.02)
+            time.sleep(within)
+            extra["kill_after_s"] = round(time.monotonic() - t0 - extra["round_1_started_s"], 2)
             if (run.run_dir / "model.safetensors").exists():  # the run is over: nothing to kill
                 kill, extra["kill_skipped"] = None, "the run had finished"
             if kill == "client":
@@ -580,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             r = scenario_plain(new_run("baseline"), spec, plain_ref)
             record("baseline", "baseline", True, r)
             if r.get("model_written_s") is not None:  # kill within the rounds' span
-                window = max(2.0, 0.9 * (r["model_written_s"] - r["round_1_started_s"]))
+                window = max(2.0, r["model_written_s"] - r["round_1_started_s"])
         if wanted("outsider"):
             r = scenario_outsider(new_run("outsider"), spec, plain_ref, seed=args.seed, scale=1.0)
             record("outsider", "outsider", True, r)
