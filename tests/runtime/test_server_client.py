@@ -483,3 +483,33 @@ def test_too_few_updates_fail_the_round_with_a_quorum_error(
     server.finish()
     client_threads.join()
     assert not client_threads.errors
+
+
+def test_bodies_that_are_not_messages_are_refused_without_a_traceback(servers, caplog):
+    """Found by benchmarks/chaos.py: gRPC parsed a call's body before the handler ran, so a
+    garbage body logged a traceback per call, from outsiders (whose refused calls were still
+    parsed) and insiders alike. Refused calls are no longer parsed; an authenticated call
+    whose body does not parse is one counted ``malformed`` refusal."""
+    spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
+    server = AggregatorServer(spec, address="127.0.0.1:0", tokens={0: "zero"})
+    servers.append(server.start())
+    garbage = b"\xff" + bytes(range(40))  # field 31, wire type 7: never a valid message
+    channel = grpc.insecure_channel(server.address)
+    try:
+        for token, code in (("wrong", grpc.StatusCode.UNAUTHENTICATED),
+                            ("zero", grpc.StatusCode.INVALID_ARGUMENT)):  # fmt: skip
+            md = (("fedloom-task", "fedloom"), ("fedloom-client", "0"), ("fedloom-token", token))
+            for method in ("CheckIn", "Poll", "Download"):
+                call = (channel.unary_stream if method == "Download" else channel.unary_unary)(
+                    f"/fedloom.v1.Aggregator/{method}"
+                )
+                with pytest.raises(grpc.RpcError) as e:
+                    list(call(garbage, metadata=md, timeout=10)) if method == "Download" else call(
+                        garbage, metadata=md, timeout=10
+                    )
+                assert code_of(e) == code, method
+    finally:
+        channel.close()
+    assert server.tally.total["bad_token"] == 3 and server.tally.total["malformed"] == 3
+    assert "Traceback" not in caplog.text and "deserializing" not in caplog.text
+    assert server.members == {}

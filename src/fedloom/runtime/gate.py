@@ -225,8 +225,10 @@ def _refusal(handler: grpc.RpcMethodHandler, r: Refused) -> grpc.RpcMethodHandle
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(r.code, r.reason)
 
+    # no request_deserializer: a refused call's body is never parsed (an outsider's garbage
+    # body would otherwise make gRPC log a traceback per call before the abort)
     kind = _kind(handler)
-    return handler._replace(**{kind: abort})  # type: ignore[attr-defined]
+    return handler._replace(**{kind: abort, "request_deserializer": None})  # type: ignore[attr-defined]
 
 
 def _wrapped(handler, leave: Callable[[], None], guard) -> grpc.RpcMethodHandler:

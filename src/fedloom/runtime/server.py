@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, QuorumError, WireError
@@ -390,16 +391,16 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     # -- RPCs -------------------------------------------------------------------------------
     def _handlers(self) -> grpc.GenericRpcHandler:
         """The generated service's handlers, but models move as pre-serialised chunks, and a
-        message that does not parse reaches the handler as :data:`MALFORMED`."""
+        body that does not parse reaches the handler as :data:`_UNPARSABLE`."""
         h = {
             "CheckIn": grpc.unary_unary_rpc_method_handler(
-                self.CheckIn, _lenient(pb.CheckInRequest), pb.CheckInReply.SerializeToString
+                self.CheckIn, _parser(pb.CheckInRequest), pb.CheckInReply.SerializeToString
             ),
             "Poll": grpc.unary_unary_rpc_method_handler(
-                self.Poll, _lenient(pb.PollRequest), pb.Instruction.SerializeToString
+                self.Poll, _parser(pb.PollRequest), pb.Instruction.SerializeToString
             ),
             "Download": grpc.unary_stream_rpc_method_handler(
-                self.Download, _lenient(pb.DownloadRequest), bytes
+                self.Download, _parser(pb.DownloadRequest), bytes
             ),
             "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
                 self.Upload, None, pb.UploadReply.SerializeToString
@@ -726,12 +727,12 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _same_client(self, msg, context) -> int:
         """The authenticated client id, which the message must name as well."""
         cid = client_of(context)
-        if msg is MALFORMED:
+        if msg is _UNPARSABLE:
             self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "malformed",
-                f"client {cid}: a message that does not parse",
+                f"client {cid}: the request is not a valid message",
             )
         if msg.client_id != str(cid) or msg.task_id != self.task_id:
             self._abort(
@@ -761,18 +762,19 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
 
 
-MALFORMED = object()  # what a message that does not parse reaches its handler as
+_UNPARSABLE = object()  # a request body that is not a message of its type
 
 
-def _lenient(message: Any) -> Any:
-    """A deserializer that gives :data:`MALFORMED` for bytes that do not parse as ``message``
-    (gRPC logs a traceback for a deserializer that raises, and fails one that gives None)."""
+def _parser(cls: Any) -> Any:
+    """``cls.FromString``, but a body that does not parse gives :data:`_UNPARSABLE`: the
+    handler refuses it as one counted ``malformed`` call (gRPC's own deserializer would log
+    a traceback for each)."""
 
     def parse(data: bytes) -> Any:
         try:
-            return message.FromString(data)
-        except Exception:  # protobuf's DecodeError
-            return MALFORMED
+            return cls.FromString(data)
+        except DecodeError:
+            return _UNPARSABLE
 
     return parse
 
