@@ -38,14 +38,14 @@ from typing import Any
 
 import grpc
 import torch
-from google.protobuf.message import DecodeError
 
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, QuorumError, WireError
 from ..params import ParamSpec
-from ..update import MAX_METRICS_JSON, ClientUpdate, parse_metrics
+from ..update import ClientUpdate, parse_metrics
 from ..wire import decode_bundle, encode_bundle
 from .bulk import BulkServer, recv_into, send_header
+from .fields import UNPARSABLE, bad_fields, bulk_head, parser
 from .gate import Authenticator, Gate, Refused, Tally, Watchdog, client_of
 from .proto import fedloom_pb2 as pb
 from .proto import fedloom_pb2_grpc as pb_grpc
@@ -55,8 +55,6 @@ from .transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks, 
 log = logging.getLogger("fedloom.server")
 
 __all__ = ["AggregatorServer", "QuorumError", "Refused"]
-
-INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 @dataclass
@@ -192,7 +190,12 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[gate],
-            options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 0)],  # a busy port is an error
+            options=[
+                *GRPC_OPTIONS,
+                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+                ("grpc.server_handshake_timeout_ms", 10_000),  # held raw sockets: 10 s
+                ("grpc.max_connection_idle_ms", 600_000),  # clients poll; idle ones are not
+            ],
             maximum_concurrent_rpcs=max_workers,
         )
         self._server.add_generic_rpc_handlers((self._handlers(),))
@@ -391,16 +394,16 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     # -- RPCs -------------------------------------------------------------------------------
     def _handlers(self) -> grpc.GenericRpcHandler:
         """The generated service's handlers, but models move as pre-serialised chunks, and a
-        body that does not parse reaches the handler as :data:`_UNPARSABLE`."""
+        body that does not parse reaches the handler as :data:`UNPARSABLE`."""
         h = {
             "CheckIn": grpc.unary_unary_rpc_method_handler(
-                self.CheckIn, _parser(pb.CheckInRequest), pb.CheckInReply.SerializeToString
+                self.CheckIn, parser(pb.CheckInRequest), pb.CheckInReply.SerializeToString
             ),
             "Poll": grpc.unary_unary_rpc_method_handler(
-                self.Poll, _parser(pb.PollRequest), pb.Instruction.SerializeToString
+                self.Poll, parser(pb.PollRequest), pb.Instruction.SerializeToString
             ),
             "Download": grpc.unary_stream_rpc_method_handler(
-                self.Download, _parser(pb.DownloadRequest), bytes
+                self.Download, parser(pb.DownloadRequest), bytes
             ),
             "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
                 self.Upload, None, pb.UploadReply.SerializeToString
@@ -570,7 +573,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _admit(self, cid: int, head) -> pb.UploadReply | None:
         """None if ``cid``'s upload for ``head``'s round and version is wanted: it is then
         marked in flight (the caller unmarks it), so a second one is refused. Else the reply."""
-        why = _bad_fields(head)
+        why = bad_fields(head)
         if why is not None:
             return self._reject(cid, head.round, why, record=False)
         with self._cv:
@@ -652,7 +655,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _bulk_request(self, conn, header: dict[str, Any]) -> None:
         """One transfer on the bulk channel, checked exactly as the gRPC calls are."""
         try:
-            head, op = _bulk_head(header)
+            head, op = bulk_head(header)
             cid = self.auth.check(head.task_id, head.client_id, head.token)
             with self._cv:
                 if cid not in self.members:
@@ -727,7 +730,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
     def _same_client(self, msg, context) -> int:
         """The authenticated client id, which the message must name as well."""
         cid = client_of(context)
-        if msg is _UNPARSABLE:
+        if msg is UNPARSABLE:
             self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -760,67 +763,6 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 del self.members[cid]
                 self._busy.discard(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
-
-
-_UNPARSABLE = object()  # a request body that is not a message of its type
-
-
-def _parser(cls: Any) -> Any:
-    """``cls.FromString``, but a body that does not parse gives :data:`_UNPARSABLE`: the
-    handler refuses it as one counted ``malformed`` call (gRPC's own deserializer would log
-    a traceback for each)."""
-
-    def parse(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except DecodeError:
-            return _UNPARSABLE
-
-    return parse
-
-
-def _bad_fields(head) -> str | None:
-    """Why an upload header's own fields are unusable, or None."""
-    if head.num_samples < 1:
-        return f"num_samples must be >= 1, got {head.num_samples}"
-    if head.round < 0 or head.version < 0:
-        return f"round {head.round} / version {head.version} must be >= 0"
-    if len(head.metrics_json) > MAX_METRICS_JSON:
-        return f"metrics JSON of {len(head.metrics_json)} characters is too long"
-    return None
-
-
-_BULK_INTS = ("round", "version", "num_samples", "total_bytes")
-_BULK_STRS = ("task_id", "client_id", "token", "metrics_json")
-
-
-def _bulk_head(header: dict[str, Any]) -> tuple[Any, str]:
-    """(Chunk with the header's fields, op) with every field's type and range checked."""
-    op = header.get("op")
-    if op not in ("download", "upload"):
-        raise Refused(
-            grpc.StatusCode.INVALID_ARGUMENT, f"unknown bulk op {str(op)[:32]!r}", "malformed"
-        )
-    fields: dict[str, Any] = {}
-    for name in _BULK_INTS:
-        v = header.get(name, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or not INT64[0] <= v <= INT64[1]:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"bulk header field {name} must be a 64-bit integer",
-                "malformed",
-            )
-        fields[name] = v
-    for name in _BULK_STRS:
-        v = header.get(name, "")
-        if not isinstance(v, str) or len(v) > MAX_METRICS_JSON:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"bulk header field {name} must be a string",
-                "malformed",
-            )
-        fields[name] = v
-    return pb.Chunk(**fields), op
 
 
 def _ids(ids: Collection[int]) -> str:
