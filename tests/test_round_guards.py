@@ -145,3 +145,21 @@ def test_abort_raises_the_quorum_error():
         run(short={1: 1}, short_round="abort")
     with pytest.raises(ValueError, match="short_round"):
         run(short_round="later")
+
+
+def test_max_update_norm_is_taken_from_any_strategys_options(tmp_path):
+    from fedloom import Experiment
+
+    cfg = {
+        "name": "norm",
+        "rounds": 1,
+        "data": {"dataset": "mnist5k", "num_clients": 4, "partition": "shards"},
+        "model": {"name": "logreg"},
+        "strategy": {"name": "fedavg", "options": {"max_update_norm": 1e-9}},
+        "output": {"dir": tmp_path.as_posix(), "progress": False, "tensorboard": False,
+                   "figures": False},
+    }  # fmt: skip
+    fed = Experiment.from_config(cfg).federation
+    assert fed.max_update_norm == 1e-9
+    fed.run()
+    assert (fed.history[0]["clients"], fed.history[0]["rejected"]) == (0, 4)

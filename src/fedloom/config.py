@@ -25,6 +25,9 @@ from pydantic import (
 
 from .errors import ConfigError
 
+# strategy options the round loop applies to any strategy (``max_update_norm``)
+LOOP_OPTIONS = frozenset({"max_update_norm"})
+
 
 class _Section(BaseModel):
     # NaN or infinity is never a usable learning rate, timeout or count: refused everywhere
@@ -303,7 +306,7 @@ class Config(_Section):
         checks = [
             ("model.options", self.model.name, model, {"input_shape", "num_classes"}),
             ("data.options", self.data.dataset, loader, {"root", "download", "seed"}),
-            ("strategy.options", self.strategy.name, strategy, set()),
+            ("strategy.options", self.strategy.name, strategy, set()),  # + LOOP_OPTIONS
         ]
         for key, name, factory, given in checks:
             options = getattr(self, key.split(".")[0]).options
@@ -311,6 +314,8 @@ class Config(_Section):
             if any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 continue
             taken = [p for p in params if p not in given and not p.startswith("_")]
+            if key == "strategy.options":
+                taken += sorted(LOOP_OPTIONS)
             if unknown := sorted(set(options) - set(taken)):
                 raise ValueError(f"{key}: {unknown} not taken by {name}; it takes {taken}")
 

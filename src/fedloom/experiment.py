@@ -23,7 +23,7 @@ import numpy as np
 from .algorithms.asynchronous import AsyncStrategy
 from .algorithms.base import Strategy
 from .classification import ClassificationTask
-from .config import Config, StrategyConfig, load_config
+from .config import LOOP_OPTIONS, Config, StrategyConfig, load_config
 from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
@@ -107,9 +107,6 @@ def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> 
         optimizer=t.optimizer,
         device=t.device,
     )
-
-
-LOOP_OPTIONS = {"max_update_norm"}  # strategy options the round loop applies, for any strategy
 
 
 def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
