@@ -273,6 +273,11 @@ def _partition(args: argparse.Namespace) -> int:
     from .experiment import load_dataset, partition
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.task is not None:
+        raise ConfigError(
+            f"fedloom partition shows the built-in classification task's data split; "
+            f"task.factory = {cfg.task.factory!r} builds its own clients"
+        )
     dataset = load_dataset(cfg)
     parts = partition(cfg, dataset)
     report = partition_report(parts, dataset.train_y.numpy(), dataset.num_classes)

@@ -127,11 +127,20 @@ class StrategyConfig(_Section):
         return self
 
 
+BUILTIN_METRICS = ("accuracy", "test_loss", "train_loss")  # what the built-in task reports
+
+
 class EvalConfig(_Section):
+    """``target_metric``/``target_value`` stop the run once an evaluation reaches the value:
+    ``target_mode = "min"`` (it must fall to it) or ``"max"`` (rise to it); by default a
+    ``*loss`` metric falls and any other rises. The built-in task reports
+    :data:`BUILTIN_METRICS`; a ``[task]`` of your own reports whatever its ``evaluate`` returns,
+    so a metric of its own other than ``accuracy`` must say its ``target_mode``."""
+
     every: int = Field(1, ge=1)
-    # what a config's ClassificationTask reports; a name it never reports would never stop a run
-    target_metric: Literal["accuracy", "test_loss", "train_loss"] | None = None
+    target_metric: str | None = Field(None, min_length=1)
     target_value: float | None = None
+    target_mode: Literal["min", "max"] | None = None
 
 
 class OutputConfig(_Section):
@@ -219,6 +228,40 @@ class AttackConfig(_Section):
     scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
+class TaskConfig(_Section):
+    """A Task of your own (:class:`fedloom.Task`), named by import path instead of the built-in
+    classification task that ``[data]``, ``[model]`` and ``[train]`` describe.
+
+    ``factory``: ``"module:callable"`` (``"pkg.mod:make_task"``; the attribute may be dotted,
+    ``"pkg.mod:Task.create"``), imported from the working directory or ``PYTHONPATH`` as
+    ``python -m`` would, and called with ``options`` as keyword arguments (plus ``seed``, the
+    run seed, when it takes a ``seed`` parameter that ``options`` does not set). Every process
+    of a run (aggregator, clients, relays, torchrun ranks) builds the task this way, so the
+    factory must build the same clients from the same options in every process.
+    ``train.stragglers`` and ``train.state_memory_mb`` still apply; the other ``[data]``,
+    ``[model]`` and ``[train]`` keys configure only the built-in task and are refused here."""
+
+    factory: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _options = field_validator("options")(_finite_options)
+
+    @field_validator("factory")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        module, sep, attr = value.partition(":")
+        names = [*module.split("."), *attr.split(".")]
+        if not sep or not all(n.isidentifier() for n in names):
+            raise ValueError(
+                "must be an import path 'module:callable', e.g. 'examples.custom_task:make_task'"
+            )
+        return value
+
+
+# train keys every task uses: the loop's straggler share and the client-state memory budget
+TASK_INDEPENDENT_TRAIN = ("stragglers", "state_memory_mb")
+
+
 class TopologyConfig(_Section):
     """A hierarchy of aggregators (:mod:`fedloom.topology`). ``nodes``: ``{name, address?,
     clients?}`` tables, clients a list of task client ids or inclusive ranges (``"0-19"``,
@@ -264,6 +307,17 @@ class Config(_Section):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     topology: TopologyConfig | None = None  # None: the usual one-level federation
+    task: TaskConfig | None = None  # None: the built-in classification task (data/model/train)
+
+    def effective(self) -> dict[str, Any]:
+        """The config as the run applies it, for ``config.json``, the report and the
+        checkpoint that ``--resume`` compares: a ``[task]`` run leaves out the built-in task's
+        ``[data]``, ``[model]`` and ``[train]`` keys, which it never reads."""
+        out = self.model_dump()
+        if self.task is not None:
+            del out["data"], out["model"]
+            out["train"] = {k: out["train"][k] for k in TASK_INDEPENDENT_TRAIN}
+        return out
 
     @field_validator("name")
     @classmethod
@@ -290,10 +344,51 @@ class Config(_Section):
         if (self.eval.target_metric is None) != (self.eval.target_value is None):
             raise ValueError("eval.target_metric and eval.target_value go together")
         self._check_options()
-        self._check_counts()
-        if self.topology is not None:  # checked here so the error is not buried in the input
-            self._check_topology(self.topology)
+        self._check_target()
+        if self.task is not None:
+            self._check_custom_task(self.task)
+            if self.topology is not None:  # its client ids are checked once the task is built
+                from .topology.graph import Topology
+
+                Topology.from_config(self.topology).validate()
+            return self
+        self.check_clients(self.data.num_clients, f"data.num_clients = {self.data.num_clients}")
         return self
+
+    def _check_target(self) -> None:
+        """A target the task never reports would never stop the run; one of a custom task's
+        own metrics must say which way it improves."""
+        e = self.eval
+        if e.target_metric is None:
+            return
+        if self.task is None and e.target_metric not in BUILTIN_METRICS:
+            raise ValueError(
+                f"eval.target_metric: the built-in task reports {list(BUILTIN_METRICS)}, "
+                f"not {e.target_metric!r}"
+            )
+        named = e.target_metric == "accuracy" or e.target_metric.endswith("loss")
+        if self.task is not None and e.target_mode is None and not named:
+            raise ValueError(
+                f"eval.target_mode: say whether the task's metric {e.target_metric!r} "
+                "must fall ('min') or rise ('max') to eval.target_value"
+            )
+
+    def _check_custom_task(self, task: TaskConfig) -> None:
+        """Keys of the built-in task's sections that a ``[task]`` would silently ignore."""
+        sections = {"data": DataConfig(), "model": ModelConfig(), "train": TrainConfig()}
+        ignored = [
+            f"{name}.{key}"
+            for name, default in sections.items()
+            for key in type(default).model_fields
+            if not (name == "train" and key in TASK_INDEPENDENT_TRAIN)
+            and getattr(getattr(self, name), key) != getattr(default, key)
+        ]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)}: set for the built-in classification task, but "
+                f"task.factory = {task.factory!r} replaces it; pass what your task needs in "
+                "task.options"
+            )
 
     def _check_options(self) -> None:
         """Option keywords the model, dataset or strategy does not take, named now rather
@@ -319,33 +414,29 @@ class Config(_Section):
             if unknown := sorted(set(options) - set(taken)):
                 raise ValueError(f"{key}: {unknown} not taken by {name}; it takes {taken}")
 
-    def _check_counts(self) -> None:
-        """Counts of clients that no run with ``data.num_clients`` clients can meet."""
-        k = self.data.num_clients
+    def check_clients(self, k: int, where: str) -> None:
+        """Counts of clients (and topology client ids) that no run with ``k`` clients can
+        meet; ``where`` names the count (``"data.num_clients = 8"``, ``"the task's 8"``).
+        Checked at load for the built-in task, once it is built for a ``[task]``."""
         per_round = self.strategy.clients_per_round
         if per_round is not None and "clients_per_round" in self.strategy.model_fields_set:
             if per_round > k:
                 raise ValueError(
-                    f"strategy.clients_per_round: {per_round} is more than the "
-                    f"data.num_clients = {k} clients"
+                    f"strategy.clients_per_round: {per_round} is more than {where} clients"
                 )
         if self.topology is None:  # a hierarchy's root counts its relays instead
             for key in ("min_clients", "quorum"):
                 if (n := getattr(self.runtime, key)) > k:
-                    raise ValueError(
-                        f"runtime.{key}: {n} is more than the data.num_clients = {k} clients"
-                    )
-
-    def _check_topology(self, section: TopologyConfig) -> None:
+                    raise ValueError(f"runtime.{key}: {n} is more than {where} clients")
+            return
         from .topology.graph import Topology
 
-        topo = Topology.from_config(section).validate()
-        k = self.data.num_clients
+        topo = Topology.from_config(self.topology).validate()
         for node in topo.nodes.values():
             if node.clients and max(node.clients) >= k:
                 raise ValueError(
                     f"topology: node {node.name!r} has client {max(node.clients)}, but "
-                    f"data.num_clients = {k} (client ids 0-{k - 1})"
+                    f"{where} clients have ids 0-{k - 1}"
                 )
 
 

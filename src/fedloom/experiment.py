@@ -8,9 +8,11 @@ is all the CLI's ``fedloom run`` does.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .algorithms.asynchronous import AsyncStrategy
 from .algorithms.base import Strategy
 from .classification import ClassificationTask
-from .config import LOOP_OPTIONS, Config, StrategyConfig, load_config
+from .config import LOOP_OPTIONS, Config, StrategyConfig, TaskConfig, load_config
 from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
@@ -33,7 +36,7 @@ from .federation.rundir import check_params, check_resumable, check_run_dir
 from .models import build_model
 from .observe import TelegramNotifier, WebhookNotifier
 from .registry import AGGREGATORS, DATASETS, PARTITIONERS, STRATEGIES
-from .seeding import derive_seed
+from .seeding import derive_seed, seed_torch
 from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
 from .simulation.distributed import DistributedClients, in_distributed_env
 from .simulation.engine import InProcessClients
@@ -107,6 +110,98 @@ def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> 
         optimizer=t.optimizer,
         device=t.device,
     )
+
+
+def load_task(cfg: Config) -> Task:
+    """The run's Task: the ``[task]`` factory's, or by default the built-in classification
+    task of ``[data]``, ``[model]`` and ``[train]``. Every process of a run builds it so."""
+    if cfg.task is None:
+        dataset = load_dataset(cfg)
+        return build_task(cfg, dataset, partition(cfg, dataset))
+    return custom_task(cfg)
+
+
+def custom_task(cfg: Config) -> Task:
+    """Import ``task.factory`` and call it with ``task.options`` (and the run seed, when it
+    takes ``seed``). Anything that goes wrong on the way is one ConfigError naming the import
+    path and the cause (chained, so ``--verbose`` shows the user's traceback).
+
+    The factory runs with torch's global generator seeded from the run seed (and restored
+    after), so a factory that draws its data with ``torch.rand`` builds the same clients in
+    every process of the run."""
+    section = cfg.task
+    assert section is not None
+    factory = import_factory(section)
+    where = f"task.factory = {section.factory!r}"
+    options = dict(section.options)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # some builtins and C callables have no signature
+        params = {}
+    if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        taken = [n for n, p in params.items() if p.kind in named]
+        if unknown := sorted(set(options) - set(taken)):
+            raise ConfigError(
+                f"task.options: {unknown} not taken by {section.factory}; it takes {taken}"
+            )
+    if "seed" in params and "seed" not in options:
+        options["seed"] = cfg.seed
+    with torch.random.fork_rng(devices=[]):
+        seed_torch(derive_seed(cfg.seed, "task"))
+        try:
+            task = factory(**options)
+        except Exception as e:  # the user's code: summarised here, its traceback chained
+            raise ConfigError(f"{where} raised while building the task: {_summary(e)}") from e
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"{where} returned {type(task).__module__}.{type(task).__qualname__}, not a "
+            "fedloom.Task"
+        )
+    try:
+        cfg.check_clients(task.num_clients, f"the task's {task.num_clients}")
+    except ValueError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    return task
+
+
+def import_factory(section: TaskConfig) -> Callable[..., Any]:
+    """``module:attr`` of ``task.factory``, imported with the working directory on
+    ``sys.path`` (as ``python -m`` puts it there); a ConfigError naming the path otherwise.
+    Only the import: ``fedloom launch`` checks this once before starting its processes."""
+    module_name, _, attr = section.factory.partition(":")
+    where = f"task.factory = {section.factory!r}"
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
+            raise ConfigError(
+                f"{where}: no module named {e.name!r} (looked in the working directory {cwd} "
+                "and on PYTHONPATH)"
+            ) from e
+        raise ConfigError(f"{where}: importing {module_name!r} failed: {_summary(e)}") from e
+    except Exception as e:  # the user's module raised on import: summarised, chained
+        raise ConfigError(f"{where}: importing {module_name!r} failed: {_summary(e)}") from e
+    obj: Any = module
+    parts = attr.split(".")
+    for depth, part in enumerate(parts):
+        if not hasattr(obj, part):
+            owner = f"{module_name}:{'.'.join(parts[:depth])}" if depth else module_name
+            kind = "" if depth else "module "
+            raise ConfigError(f"{where}: {kind}{owner!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{where} is a {type(obj).__name__}, not a callable that returns a Task")
+    return obj
+
+
+def _summary(e: BaseException) -> str:
+    """``Type: first line of the message``, the one line a CLI error has room for."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def build_strategy(cfg: Config) -> Strategy | AsyncStrategy:
@@ -184,9 +279,9 @@ class Experiment:
     """A configured run, built but not started; ``run()`` starts (or resumes) it."""
 
     config: Config
-    dataset: TensorDataset
-    parts: list[np.ndarray]
-    task: ClassificationTask
+    dataset: TensorDataset | None  # the built-in task's data; None for a [task] of your own
+    parts: list[np.ndarray] | None
+    task: Task
     federation: Federation
     recorder: RunRecorder | None  # None on torchrun ranks other than 0 (rank 0 records)
 
@@ -213,14 +308,25 @@ class Experiment:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         saved = load_checkpoint(run_dir / CHECKPOINT) if resume else None
         if saved is not None:
-            check_resumable(run_dir / CHECKPOINT, saved, cfg.model_dump())
+            check_resumable(run_dir / CHECKPOINT, saved, cfg.effective())
         if cfg.attack.kind and backend is not None:
             raise ConfigError("attack: attacks are simulated; run without the network runtime")
-        dataset = load_dataset(cfg)
-        parts = partition(cfg, dataset)
-        task = build_task(cfg, dataset, parts)
-        attackers: list[int] = []
+        dataset: TensorDataset | None = None
+        parts: list[np.ndarray] | None = None
         report: dict[str, Any] = {}
+        if cfg.task is None:
+            dataset = load_dataset(cfg)
+            parts = partition(cfg, dataset)
+            task: Task = build_task(cfg, dataset, parts)
+        else:
+            task = custom_task(cfg)
+            report["task_factory"] = cfg.task.factory
+            if cfg.attack.kind == "label_flip" and not isinstance(task, ClassificationTask):
+                raise ConfigError(
+                    f"attack.kind = 'label_flip' flips the labels of a ClassificationTask; "
+                    f"task.factory = {cfg.task.factory!r} built a {type(task).__name__}"
+                )
+        attackers: list[int] = []
         if cfg.attack.kind:  # label flip wraps the task; the others wrap the backend below
             attackers = choose_attackers(task.num_clients, cfg.attack.fraction, cfg.seed)
             if cfg.attack.kind == "label_flip":
@@ -231,17 +337,16 @@ class Experiment:
         rank = int(os.environ.get("RANK", "0")) if distributed else 0
         if not rank:
             _check_writable(Path(cfg.output.dir))
-        target = (
-            (cfg.eval.target_metric, cfg.eval.target_value)
-            if cfg.eval.target_metric is not None
-            else None
-        )
+        e = cfg.eval
+        target: tuple | None = None
+        if e.target_metric is not None:
+            target = (e.target_metric, e.target_value, *([e.target_mode] if e.target_mode else []))
         recorder = (
             None
             if rank
             else RunRecorder(
                 run_dir,
-                cfg.model_dump(),
+                cfg.effective(),
                 resume=resume,
                 overwrite=overwrite,
                 tensorboard=cfg.output.tensorboard,
@@ -336,7 +441,10 @@ class Experiment:
     def run_dir(self) -> Path:
         return Path(self.config.output.dir) / self.config.name
 
-    def write_partition_figure(self) -> Path:
+    def write_partition_figure(self) -> Path | None:
+        """``figures/partition.png``: the built-in task's split; None for a task of your own."""
+        if self.dataset is None or self.parts is None:
+            return None
         from .data.partition import partition_report, plot_partition
 
         report = partition_report(

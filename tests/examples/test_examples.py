@@ -49,8 +49,9 @@ def test_example_runs_one_round(name: str, tmp_path: Path) -> None:
     assert 0.0 <= result.final_metrics["accuracy"] <= 1.0
 
 
-def test_custom_task_example_learns_the_line(capsys) -> None:
+def test_custom_task_example_runs_as_a_script_and_fits_the_function(capsys) -> None:
     runpy.run_path(str(EXAMPLES / "custom_task.py"), run_name="__main__")
     out = capsys.readouterr().out
     metrics = ast.literal_eval(out.strip().splitlines()[-1])
-    assert abs(metrics["weight"] - 3) < 0.3 and abs(metrics["bias"] + 1) < 0.3
+    assert set(metrics) == {"mse", "mae", "r2"}
+    assert metrics["r2"] > 0.8, metrics  # explains most of the variance after 30 rounds

@@ -98,7 +98,8 @@ class Federation:
         seed: the run seed; drives initial model, sampling and every client's training.
         eval_every: evaluate the global model every N rounds (and after the last).
         target: ``(metric, value)``; stop once an evaluation reaches it (``*loss`` metrics
-            must fall to it, others rise to it).
+            must fall to it, others rise to it), or ``(metric, value, "min" | "max")`` to
+            say which way the metric improves.
         callbacks: recording, checkpointing, extra stop rules.
         stragglers: share of each round's clients that run a random number of local epochs
             in [1, E] (FedProx's systems heterogeneity); strategies that do not accept
@@ -122,7 +123,7 @@ class Federation:
         rounds: int,
         seed: int = 0,
         eval_every: int = 1,
-        target: tuple[str, float] | None = None,
+        target: tuple[str, float] | tuple[str, float, str] | None = None,
         callbacks: Sequence[Callback] = (),
         stragglers: float = 0.0,
         short_round: ShortRound = "retry",
@@ -381,8 +382,9 @@ class Federation:
     def _target_reached(self, record: dict[str, Any]) -> bool:
         if self.target is None or self.target[0] not in record:
             return False
-        name, value = self.target
-        return record[name] <= value if name.endswith("loss") else record[name] >= value
+        name, value, *mode = self.target
+        falls = mode[0] == "min" if mode else name.endswith("loss")
+        return record[name] <= value if falls else record[name] >= value
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -3,7 +3,7 @@
 runs/<name>/config.json       the resolved config
 runs/<name>/metrics.jsonl     one record per round
 runs/<name>/tb/               TensorBoard event files
-runs/<name>/figures/*.png     accuracy, loss, partition
+runs/<name>/figures/*.png     accuracy, loss, a task's own metrics, partition (built-in task)
 runs/<name>/checkpoint.pt     atomic and checksummed, after every round (resume); holds the
                               config too, so --resume can refuse a changed one (rundir.py)
 runs/<name>/model.safetensors the final global model
@@ -128,7 +128,12 @@ class RunRecorder(Callback):
             encode(fed.params, fed.spec, {"round": fed.round, "format": "fedloom"})
         )
         if self.figures:
-            plot_curves(fed.history, self.dir / "figures", title=self.config.get("name"))
+            plot_curves(
+                fed.history,
+                self.dir / "figures",
+                title=self.config.get("name"),
+                metrics=list(fed.last_eval),  # a task's own metrics too, e.g. a regression's
+            )
         summary = self._summary(fed, result)
         write_report(self.dir, summary)
         if self.on_finish_flag and self.notifiers:

@@ -60,6 +60,9 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 def changed_keys(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (saved, new)}`` for every key that differs and is not resumable."""
     old_flat, new_flat = _flatten(_plain(saved)), _flatten(_plain(new))
+    for flat in (old_flat, new_flat):  # a section added later, off (None), is no change
+        for key in [k for k, v in flat.items() if v is None and "." not in k]:
+            del flat[key]
     missing = "<absent>"
     return {
         key: (old_flat.get(key, missing), new_flat.get(key, missing))

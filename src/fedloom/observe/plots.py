@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,17 @@ def _save(
 
 
 def plot_curves(
-    records: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], title: str | None = None
+    records: Sequence[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    title: str | None = None,
+    metrics: Sequence[str] = (),
 ) -> list[Path]:
     """Write ``accuracy.png`` and ``loss.png`` into ``out_dir``; returns the files written.
 
     A figure whose metrics appear in no record is skipped, not drawn empty, so a run
     without evaluation gets only ``loss.png``. ``title`` (e.g. the run name) prefixes titles.
+    ``metrics``: other evaluation metrics (a task's own, e.g. ``mse``), one ``<name>.png``
+    each, as a task that is no classifier reports no accuracy.
     """
     out = Path(out_dir)
     prefix = f"{title}: " if title else ""
@@ -82,4 +88,14 @@ def plot_curves(
     if losses:
         out.mkdir(parents=True, exist_ok=True)
         written.append(_save(out / "loss.png", f"{prefix}loss", "loss", losses))
+    for key in metrics:
+        line = _series(records, key)
+        if key in _DRAWN or not _FILE_SAFE.fullmatch(key) or not line[0]:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        written.append(_save(out / f"{key}.png", f"{prefix}{key}", key, [(key, *line)]))
     return written
+
+
+_DRAWN = {"accuracy", "train_loss", "test_loss", "loss", "partition", "topology"}
+_FILE_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a metric name as a file name

@@ -50,8 +50,11 @@ def launch(
         raise ConfigError(f"{target}: no such file")
     if not target.endswith(".py"):  # one error line now, not one from every process
         from ..config import load_config
+        from ..experiment import import_factory
 
-        load_config(target, _overrides(args))
+        cfg = load_config(target, _overrides(args))
+        if cfg.task is not None:
+            import_factory(cfg.task)
     out = out or sys.stdout
     port = master_port or free_port(master_addr)
     aggregator_port = free_port(master_addr)
@@ -83,6 +86,10 @@ def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.
         raise ConfigError(f"{config}: no such file")
     overrides = list(args)  # --set K=V pairs, passed on to every process
     cfg = load_config(config, _overrides(args))
+    if cfg.task is not None:  # one error line now, not one from every process
+        from ..experiment import import_factory
+
+        import_factory(cfg.task)
     if cfg.topology is None:
         raise ConfigError(f"{config} has no [topology]: give --nproc (1 aggregator + clients)")
     topology = Topology.from_config(cfg.topology)

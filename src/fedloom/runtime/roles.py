@@ -208,11 +208,10 @@ def run_client(
 ) -> int:
     """Run one data holder for a config until the aggregator says STOP."""
     from ..config import load_config
-    from ..experiment import build_strategy, build_task, load_dataset, partition
+    from ..experiment import build_strategy, load_task
 
     cfg = load_config(source, list(overrides))
-    dataset = load_dataset(cfg)
-    task = build_task(cfg, dataset, partition(cfg, dataset))
+    task = load_task(cfg)
     prepare = getattr(build_strategy(cfg), "prepare", None)
     if prepare is not None:  # the task as the aggregator sees it (e.g. FedPer's personal head)
         from ..simulation.engine import MODEL_INIT_LOCK

@@ -59,7 +59,7 @@ class EdgeLoop:
 def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     """Run the relay ``name`` of a config's ``[topology]`` until its parent says STOP."""
     from ..config import load_config
-    from ..experiment import build_task, hierarchy, load_dataset, partition
+    from ..experiment import hierarchy, load_task
     from ..runtime.client import RuntimeClient
     from ..runtime.roles import check_tokens, client_tls, server_options
     from ..runtime.server import AggregatorServer
@@ -75,8 +75,7 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     if not parents:
         raise ConfigError(f"fedloom node: {name!r} is the root; run it with fedloom server")
     parent = topology.nodes[parents[0]]
-    dataset = load_dataset(cfg)
-    task = build_task(cfg, dataset, partition(cfg, dataset))
+    task = load_task(cfg)
     tree = hierarchy(cfg, task)(None)
     rt = cfg.runtime
     spec, _ = flatten_module(task.build_model(), task.personal_layers)
