@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, QuorumError, WireError
@@ -551,7 +552,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
                 return self._malformed(cid, "empty stream: no chunk arrived")
             try:
                 head = pb.Chunk.FromString(split_chunk(first)[0])
-            except Exception as e:  # WireError, protobuf's DecodeError
+            except (WireError, DecodeError) as e:
                 return self._malformed(cid, f"malformed chunk: {e}")
             if head.client_id != str(cid) or head.task_id != self.task_id:
                 return self._malformed(cid, "the chunk names another client or task")

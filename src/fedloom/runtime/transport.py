@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from google.protobuf.message import DecodeError
+
 from ..errors import WireError
 from .proto import fedloom_pb2 as pb
 
@@ -97,7 +99,7 @@ def join_chunks(chunks: Iterable, max_bytes: int) -> tuple[pb.Chunk, bytearray]:
         raw_head, first_data = split_chunk(first)
         try:
             head = pb.Chunk.FromString(raw_head)
-        except Exception as e:  # protobuf's DecodeError
+        except DecodeError as e:
             raise WireError(f"malformed chunk header: {e}") from None
     else:
         head, first_data = first, first.data
