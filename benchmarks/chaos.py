@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,20 +46,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chaos_attacks as attacks  # noqa: E402
 from chaos_fuzz import run_wire_fuzz  # noqa: E402
-from common import REPO_ROOT, print_headlines, write_results  # noqa: E402
+from common import print_headlines, write_results  # noqa: E402
+from procs import Proc, free_port, read_metrics  # noqa: E402
 
 from fedloom import decode  # noqa: E402
+from fedloom.runtime.gate import TASK_KEY  # noqa: E402
+from fedloom.runtime.proto import fedloom_pb2 as pb  # noqa: E402
 from fedloom.update import ClientUpdate  # noqa: E402
 
 TASK_ID = "chaos"
 RUN_LIMIT = 240.0  # seconds one run may take before it counts as wedged
 INSIDER = 4  # the insider's client id (its run has 5 clients; 0-3 are honest)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(
@@ -138,23 +133,6 @@ def simulate(cfg: dict[str, Any], out: Path, rejected: set[int] = frozenset()):
 
 # -- processes ---------------------------------------------------------------------------------
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=10)
-
-
-@dataclass
 class Run:
     """One networked run: its config file, address, processes and run directory."""
 
@@ -176,23 +154,7 @@ class Run:
 
     def start(self, name: str, *args: str) -> Proc:
         log = self.dir / f"{name.replace(' ', '_')}.{len(self.procs)}.log"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                    "FEDLOOM_PORT", "FEDLOOM_TOKEN"):  # fmt: skip
-            env.pop(var, None)
-        src = str(REPO_ROOT / "src")
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        with open(log, "w") as f:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "fedloom", *args],
-                cwd=self.dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = Proc.start(name, ["-m", "fedloom", *args], log, cwd=self.dir)
         self.procs.append(proc)
         return proc
 
@@ -203,13 +165,7 @@ class Run:
         return self.start(f"client {i}", "client", str(self.config), "--client-id", str(i))
 
     def records(self) -> list[dict[str, Any]]:
-        path = self.run_dir / "metrics.jsonl"
-        out = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    out.append(json.loads(line))
-        return out
+        return read_metrics(self.run_dir)
 
     def servers(self) -> list[Proc]:
         return [p for p in self.procs if p.name == "aggregator"]
@@ -271,11 +227,10 @@ def outcome(run: Run, spec, reference: torch.Tensor, t0: float, all_exited: bool
     tracebacks = [
         n for n, text in logs.items() if n.startswith("aggregator") and "Traceback" in text
     ]
-    killed_by_us = {id(p) for p in run.procs if getattr(p, "killed_by_us", False)}
     bad_exits = [
         f"{p.name}: rc {p.popen.poll()}"
         for p in run.procs
-        if id(p) not in killed_by_us and p.popen.poll() not in (0,)
+        if not p.killed_by_us and p.popen.poll() not in (0,)
     ]
     records = run.records()
     rounds = run.cfg["rounds"]
@@ -353,13 +308,13 @@ def scenario_plain(run: Run, spec, reference, *, kill: str | None = None, seed: 
                 extra["victim_was_running"] = victim.popen.poll() is None
                 extra["rounds_done_at_kill"] = len(run.records())
                 if victim.popen.poll() is None:
-                    victim.killed_by_us = True  # type: ignore[attr-defined]
+                    victim.killed_by_us = True
                     victim.kill()
                     run.client(victim_id)
             elif kill == "aggregator":
                 extra["server_was_running"] = server.popen.poll() is None
                 if server.popen.poll() is None:
-                    server.killed_by_us = True  # type: ignore[attr-defined]
+                    server.killed_by_us = True
                     server.kill()
                     done = checkpoint_round(run)
                     extra["checkpoint_round_at_kill"] = done
@@ -397,26 +352,35 @@ def scenario_outsider(run: Run, spec, reference, *, seed: int, scale: float) -> 
         # their start-up and first rounds
         held = int(200 * scale)
         jobs = {
-            "held_grpc_tcp": lambda: attacks.held_connections(
-                run.port, held, 25.0, attacks.GRPC_PARTIAL, stop),
-            "held_bulk_tcp": lambda: attacks.held_connections(
-                run.bulk_port, held, 25.0, attacks.BULK_PARTIAL, stop),
+            "held_grpc_tcp": lambda: attacks.slowloris(
+                "127.0.0.1", run.port, held, 25.0, partial=attacks.GRPC_PREFACE_HALF,
+                trickle_s=None, reopen=False, stop=stop).summary(),
+            "held_bulk_tcp": lambda: attacks.slowloris(
+                "127.0.0.1", run.bulk_port, held, 25.0, partial=attacks.BULK_LENGTH_HALF,
+                trickle_s=None, reopen=False, stop=stop).summary(),
         }  # fmt: skip
         threads = {k: _spawn(report, k, fn) for k, fn in jobs.items()}
         time.sleep(1.0)
         for i in range(n):
             run.client(i)
+        # every bad identity; a chunk of a plausible upload first, then held
+        identities = [
+            attacks.bad_metadata(TASK_ID, i) or ((TASK_KEY, TASK_ID),)
+            for i in range(len(attacks.BAD_IDENTITIES))
+        ]
+        chunk = pb.Chunk(task_id=TASK_ID, client_id="0", round=1, data=bytes(1024))
         later = {
             "held_upload_streams": lambda: attacks.held_upload_streams(
-                run.address(), TASK_ID, int(300 * scale), 10.0),
+                run.address(), int(300 * scale), 10.0, identities=identities,
+                first_chunk=chunk.SerializeToString()).summary(),
             "bad_calls": lambda: attacks.outsider_calls(
                 run.address(), TASK_ID, int(400 * scale), seed),
             "random_bytes_grpc": lambda: attacks.random_bytes(
-                run.port, int(60 * scale), seed, bulk_port=False),
+                "127.0.0.1", run.port, int(60 * scale), seed, bulk_port=False),
             "random_bytes_bulk": lambda: attacks.random_bytes(
-                run.bulk_port, int(60 * scale), seed + 1, bulk_port=True),
-            "bulk_headers": lambda: attacks.bulk_outsider(
-                run.bulk_port, TASK_ID, int(100 * scale), seed),
+                "127.0.0.1", run.bulk_port, int(60 * scale), seed + 1, bulk_port=True),
+            "bulk_headers": lambda: attacks.outsider_bulk_headers(
+                "127.0.0.1", run.bulk_port, TASK_ID, int(100 * scale), seed),
         }  # fmt: skip
         for k, fn in later.items():
             threads[k] = _spawn(report, k, fn)

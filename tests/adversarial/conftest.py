@@ -2,21 +2,26 @@
 
 Every run here is a real ``fedloom server`` process with honest ``fedloom client`` processes
 on loopback (the ``procs`` fixture kills whatever is left in teardown); the attacks come from
-this process (:mod:`.attacks`). Configs are tiny (mnist5k, 3-4 clients, a few rounds).
+this process (``benchmarks/chaos_attacks.py``, importable as :mod:`chaos_attacks` once this
+conftest has put ``benchmarks/`` on ``sys.path``, as ``tests/test_wire_fuzz.py`` does for
+``chaos_fuzz``). Configs are tiny (mnist5k, 3-4 clients, a few rounds).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
 # procs: the runtime tests' fixture (processes killed, whole sessions, in teardown)
-from runtime.conftest import base_config, procs, with_changes  # noqa: F401
+from runtime.conftest import base_config, procs, with_changes  # noqa: E402, F401
 
 TRACEBACK = "Traceback (most recent call last)"
 

@@ -10,6 +10,7 @@ import math
 import threading
 import time
 
+from chaos_attacks import grpc_upload
 from runtime.conftest import (
     check_in,
     download_bytes,
@@ -25,7 +26,6 @@ from runtime.conftest import (
 from fedloom import ParamSpec
 from fedloom.runtime.proto import fedloom_pb2 as pb
 
-from .attacks import grpc_upload
 from .conftest import TRACEBACK, small_config, start_clients
 
 LAZY = 3

@@ -3,7 +3,7 @@
 One run of ``fedloom server``: honest client processes 0-2 and client 3 driven from this
 test, every client sampled each round, 5 rounds. Client 3 tries, in order:
 
-* before round 1: a check-in declaring 2^62 samples; ids " 3 ", "03" and "٣"; bulk headers
+* before round 1: check-ins declaring 2^62, 0 and -5 samples; ids " 3 ", "03" and "٣"; bulk headers
   whose round is Infinity, 1e400, "3" and true;
 * round 1: a flood of 150 concurrent uploads of one (valid) update, 90 over gRPC and 60 over
   the bulk port, while the server's peak memory is watched;
@@ -20,8 +20,15 @@ from __future__ import annotations
 
 import json
 
-import grpc
-import pytest
+from chaos_attacks import (
+    bad_bulk_headers,
+    bad_checkins,
+    bad_field_upload,
+    bad_ids,
+    flood_uploads,
+    grpc_upload,
+    poisoned_payload,
+)
 from runtime.conftest import (
     check_in,
     download_bytes,
@@ -37,14 +44,6 @@ from runtime.conftest import (
 
 from fedloom import ParamSpec, load_checkpoint
 
-from .attacks import (
-    bad_bulk_headers,
-    bad_field_upload,
-    bad_ids,
-    flood_uploads,
-    grpc_upload,
-    poisoned_payload,
-)
 from .conftest import (
     TRACEBACK,
     assert_finite,
@@ -92,10 +91,12 @@ def test_a_hostile_insider_is_refused_counted_and_the_model_stays_finite(tmp_pat
 
     with stub_for(address) as stub:
         # -- before round 1: fields and ids that must be refused up front ----------------------
-        with pytest.raises(grpc.RpcError) as refused:
-            check_in(stub, 3, task, tok, samples=1 << 62)
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert bad_ids(address, task_id=task, token=tok) == {
+        assert bad_checkins(address, **me) == {
+            "num_samples 0": "INVALID_ARGUMENT",
+            "num_samples -5": "INVALID_ARGUMENT",
+            "num_samples 4611686018427387904": "INVALID_ARGUMENT",
+        }
+        assert bad_ids(address, **me) == {
             " 3 ": "INVALID_ARGUMENT",
             "03": "INVALID_ARGUMENT",
             "٣": "INVALID_ARGUMENT",
@@ -170,7 +171,7 @@ def test_a_hostile_insider_is_refused_counted_and_the_model_stays_finite(tmp_pat
 
     # (d) logged by kind, counted, no traceback
     refused = refused_total(metrics)
-    assert refused["bad_samples"] == 1 and refused["bad_id"] == 3, refused
+    assert refused["bad_samples"] == 3 and refused["bad_id"] == 3, refused
     assert refused["malformed"] == 5, refused  # 4 bulk headers, the "٣" in a message body
     assert refused["duplicate"] + refused["too_many_calls"] == N_GRPC + N_BULK - 1, refused
     out = server.output()

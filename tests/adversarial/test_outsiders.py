@@ -14,6 +14,14 @@ import threading
 from collections import Counter
 
 import torch
+from chaos_attacks import (
+    BULK_HEADER_UNFINISHED,
+    SlowlorisReport,
+    StreamsReport,
+    held_upload_streams,
+    identity,
+    slowloris,
+)
 from runtime.conftest import (
     free_port,
     read_metrics,
@@ -24,7 +32,6 @@ from runtime.conftest import (
     write_config,
 )
 
-from .attacks import OutsiderReport, SlowlorisReport, outsider_streams, slowloris_bulk
 from .conftest import TRACEBACK, refused_total, small_config, start_clients, tokens
 
 STREAMS, HOLD_S = 300, 3.0
@@ -42,12 +49,15 @@ def test_outsider_streams_and_bulk_slowloris_leave_the_model_bit_identical(tmp_p
     wait_until(lambda: "listening on" in server.output(), 60, "the aggregator to listen")
 
     stop = threading.Event()
-    loris, held, mid = SlowlorisReport(), OutsiderReport(), OutsiderReport()
+    loris, held, mid = SlowlorisReport(), StreamsReport(), StreamsReport()
+    no_token = [identity(task, "0")]  # a real client id, no token at all
 
     def wave_at_round_2() -> None:
         if wait_until(lambda: stop.is_set() or "downloads round 2" in server.output(), 120, "r2"):
             if not stop.is_set():
-                outsider_streams(address, STREAMS, HOLD_S, task_id=task, stop=stop, report=mid)
+                held_upload_streams(
+                    address, STREAMS, HOLD_S, identities=no_token, stop=stop, report=mid
+                )
 
     def attack(target, *args, **kwargs) -> threading.Thread:
         t = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
@@ -57,11 +67,29 @@ def test_outsider_streams_and_bulk_slowloris_leave_the_model_bit_identical(tmp_p
     attackers = []
     try:
         attackers.append(
-            attack(slowloris_bulk, "127.0.0.1", bulk_port, 70, 150, stop=stop, report=loris)
+            attack(
+                slowloris,
+                "127.0.0.1",
+                bulk_port,
+                70,
+                150,
+                partial=BULK_HEADER_UNFINISHED,
+                trickle_s=1.0,
+                stop=stop,
+                report=loris,
+            )
         )
         wait_until(lambda: loris.opened >= 70, 30, "the slowloris connections")
         attackers.append(
-            attack(outsider_streams, address, STREAMS, 150, task_id=task, stop=stop, report=held)
+            attack(
+                held_upload_streams,
+                address,
+                STREAMS,
+                150,
+                identities=no_token,
+                stop=stop,
+                report=held,
+            )
         )
         wait_until(lambda: sum(held.codes.values()) == STREAMS, 30, "answers to the streams")
         # all answered at once, UNAUTHENTICATED, though not a byte was sent and the streams

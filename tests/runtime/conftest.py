@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,9 @@ from fedloom.runtime.proto import fedloom_pb2_grpc as pb_grpc
 from fedloom.runtime.transport import GRPC_OPTIONS, split_chunk
 
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
+sys.path.insert(0, str(ROOT / "benchmarks"))
+# processes and run records: shared with benchmarks/chaos.py
+from procs import Proc, free_port, read_metrics  # noqa: E402, F401
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -78,18 +79,6 @@ def run_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["output"]["dir"]) / cfg["name"]
 
 
-def read_metrics(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    out = []
-    for ln in lines:
-        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
-            out.append(json.loads(ln))
-    return out
-
-
 def saved_params(directory: Path, spec: ParamSpec) -> torch.Tensor:
     """The final global model a run directory holds, decoded against ``spec``."""
     params, meta = decode((directory / "model.safetensors").read_bytes(), spec)
@@ -106,12 +95,6 @@ def simulate(cfg: dict[str, Any], out_dir: Path):
     return result, exp.federation.spec
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
     """Poll ``pred`` until it is truthy (returned) or ``timeout`` passes (AssertionError)."""
     deadline = time.monotonic() + timeout
@@ -126,60 +109,15 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
 
 # -- processes ---------------------------------------------------------------------------------
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.name} still running after {timeout} s; its output:\n{self.output()[-4000:]}"
-            ) from None
-
-    def kill(self) -> None:
-        """SIGKILL the process's whole session (it was started in a new one)."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=10)
-
-
-@dataclass
 class Procs:
     """Starts ``python -m fedloom ...`` processes with logs in ``dir``; kills leftovers."""
 
     dir: Path
     started: list[Proc] = field(default_factory=list)
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(var, None)
-        env.pop("FEDLOOM_PORT", None)
-        env.pop("FEDLOOM_TOKEN", None)
-        env.update(extra)
-        return env
-
     def start(self, name: str, args: list[str], **env: str) -> Proc:
         log = self.dir / f"{name.replace(' ', '_')}.{len(self.started)}.log"
-        with open(log, "w") as f:
-            popen = subprocess.Popen(
-                [PYTHON, *args],
-                cwd=ROOT,
-                env=self.env(**env),
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = Proc.start(name, args, log, cwd=ROOT, **env)
         self.started.append(proc)
         return proc
 
