@@ -288,7 +288,7 @@ class Federation:
             self._restore(saved)
             peaks = stats["peaks"]
             top = sorted(peaks, key=lambda c: -peaks[c])[:3]
-            named = ", ".join(f"client {c} (max |x| {peaks[c]:.3g})" for c in top)
+            named = ", ".join(f"client {c} (|sum| {peaks[c]:.3g})" for c in top)
             reason = f"{e}; round rolled back; largest values from {named or 'no client'}"
             log.error("round %d: %s", rnd, reason)
             stats.update(rejected=stats["rejected"] + stats["accepted"], accepted=0, samples=0)
@@ -348,7 +348,9 @@ class Federation:
         before: torch.Tensor | None = None,
         peaks: dict[int, float] | None = None,
     ) -> str | None:
-        """Why ``u`` cannot be aggregated, or None. ``peaks`` gets its largest |value|."""
+        """Why ``u`` cannot be aggregated, or None. ``peaks`` gets the magnitude of its sum
+        (Inf when finite values overflow it): the one reduction the finite check pays, which
+        ranks the clients to name when an aggregate overflows."""
         if "error" in u.extras:  # refused by the backend (e.g. on arrival over the network)
             return str(u.extras["error"])
         p = u.params
@@ -360,8 +362,8 @@ class Federation:
             checked_metrics(u.metrics)
         except ValueError as e:
             return str(e)
-        peak = float(torch.linalg.vector_norm(p, math.inf)) if p.numel() else 0.0
-        if not math.isfinite(peak):  # one reduction; only a bad buffer pays the named scan
+        peak = abs(float(p.sum())) if p.numel() else 0.0
+        if not math.isfinite(peak):  # one reduction; only a bad or huge buffer pays the scan
             try:
                 check_finite_values(p, self.spec)
             except WireError as e:
