@@ -76,6 +76,7 @@ from torch import nn
 import fedloom
 from fedloom import ClassificationTask, FedAvg, Federation, ParamSpec, RoundPlan, TensorDataset
 from fedloom.runtime import AggregatorServer, RuntimeClient
+from fedloom.runtime.gate import identity_metadata
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.proto import fedloom_pb2_grpc as pb_grpc
 from fedloom.runtime.transport import DEFAULT_CHUNK, GRPC_OPTIONS, encode_chunks, join_chunks
@@ -232,8 +233,11 @@ class FedloomEnd:
         ).start()
         self.channel = grpc.insecure_channel(self.server.address, options=GRPC_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)
+        self.md = identity_metadata(TASK_ID, 0, "")  # every call names its client
         reply = self.stub.CheckIn(
-            pb.CheckInRequest(task_id=TASK_ID, client_id="0", num_samples=1), timeout=30
+            pb.CheckInRequest(task_id=TASK_ID, client_id="0", num_samples=1),
+            timeout=30,
+            metadata=self.md,
         )
         assert reply.accepted and reply.chunk_size == chunk_size, reply
         self.limit = spec.nbytes + (1 << 20)
@@ -267,7 +271,9 @@ class FedloomEnd:
     def download(self, check: bool) -> tuple[float, float, float]:
         """(total, stream+join, decode) seconds of the client's raw Download -> join -> decode."""
         t0 = time.perf_counter()
-        _, data = join_chunks(self.raw_download(self.request, timeout=120), self.limit)
+        _, data = join_chunks(
+            self.raw_download(self.request, timeout=120, metadata=self.md), self.limit
+        )
         t1 = time.perf_counter()
         got, _ = decode(data, self.spec, copy=False)
         t2 = time.perf_counter()
@@ -306,7 +312,8 @@ class FedloomEnd:
     def download_client_path(self) -> float:
         """Through protobuf messages on the generated stub (what a non-fedloom client does)."""
         t0 = time.perf_counter()
-        _, data = join_chunks(self.client._call(self.stub.Download, self.request), self.limit)
+        download = lambda r: self.stub.Download(r, metadata=self.md)  # noqa: E731
+        _, data = join_chunks(self.client._call(download, self.request), self.limit)
         decode(data, self.spec, copy=False)
         return time.perf_counter() - t0
 
@@ -327,7 +334,7 @@ class FedloomEnd:
             num_samples=1,
             metrics_json="{}",
         )
-        answer = self.raw_upload(chunks, timeout=120)
+        answer = self.raw_upload(chunks, timeout=120, metadata=self.md)
         t2 = time.perf_counter()
         if not answer.accepted:
             raise RuntimeError(f"upload refused: {answer.reason}")
