@@ -165,4 +165,4 @@ def register_temp_model() -> Iterator[Callable[[str, Callable], None]]:
 
     yield register
     for name in added:
-        MODELS._items.pop(name.lower(), None)
+        MODELS.unregister(name)

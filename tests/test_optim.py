@@ -39,6 +39,7 @@ IDS = [f"{ours.__name__}-{i}" for i, (ours, _, _) in enumerate(CASES)]
 def path(request, monkeypatch) -> str:
     """Both of fedloom.optim's paths: torch's undecorated methods (what runs while
     torch._dynamo is not imported) and torch's decorated ones (once it is, or compiling)."""
+    # private: which path runs depends on process-wide torch state; only this switch picks one
     monkeypatch.setattr(fo, "_torch_path", lambda: request.param == "torch")
     return request.param
 
@@ -187,6 +188,7 @@ def test_step_hooks_run_once_each(path) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # hooks torch's SGD.step
     assert getattr(torch.optim.SGD.step, "hooked", False)
 
+    # private _eager/_NoDynamoImport: how fedloom.optim makes its classes, applied to one more
     @fo._eager(torch.optim.SGD)  # a class made after torch's step got its profiling wrapper
     class Late(fo._NoDynamoImport, torch.optim.SGD):
         pass
@@ -209,7 +211,7 @@ def test_an_unknown_wrapper_gets_torchs_method() -> None:
         def zero_grad(self, set_to_none: bool = True) -> None:
             super().zero_grad(set_to_none)
 
-    @fo._eager(Plain)
+    @fo._eager(Plain)  # private: the unwrapping of torch's wrappers, on a class without them
     class Ours(fo._NoDynamoImport, Plain):
         pass
 

@@ -3,14 +3,15 @@ cluster) on the test set, weighted by the client's train label distribution."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
 import pytest
 import torch
-from conftest import NUM_CLASSES, make_tiny_task
+from conftest import NUM_CLASSES, make_tiny_task, tiny_dataset, tiny_mlp, tiny_parts
 
-from fedloom import FedAvg, Federation
+from fedloom import ClassificationTask, FedAvg, Federation
 from fedloom.algorithms import IFCA, Ditto, FedPer, KMeansClustered
 from fedloom.personal import per_class_accuracy, personalised_accuracy
 
@@ -93,10 +94,10 @@ def test_ditto_and_ifca_use_the_clients_own_models():
 
 
 def test_classes_missing_from_the_test_set_are_left_out():
-    task = make_tiny_task()
-    keep = task.dataset.test_y != 2
-    task._test_x, task._test_y = task._test_x[keep], task._test_y[keep]
-    task.dataset.test_x, task.dataset.test_y = task.dataset.test_x[keep], task.dataset.test_y[keep]
+    d = tiny_dataset()
+    keep = d.test_y != 2
+    d = dataclasses.replace(d, test_x=d.test_x[keep], test_y=d.test_y[keep])
+    task = ClassificationTask(tiny_mlp, d, tiny_parts(), lr=0.1, batch_size=4)
     fed = Federation(task, FedAvg(), rounds=1, seed=0)
     fed.run()
     assert bool(per_class_accuracy(task, fed.model).isnan()[2])

@@ -38,6 +38,10 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` if registered (e.g. a test's temporary entry)."""
+        self._items.pop(name.lower(), None)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name.lower()]

@@ -136,7 +136,7 @@ def test_stack_is_reused_across_rounds_and_grows():
     agg = CoordinateMedian()
     rows = [[float(i)] * 3 for i in range(11)]  # grows past the initial capacity twice
     assert aggregate(agg, rows).tolist() == [5.0] * 3
-    stack = agg._stack
+    stack = agg._stack  # private: storage reuse is a cost, no result shows it
     assert aggregate(agg, rows[:4]).tolist() == [1.5] * 3  # next round: same storage
     assert agg._stack is stack and agg.count == 4
     assert aggregate(agg, [[1.0, 2.0], [3.0, 4.0]]).tolist() == [2.0, 3.0]  # new shape

@@ -118,7 +118,7 @@ def test_arguments_registry_and_config():
     assert isinstance(s, KMeansClustered) and s.clusters == 3
     fed = Federation(make_tiny_task(), s, rounds=2, seed=0)
     fed.run_round(1)
-    buf = s._buf  # the round's updates: one (cohort x parameters) buffer, reused
+    buf = s._buf  # private: the reused (cohort x parameters) buffer; no result shows reuse
     assert buf is not None and buf.shape == (5, fed.spec.numel)
     fed.run_round(2)
     assert s._buf is buf

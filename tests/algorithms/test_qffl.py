@@ -101,7 +101,10 @@ def test_reported_loss_is_the_clients_mean_training_loss_at_the_global_model():
     task, rec = make_tiny_task(lr=0.05), Record()
     fed = Federation(task, QFFL(fraction=1.0), rounds=1, seed=0, callbacks=[rec])
     with torch.no_grad():
-        expected = [float(F.cross_entropy(fed.model(task._x[p]), task._y[p])) for p in task.parts]
+        expected = [
+            float(F.cross_entropy(fed.model(task.dataset.train_x[p]), task.dataset.train_y[p]))
+            for p in task.parts
+        ]
     fed.run()
     # float32 cross-entropy means of <= 24 samples, batched otherwise: <= 24 terms x ~5 ops
     # (log-softmax) x eps32 (6e-8) = 7e-6 relative
@@ -179,7 +182,10 @@ def test_larger_q_spreads_the_clients_losses_less(seed):
         with torch.no_grad():
             out.append(
                 torch.tensor(
-                    [F.cross_entropy(fed.model(task._x[p]), task._y[p]) for p in task.parts]
+                    [
+                        F.cross_entropy(fed.model(task.dataset.train_x[p]), task.dataset.train_y[p])
+                        for p in task.parts
+                    ]
                 )
             )
     assert out[1].var() < out[0].var() and out[1].max() < out[0].max()

@@ -88,6 +88,12 @@ def one_round(servers):
     return server, spec, params
 
 
+def restart_round(server, params) -> None:
+    server.distribute(1, RoundPlan([0]), params)
+    with stub_for(server.address) as stub:
+        pb_poll(stub)
+
+
 def pb_poll(stub):
     from fedloom.runtime.proto import fedloom_pb2 as pb
 
@@ -140,13 +146,13 @@ def test_bulk_upload_is_checked_and_counted_like_a_grpc_one(one_round):
     # too large: refused from the header, before any buffer is made or byte is read
     reply, _ = ask(server, request("upload", total_bytes=1 << 30, num_samples=3), b"")
     assert reply["ok"] and not reply["accepted"] and "limit" in reply["reason"]
-    server._results.clear()
+    restart_round(server, params)  # a refusal ends the client's round: hand it the round again
     reply, _ = ask(server, request("upload", total_bytes=len(bad), num_samples=3), bad)
     assert not reply["accepted"] and ("NaN" in reply["reason"] or "finite" in reply["reason"])
-    server._results.clear()
+    restart_round(server, params)
     reply, _ = ask(server, request("upload", total_bytes=len(good), num_samples=3), good)
     assert reply == {"ok": True, "accepted": True, "reason": ""}
-    update = server._results[0]
+    (update,) = server.collect()  # the round's one update, as the aggregation gets it
     assert update.num_samples == 3 and torch.equal(update.params, params + 1)
     reply, _ = ask(server, request("upload", total_bytes=len(good), num_samples=3), good)
     assert not reply["accepted"] and "duplicate" in reply["reason"]  # one update per round

@@ -120,6 +120,7 @@ def test_a_chunk_naming_another_client_is_refused(two_clients):
         poll_for_train(stub, 0)
         reply = stub.Upload(chunks, metadata=md, timeout=10)
     assert not reply.accepted and server.tally.total["malformed"] == 1
+    # private: no public view of a round's received updates short of collect(), which waits
     assert 1 not in server._results and 0 not in server._results
 
 
@@ -213,6 +214,7 @@ def test_async_share_limit_makes_a_greedy_client_wait(servers):
         for cid in range(4):
             check_in(stub, cid)
         server.publish(torch.zeros(spec.numel), 0)
+        # private: the share rule on a window set by hand; tests/adversarial drives it end to end
         server._recent.extend([0, 0, 0, 0, 1, 2, 3, 1])  # 4 members: a window of 8 updates
         assert not server._within_share(0)  # 4 of 8 = 2 x its fair share (2 of 8)
         assert server._within_share(1)

@@ -434,7 +434,7 @@ def test_a_client_handed_work_for_a_round_that_closed_carries_on(
             if state is RoundState.TRAIN and rnd == 2:
                 round2.set()
 
-    class LateDownload(RuntimeClient):
+    class LateDownload(RuntimeClient):  # overrides a private step: the only place to hold one
         def _train(self, ins):
             if ins.round == 1:
                 assert round2.wait(20)

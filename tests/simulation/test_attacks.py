@@ -123,7 +123,15 @@ def test_label_flip_flips_the_labels_of_attackers_only():
         for (x0, y0), (x1, y1) in zip(honest, got, strict=True):
             assert torch.equal(x0, x1)
             assert torch.equal(y1, 2 - y0 if cid == 1 else y0)  # 3 classes: y -> 2 - y
-    assert LabelFlip(num_classes=5).wrap(task, [0])._flip == (frozenset({0}), 5)
+    five = LabelFlip(num_classes=5).wrap(task, [0])  # flips over 5 classes: y -> 4 - y
+    for cid in (0, 1):
+        ctx = ClientContext(cid, 1, torch.Generator().manual_seed(0))
+        honest = [y for _, y in task.train_loader(cid, ctx)]
+        ctx = ClientContext(cid, 1, torch.Generator().manual_seed(0))
+        got = [y for _, y in five.train_loader(cid, ctx)]
+        assert torch.equal(
+            torch.cat(got), torch.cat(honest).neg().add(4) if cid == 0 else torch.cat(honest)
+        )
     with pytest.raises(ValueError, match="num_classes"):
         LabelFlip().wrap(object.__new__(type("NoData", (), {})), [0])  # type: ignore[arg-type]
     # the vectorised engine sees an overridden train_loader and falls back to sequential
@@ -169,7 +177,17 @@ def test_attack_config_round_trip_and_wiring(tmp_path):
     assert isinstance(exp.federation.backend, AttackedClients)
     assert exp.federation.backend.attackers == frozenset(attackers)
     flip = Experiment.from_config(None, run_overrides(tmp_path, **{"attack.kind": "label_flip"}))
-    assert flip.task._flip[0] == frozenset(choose_attackers(10, 0.2, 0))
+    flipped = set()  # the clients whose training labels are y -> 9 - y: the chosen attackers
+    for cid in range(10):
+        y = torch.cat(
+            [y for _, y in flip.task.train_loader(cid, ClientContext(cid, 1, torch.Generator()))]
+        )
+        own = flip.task.dataset.train_y[flip.task.parts[cid]]
+        if torch.equal(y.sort().values, (9 - own).sort().values):
+            flipped.add(cid)
+        else:
+            assert torch.equal(y.sort().values, own.sort().values)
+    assert flipped == set(choose_attackers(10, 0.2, 0)) != set()
     assert isinstance(flip.federation.backend, InProcessClients)
     with pytest.raises(ConfigError, match="simulated"):
         Experiment.from_config(None, over, backend=lambda cfg: None)

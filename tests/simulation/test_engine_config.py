@@ -4,6 +4,7 @@ errors for combinations that cannot run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,7 @@ from safetensors.torch import load_file
 import fedloom
 from fedloom import Experiment, TensorDataset
 from fedloom.cli import main
-from fedloom.config import load_config
 from fedloom.errors import ConfigError
-from fedloom.experiment import _check_engine
 from fedloom.simulation import ProcessPoolClients, VectorizedClients
 
 QUICK = {"output.figures": False, "output.tensorboard": False, "train.local_epochs": 1}
@@ -45,15 +44,33 @@ def test_the_pool_engine_from_the_cli_equals_the_sequential_run(tmp_path: Path) 
     assert torch.equal(saved, params)
 
 
+class Workers(fedloom.Callback):
+    """The pool's worker processes, as seen at the end of each round."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def on_round_end(self, fed, record) -> None:
+        self.seen += [p for p in fed.backend.processes if p not in self.seen]
+
+
 def test_the_pool_engine_is_closed_after_the_run(tmp_path: Path) -> None:
-    exp, _ = final_params(tmp_path, "pool", **{"simulation.engine": "pool"})
+    exp = Experiment.from_config(
+        None, run_overrides(tmp_path, "pool", **QUICK, **{"simulation.engine": "pool"})
+    )
+    workers = Workers()
+    exp.federation.callbacks.append(workers)
+    exp.run()
     backend = exp.federation.backend
     assert isinstance(backend, ProcessPoolClients) and backend.workers == 2
-    assert backend._closed and not any(p.is_alive() for p in backend._procs)
+    assert len(workers.seen) == 2 and all(p.pid for p in workers.seen)  # they did run
+    assert not any(p.is_alive() for p in workers.seen) and backend.processes == []
+    with pytest.raises(RuntimeError, match="closed"):  # and none are started again
+        backend.distribute(3, fedloom.RoundPlan([0]), exp.federation.params)
 
 
 @pytest.fixture
-def float64_mlp(register_temp_model, monkeypatch) -> dict[str, Any]:
+def float64_mlp(register_temp_model) -> Iterator[dict[str, Any]]:
     """Overrides that run the MNIST MLP in float64: the model and the data cast to double."""
     from fedloom.registry import DATASETS
 
@@ -64,8 +81,9 @@ def float64_mlp(register_temp_model, monkeypatch) -> dict[str, Any]:
         )
 
     register_temp_model("mlp_f64", lambda shape, n: fedloom.build_model("mlp", shape, n).double())
-    monkeypatch.setitem(DATASETS._items, "mnist5k_f64", mnist5k_f64)
-    return {"model.name": "mlp_f64", "data.dataset": "mnist5k_f64"}
+    DATASETS.register("mnist5k_f64", mnist5k_f64)
+    yield {"model.name": "mlp_f64", "data.dataset": "mnist5k_f64"}
+    DATASETS.unregister("mnist5k_f64")
 
 
 def test_the_vectorized_engine_trains_the_mlp_fused(
@@ -104,19 +122,21 @@ def test_engine_flags_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--processes must be >= 1" in capsys.readouterr().err
 
 
-def test_engines_that_the_config_cannot_run_are_refused(tmp_path: Path) -> None:
+def test_engines_that_the_config_cannot_run_are_refused(tmp_path: Path, monkeypatch) -> None:
     topology = {
         "nodes": [{"name": "root"}, {"name": "a", "clients": "0-9"}],
         "edges": [["a", "root"]],
     }
-    cfg = load_config({"simulation": {"engine": "pool"}, "topology": topology})
+    out = {"dir": tmp_path.as_posix(), "progress": False}
+    pool = {"simulation": {"engine": "pool"}, "output": out, "model": {"name": "logreg"}}
     with pytest.raises(ConfigError, match="a topology runs 'sequential'"):
-        _check_engine(cfg, distributed=False)
-    cfg = load_config({"simulation": {"engine": "vectorized"}, "train": {"state_memory_mb": 64}})
+        Experiment.from_config({**pool, "topology": topology})
+    vec = {**pool, "simulation": {"engine": "vectorized"}, "train": {"state_memory_mb": 64}}
     with pytest.raises(ConfigError, match="state_memory_mb is for 'sequential'"):
-        _check_engine(cfg, distributed=False)
-    cfg = load_config({"simulation": {"engine": "pool"}})
+        Experiment.from_config(vec)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, on rank 1
+    monkeypatch.setenv("RANK", "1")
     with pytest.raises(ConfigError, match="under torchrun"):
-        _check_engine(cfg, distributed=True)
+        Experiment.from_config(pool)
     with pytest.raises(ConfigError, match="simulation.engine"):
         fedloom.run(None, run_overrides(tmp_path, "x", **{"simulation.engine": "gpu"}))

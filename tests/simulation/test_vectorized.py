@@ -145,7 +145,7 @@ def test_collect_yields_per_client_views_in_plan_order() -> None:
     plan = RoundPlan([0, 2, 3, 5], {"local_epochs": 2})
     seq_updates, vec_updates = collect_both(lambda: make_task(batch_size=5), plan)
     assert [u.client_id for u, _ in vec_updates] == plan.clients
-    base = vec_updates[0][1]._base
+    base = vec_updates[0][1]._base  # torch's Tensor._base: views of one buffer, not copies
     for (s, sp), (v, vp) in zip(seq_updates, vec_updates):
         n = CLIENT_SIZES[v.client_id]
         assert v.num_samples == n and v.round == 2
@@ -319,7 +319,7 @@ def test_a_failing_batched_step_falls_back_for_the_round(
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    if path == "fused":
+    if path == "fused":  # private: break each engine's inner step; no public hook reaches it
         monkeypatch.setattr(backend._chain, "train", broken)
     else:
         monkeypatch.setattr(backend, "_step", broken)
@@ -459,7 +459,7 @@ def test_fused_chunks_fit_the_cache_on_a_cpu() -> None:
 
     fused, plain = VectorizedClients(big(), SEED), VectorizedClients(big(), SEED, fuse=False)
     assert fused.path == "fused" and plain.path == "vmap"
-    assert fused._chunk_size() == 1
+    assert fused._chunk_size() == 1  # private: the chunking is a memory bound, not a result
     assert plain._chunk_size() == int(512 * 2**20) // (3 * plain.spec.nbytes) > 1
 
 
@@ -494,7 +494,7 @@ def test_low_rank_and_dense_weights_agree(monkeypatch: pytest.MonkeyPatch) -> No
 
     task = make()
     dense = VectorizedClients(task, SEED)
-    assert dense._chain is not None
+    assert dense._chain is not None  # private: force the dense path, no option selects it
     dense._chain.lowrank = False
     seen.clear()  # the trial steps above ran low-rank
     vec_dense = run(task, dense, per_round=6, rounds=2)
