@@ -124,10 +124,14 @@ class ClientChannel:
                 )
                 yield
         except grpc.RpcError as e:
-            raise FedloomError(
-                f"client {self.client_id}: the aggregator at {self.server} answered "
-                f"{e.code().name}: {e.details()}"
-            ) from None
+            raise self._unmendable(e) from None
+
+    def _unmendable(self, e: grpc.RpcError) -> FedloomError:
+        """A gRPC status no retry mends, as one line naming the aggregator's answer."""
+        return FedloomError(
+            f"client {self.client_id}: the aggregator at {self.server} answered "
+            f"{e.code().name}: {e.details()}"
+        )
 
     def _next_instruction(self):
         """Poll until the aggregator hands out work (TRAIN) or says STOP."""
