@@ -108,6 +108,16 @@ from .wire import decode, encode
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``fedloom.connect`` (the own-loop client) imports the gRPC runtime on first use."""
+    if name == "connect":
+        from .runtime.ownloop import connect
+
+        return connect
+    raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+
+
 __all__ = [
     "IFCA",
     "DistributedClients",
@@ -204,4 +214,5 @@ __all__ = [
     "Node",
     "Topology",
     "analysis",
+    "connect",
 ]

@@ -1,7 +1,23 @@
 """The network runtime: an aggregator and data holders in separate processes, over gRPC."""
 
-from .client import RefusedError, RuntimeClient
+from .channel import ClientChannel, RefusedError, UnreachableError
+from .client import RuntimeClient
+from .local import LocalFederation
+from .ownloop import Connection, Job, JobError, connect
 from .security import TLSConfig
 from .server import AggregatorServer, QuorumError
 
-__all__ = ["AggregatorServer", "QuorumError", "RefusedError", "RuntimeClient", "TLSConfig"]
+__all__ = [
+    "AggregatorServer",
+    "ClientChannel",
+    "Connection",
+    "Job",
+    "JobError",
+    "LocalFederation",
+    "QuorumError",
+    "RefusedError",
+    "RuntimeClient",
+    "TLSConfig",
+    "UnreachableError",
+    "connect",
+]

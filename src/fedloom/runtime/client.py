@@ -4,54 +4,32 @@ The client trains with the simulation's own engine (:class:`InProcessClients`), 
 the run seed the aggregator sends at check-in, so a client's update is bit-identical to what
 the simulation computes for that client and round.
 
-Check-in retries with exponential backoff until the aggregator answers. While training, a
-heartbeat thread keeps the membership alive. If the aggregator restarts (``--resume``), the
-client sees "not checked in", checks in again and carries on.
+The transport (check-in with retries and backoff, polling, bulk or gRPC transfers, heartbeats
+while training, checking in again after an aggregator restart) is
+:class:`~fedloom.runtime.channel.ClientChannel`, shared with :func:`fedloom.connect`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from ..algorithms.base import RoundPlan
-from ..errors import FedloomError, WireError
+from ..errors import FedloomError
 from ..params import ParamSpec
 from ..simulation import InProcessClients
 from ..task import Task
 from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
-from . import bulk
-from .gate import identity_metadata
+from .channel import RETRYABLE, ClientChannel, RefusedError, UnreachableError, log
 from .proto import fedloom_pb2 as pb
-from .proto import fedloom_pb2_grpc as pb_grpc
-from .security import TLSConfig, channel_credentials, client_ssl_context
-from .transport import GRPC_OPTIONS, encode_chunks, join_chunks
+from .security import TLSConfig
 
-log = logging.getLogger("fedloom.client")
-
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the aggregator is busy: back off and try again
-}
+__all__ = ["RETRYABLE", "RefusedError", "RuntimeClient", "UnreachableError"]
 
 
-class RefusedError(FedloomError, PermissionError):
-    """The aggregator refused this client (unknown client, bad token, wrong task)."""
-
-
-class UnreachableError(FedloomError, ConnectionError):
-    """The aggregator did not answer for ``retry_for`` seconds (not running, wrong address)."""
-
-
-class RuntimeClient:
+class RuntimeClient(ClientChannel):
     """Runs one data holder until the aggregator says STOP.
 
     Args:
@@ -85,22 +63,20 @@ class RuntimeClient:
         engine: Any = None,
         num_samples: int | None = None,
     ):
-        self.task, self.server, self.client_id = task, server, int(client_id)
-        self.token, self.task_id, self.tls = token, task_id, tls
-        self.retry_for, self.backoff, self.on_round = retry_for, backoff, on_round
+        super().__init__(
+            server,
+            client_id,
+            token=token,
+            task_id=task_id,
+            tls=tls,
+            retry_for=retry_for,
+            backoff=backoff,
+            use_bulk=use_bulk,
+        )
+        self.task, self.on_round = task, on_round
         self.engine: Any = engine
         self.num_samples = num_samples
         self.rounds_done = 0
-        self.chunk_size = 1 << 20
-        self.use_bulk, self.bulk_port = use_bulk, 0
-        self.transfers = {"bulk": 0, "grpc": 0}
-        self._ssl = None if tls is None else client_ssl_context(tls)
-        self._recv = bytearray()  # reused for every download: no page faults per round
-        self._md = identity_metadata(task_id, self.client_id, token)  # sent with every call
-
-    # seconds between two logged retries of one call: the first is logged at once, then a
-    # line every so often rather than one per backoff step (tens a minute)
-    log_every = 5.0
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -108,82 +84,30 @@ class RuntimeClient:
 
         A gRPC status no retry can mend (the address is some other service, the aggregator
         failed) ends the run as a one-line :class:`FedloomError` naming it."""
-        try:
-            return self._run()
-        except grpc.RpcError as e:
-            raise FedloomError(
-                f"client {self.client_id}: the aggregator at {self.server} answered "
-                f"{e.code().name}: {e.details()}"
-            ) from None
-
-    def _run(self) -> int:
-        with self._channel() as channel:
-            self.stub = pb_grpc.AggregatorStub(channel)
-            # models move as raw serialised chunks: the data is copied once each way
-            self._download = channel.unary_stream(
-                "/fedloom.v1.Aggregator/Download",
-                request_serializer=pb.DownloadRequest.SerializeToString,
-                response_deserializer=None,
-            )
-            self._upload = channel.stream_unary(
-                "/fedloom.v1.Aggregator/Upload",
-                request_serializer=None,
-                response_deserializer=pb.UploadReply.FromString,
-            )
+        with self._connected():
             self._check_in()
             while True:
-                ins = self._call(self._poll_call, self._poll())
+                ins = self._next_instruction()
                 if ins.kind == pb.Instruction.STOP:
                     log.info(
                         "client %d: task finished after %d rounds", self.client_id, self.rounds_done
                     )
                     return self.rounds_done
-                if ins.kind == pb.Instruction.WAIT:
-                    time.sleep(ins.wait_s or 0.05)
-                    continue
                 self._train(ins)
 
     def _train(self, ins) -> None:
         assert self.engine is not None
-        request = pb.DownloadRequest(
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-        )
         limit = self.engine.spec.nbytes * (1 + MAX_EXTRAS) + (1 << 20)
-        try:
-            data = self._bulk_download(ins, limit)
-            if data is None:
-                _, data = self._call(
-                    lambda r: join_chunks(self._download(r, metadata=self._md), limit), request
-                )
-                self.transfers["grpc"] += 1
-        except (grpc.RpcError, bulk.BulkRefused) as e:
-            code = e.code if isinstance(e, bulk.BulkRefused) else e.code().name
-            if code != "FAILED_PRECONDITION":
-                raise
-            log.info(
-                "client %d: round %d closed before we started (%s); polling again",
-                self.client_id,
-                ins.round,
-                e.reason if isinstance(e, bulk.BulkRefused) else e.details(),
-            )
+        data = self._fetch(ins, limit)
+        if data is None:  # the round closed before we started
             return
         params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
         config = json.loads(ins.config_json or "{}")
         plan = RoundPlan([self.client_id], config, tensors)
         self.engine.distribute(ins.round, plan, params)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
-        beat.start()
         t0 = time.perf_counter()
-        try:
+        with self._heartbeats():
             update = next(self.engine.collect())
-        finally:
-            stop.set()
-            beat.join()
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
         meta = {"round": ins.round}
         if update.extras.get("tensors"):  # e.g. SCAFFOLD's control-variate change
@@ -191,9 +115,7 @@ class RuntimeClient:
             parts = (bundle, memoryview(b""))
         else:
             parts = encode_parts(update.params, self.engine.spec, meta)
-        reply = self._bulk_upload(ins, parts, update.num_samples, metrics)
-        if reply is None:
-            reply = self._grpc_upload(ins, b"".join(parts), update.num_samples, metrics)
+        reply = self._send(ins, parts, update.num_samples, metrics)
         if not reply.accepted:
             log.warning(
                 "client %d: round %d update refused: %s", self.client_id, ins.round, reply.reason
@@ -209,120 +131,13 @@ class RuntimeClient:
         if self.on_round:
             self.on_round(ins.round, metrics)
 
-    def _grpc_upload(self, ins, payload: bytes, num_samples: int, metrics: dict):
-        chunks = lambda: encode_chunks(  # noqa: E731 (rebuilt for each retry)
-            payload,
-            self.chunk_size,
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-            num_samples=num_samples,
-            metrics_json=json.dumps(metrics),
-        )
-        reply = self._call(lambda _: self._upload(chunks(), metadata=self._md), None)
-        self.transfers["grpc"] += 1
-        return reply
+    # -- check-in ----------------------------------------------------------------------------
+    def _announced_samples(self) -> int:
+        if self.num_samples is not None:
+            return self.num_samples
+        return self.task.num_samples(self.client_id)
 
-    # -- the bulk channel ------------------------------------------------------------------
-    def _bulk_header(self, op: str, ins, **more) -> dict:
-        return dict(
-            op=op,
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-            **more,
-        )
-
-    def _bulk_fail(self, what: str, e: Exception) -> None:
-        """Fall back to gRPC until the next check-in offers the bulk port again."""
-        log.info("client %d: bulk %s failed (%s); using gRPC", self.client_id, what, e)
-        self.bulk_port = 0
-
-    def _bulk_connect(self):
-        host = self.server.rsplit(":", 1)[0]
-        name = self.tls.server_name if self.tls else None
-        return bulk.connect(host, self.bulk_port, self._ssl, name, timeout=60)
-
-    def _bulk_download(self, ins, limit: int) -> memoryview | None:
-        """The model's bytes over the bulk port, or None to use gRPC instead."""
-        if not self.bulk_port:
-            return None
-        try:
-            with self._bulk_connect() as sock:
-                bulk.send_header(sock, self._bulk_header("download", ins))
-                head = bulk.answer(bulk.recv_header(sock))
-                total = int(head["total_bytes"])
-                if not 0 <= total <= limit:
-                    raise WireError(f"bulk download announces {total} bytes; limit {limit}")
-                if len(self._recv) != total:
-                    self._recv = bytearray(total)
-                view = memoryview(self._recv)
-                bulk.recv_into(sock, view)
-        except bulk.BulkRefused as e:
-            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
-                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
-            if e.code == "FAILED_PRECONDITION":
-                raise
-            self._bulk_fail("download", e)  # NOT_FOUND: gRPC checks in again
-            return None
-        except (OSError, WireError, KeyError, ValueError) as e:
-            self._bulk_fail("download", e)
-            return None
-        self.transfers["bulk"] += 1
-        return view
-
-    def _bulk_upload(self, ins, parts: tuple[bytes, memoryview], num_samples: int, metrics: dict):
-        """Send an update over the bulk port; its UploadReply, or None to use gRPC."""
-        if not self.bulk_port:
-            return None
-        header = self._bulk_header(
-            "upload",
-            ins,
-            num_samples=num_samples,
-            metrics_json=json.dumps(metrics),
-            total_bytes=len(parts[0]) + len(parts[1]),
-        )
-        try:
-            with self._bulk_connect() as sock:
-                bulk.send_header(sock, header)
-                head = bulk.answer(bulk.recv_header(sock))
-                if head.get("go"):
-                    for part in parts:  # header, then values from the tensor's own memory
-                        sock.sendall(part)
-                    head = bulk.answer(bulk.recv_header(sock))
-        except bulk.BulkRefused as e:
-            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
-                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
-            self._bulk_fail("upload", e)
-            return None
-        except (OSError, WireError) as e:
-            self._bulk_fail("upload", e)
-            return None
-        self.transfers["bulk"] += 1
-        return pb.UploadReply(accepted=bool(head.get("accepted")), reason=head.get("reason", ""))
-
-    # -- membership --------------------------------------------------------------------------
-    def _check_in(self) -> None:
-        request = pb.CheckInRequest(
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            num_samples=(
-                self.num_samples
-                if self.num_samples is not None
-                else self.task.num_samples(self.client_id)
-            ),
-        )
-        reply = self._retry(lambda: self.stub.CheckIn(request, metadata=self._md))
-        if not reply.accepted:
-            raise RefusedError(f"client {self.client_id}: check-in refused: {reply.reason}")
-        self.chunk_size = reply.chunk_size or self.chunk_size
-        self.bulk_port = reply.bulk_port if self.use_bulk else 0
-        self.heartbeat_s = reply.heartbeat_s or 5.0
+    def _on_check_in(self, reply, spec: ParamSpec) -> None:
         if self.engine is None:
             self.engine = InProcessClients(self.task, reply.seed)
         elif self.engine.seed != reply.seed:
@@ -332,98 +147,8 @@ class RuntimeClient:
                     f"from this node's {self.engine.seed}; run the same config on both sides"
                 )
             self.engine = InProcessClients(self.task, reply.seed)
-        server_spec = ParamSpec.from_json(json.loads(reply.spec_json))
-        if server_spec != self.engine.spec:
+        if spec != self.engine.spec:
             raise FedloomError(
-                f"client {self.client_id}: the aggregator's model spec ({server_spec}) differs "
+                f"client {self.client_id}: the aggregator's model spec ({spec}) differs "
                 f"from this task's model ({self.engine.spec}); run the same task on both sides"
             )
-        log.info("client %d checked in%s", self.client_id, " again" if reply.duplicate else "")
-
-    def _heartbeat(self, stop: threading.Event) -> None:
-        request = self._poll(busy=True)
-        while not stop.wait(self.heartbeat_s):
-            try:
-                self.stub.Poll(request, timeout=10, metadata=self._md)
-            except grpc.RpcError as e:
-                log.debug("client %d: heartbeat failed: %s", self.client_id, e.code())
-
-    def _poll_call(self, request):
-        return self.stub.Poll(request, timeout=30, metadata=self._md)
-
-    def _poll(self, busy: bool = False):
-        return pb.PollRequest(
-            task_id=self.task_id, client_id=str(self.client_id), token=self.token, busy=busy
-        )
-
-    # -- calls with retry --------------------------------------------------------------------
-    def _call(self, method, request):
-        """Call with retry; check in again if the aggregator no longer knows us (restart)."""
-        while True:
-            try:
-                return self._retry(lambda: method(request))
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND:
-                    log.info(
-                        "client %d: aggregator forgot us (restarted?); checking in", self.client_id
-                    )
-                    self._check_in()
-                    continue
-                raise
-
-    def _retry(self, fn):
-        """``fn()``, retried with backoff while the aggregator is unavailable; each retry is
-        logged (rate-limited by ``log_every``) and giving up after ``retry_for`` seconds is
-        one :class:`UnreachableError` line naming the address and the last status."""
-        delay, cap = self.backoff
-        start = time.monotonic()
-        logged = -math.inf
-        while True:
-            try:
-                result = fn()
-                if hasattr(result, "__next__"):  # server stream: pull it now, inside the retry
-                    result = list(result)
-                return result
-            except grpc.RpcError as e:
-                code = e.code()
-                if code in (
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                ):
-                    raise RefusedError(f"client {self.client_id}: {e.details()}") from None
-                if code not in RETRYABLE:
-                    raise
-                now = time.monotonic()
-                if now - start > self.retry_for:
-                    raise UnreachableError(
-                        f"client {self.client_id}: no aggregator at {self.server} after "
-                        f"{now - start:.0f} s of retries (runtime.retry_for = {self.retry_for:g}); "
-                        f"last status {code.name}: {e.details()}"
-                    ) from None
-                if now - logged >= self.log_every:
-                    logged = now
-                    log.warning(
-                        "client %d: aggregator at %s unavailable (%s: %s); retrying for up to "
-                        "%.0f s more",
-                        self.client_id,
-                        self.server,
-                        code.name,
-                        e.details(),
-                        self.retry_for - (now - start),
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, cap)
-
-    def _channel(self) -> grpc.Channel:
-        options = [
-            *GRPC_OPTIONS,  # reconnect quickly after an aggregator restart
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
-        if self.tls is None:
-            return grpc.insecure_channel(self.server, options=options)
-        if self.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return grpc.secure_channel(self.server, channel_credentials(self.tls), options=options)
