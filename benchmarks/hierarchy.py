@@ -32,8 +32,9 @@ import torch
 from common import mnist_root, print_headlines, write_results
 
 import fedloom
+from fedloom.federation.node_metrics import NodeMetrics
+from fedloom.simulation.hierarchy import HierarchicalClients
 from fedloom.topology.graph import Node, Topology
-from fedloom.topology.hierarchy import HierarchicalClients, NodeMetrics
 
 NUM_CLIENTS, NUM_EDGES, ALPHA = 100, 5, 0.5
 MB = 1e6

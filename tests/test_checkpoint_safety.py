@@ -234,7 +234,7 @@ def test_demo_server_and_start_take_overwrite(tmp_path, capsys, monkeypatch) -> 
     for argv in (["server", str(config)], ["start", str(config), "--role", "server"]):
         assert main(argv) == 2  # refused before a port is opened
         assert "already holds a run" in one_line_error(capsys)
-    from fedloom.runtime import roles
+    from fedloom.deploy import roles
 
     seen: list[bool] = []
 

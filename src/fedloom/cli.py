@@ -217,14 +217,14 @@ def _run(source, overrides: list[str], resume: bool, overwrite: bool, progress: 
 
 
 def _runtime(args: argparse.Namespace) -> int:
-    from .runtime import launch, roles
+    from .deploy import launch, roles
 
     if args.command == "launch":
         if args.nproc is None:
             return launch.launch_topology(args.target, args.args)
         return launch.launch(args.nproc, args.target, args.args, master_port=args.master_port)
     if args.command == "node":
-        from .topology.relay import run_node
+        from .deploy.relay import run_node
 
         run_node(args.config, list(args.overrides), name=args.name)
         return 0

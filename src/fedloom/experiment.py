@@ -31,6 +31,7 @@ from .data.base import TensorDataset
 from .errors import ConfigError
 from .federation import Federation, RunResult, load_checkpoint
 from .federation.async_loop import AsyncFederation
+from .federation.node_metrics import NodeMetrics
 from .federation.recorder import CHECKPOINT, RunRecorder
 from .federation.rundir import check_params, check_resumable, check_run_dir
 from .models import build_model
@@ -40,10 +41,11 @@ from .seeding import derive_seed, seed_torch
 from .simulation.attacks import ATTACKS, AttackedClients, LabelFlip, choose_attackers
 from .simulation.distributed import DistributedClients, in_distributed_env
 from .simulation.engine import InProcessClients
+from .simulation.hierarchy import HierarchicalClients
 from .simulation.pool import ProcessPoolClients
 from .simulation.vectorized import VectorizedClients
 from .task import Task
-from .topology import HierarchicalClients, NodeMetrics, Topology
+from .topology import Topology
 
 log = logging.getLogger("fedloom")
 
@@ -297,7 +299,7 @@ class Experiment:
         backend: Any = None,
     ) -> Experiment:
         """Build the run a config describes. ``backend(cfg, task)``, when given, makes what replaces
-        the in-process simulation (e.g. :func:`fedloom.runtime.roles.aggregator` over gRPC).
+        the in-process simulation (e.g. :func:`fedloom.deploy.roles.aggregator` over gRPC).
 
         The run directory is checked first, before any data is loaded: a fresh run refuses
         an earlier run's results unless ``overwrite``; ``resume`` verifies the checkpoint and

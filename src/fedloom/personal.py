@@ -19,14 +19,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .classification import ClassificationTask
+from .params import ParamSpec
 
-if TYPE_CHECKING:
-    from .federation import Federation
+
+class Federated(Protocol):
+    """What :func:`personalised_accuracy` reads of a :class:`~fedloom.federation.Federation`
+    (its model, flat parameters and spec, strategy, and the backend's client states).
+
+    A protocol rather than the class itself: this module sits below the round loop, which it
+    only reads."""
+
+    model: torch.nn.Module
+    params: torch.Tensor
+    spec: ParamSpec
+    strategy: Any
+    backend: Any
 
 
 @torch.no_grad()
@@ -47,7 +59,7 @@ def per_class_accuracy(task: ClassificationTask, model: torch.nn.Module) -> torc
 
 
 def personalised_accuracy(
-    task: ClassificationTask, fed: Federation, clients: Iterable[int] | None = None
+    task: ClassificationTask, fed: Federated, clients: Iterable[int] | None = None
 ) -> dict[str, Any]:
     """Each client's own model on the test set, weighted by its train label distribution.
 

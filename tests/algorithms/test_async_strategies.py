@@ -11,9 +11,9 @@ import torch
 
 import fedloom
 from fedloom.algorithms import FedAsync, FedBuff, staleness_weight
+from fedloom.deploy.roles import aggregator
 from fedloom.experiment import Experiment
 from fedloom.runtime import RuntimeClient
-from fedloom.runtime.roles import aggregator
 
 
 def upd(values, version=0, n=10):

@@ -92,7 +92,7 @@ def test_a_launched_topology_runs_the_custom_task_and_matches_the_simulation(
     tmp_path, procs, at_root
 ):
     """A root, one relay (``fedloom node``) and its 2 clients, started from one config."""
-    from fedloom.runtime.launch import free_port
+    from fedloom.deploy.launch import free_port
 
     cfg = regression_config(tmp_path / "net", "relayed")
     root, edge = (f"127.0.0.1:{free_port()}" for _ in range(2))

@@ -120,7 +120,7 @@ def test_config_strategies_over_the_network_equal_the_simulation(
     tmp_path, servers, client_threads, strategy
 ):
     from fedloom import Experiment
-    from fedloom.runtime.roles import aggregator, run_client
+    from fedloom.deploy.roles import aggregator, run_client
 
     from .conftest import base_config, run_dir, saved_params, simulate, with_changes
 

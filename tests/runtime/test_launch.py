@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedloom import ConfigError
-from fedloom.runtime.launch import command_for
-from fedloom.runtime.roles import Role, role_from_env
+from fedloom.deploy.launch import command_for
+from fedloom.deploy.roles import Role, role_from_env
 
 from .conftest import base_config, kill_pids, pids_with_arg, read_metrics, run_dir, with_changes
 

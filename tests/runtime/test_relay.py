@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from fedloom import Experiment
+from fedloom.deploy.launch import free_port
+from fedloom.deploy.relay import run_node
 from fedloom.errors import ConfigError
-from fedloom.runtime.launch import free_port
-from fedloom.topology.relay import run_node
 from fedloom.wire import decode
 
 

@@ -16,11 +16,12 @@ from conftest import make_tiny_task
 from fedloom import Callback, Experiment, FedAvg, Federation, ParamSpec, RoundState, encode
 from fedloom.algorithms.base import RoundPlan
 from fedloom.config import RuntimeConfig
+from fedloom.deploy.roles import aggregator
 from fedloom.params import TensorSpec
 from fedloom.runtime import AggregatorServer, QuorumError, RefusedError, RuntimeClient, TLSConfig
 from fedloom.runtime.client import UnreachableError
 from fedloom.runtime.proto import fedloom_pb2 as pb
-from fedloom.runtime.roles import aggregator, client_tls
+from fedloom.runtime.security import client_tls
 from fedloom.runtime.transport import iter_chunks
 
 from .conftest import (

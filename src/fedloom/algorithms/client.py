@@ -113,6 +113,12 @@ class ClientAlgorithm:
 _built: dict[str, ClientAlgorithm] = {}
 
 
+def local_epochs(config: dict[str, Any], cid: int, default: int) -> int:
+    """Epochs ``cid`` runs this round: a straggler's own count, else the round's."""
+    own = config.get("client_epochs", {}).get(str(cid))
+    return int(own if own is not None else config.get("local_epochs", default))
+
+
 def client_algorithm(config: dict[str, Any]) -> ClientAlgorithm | None:
     """The client part a round config names, or None (built once per distinct config)."""
     spec = config.get("algorithm")

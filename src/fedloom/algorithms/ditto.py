@@ -31,7 +31,7 @@ from torch import nn
 from ..aggregation import Aggregator
 from ..registry import register_strategy
 from ..task import Task
-from .client import ClientAlgorithm, LocalRun, register_client_algorithm
+from .client import ClientAlgorithm, LocalRun, local_epochs, register_client_algorithm
 from .fedavg import FedAvg
 
 KEY = "ditto"
@@ -57,8 +57,6 @@ class DittoPersonal(ClientAlgorithm):
         self._scratch: torch.Tensor | None = None
 
     def end(self, run: LocalRun) -> None:
-        from ..simulation.engine import local_epochs  # the engine imports this package
-
         ctx, task = run.ctx, run.task
         epochs = self.personal_epochs or local_epochs(ctx.config, ctx.client_id, task.local_epochs)
         saved = self._scratch

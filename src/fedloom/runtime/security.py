@@ -9,8 +9,11 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,35 @@ def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 def _path(path: str, what: str) -> str:
     _read(path, what)  # the same clear error for a missing file
     return path
+
+
+# -- from a config's [runtime] section ---------------------------------------------------------
+# ``rt`` is :class:`fedloom.config.RuntimeConfig`, read by attribute: the runtime sits below
+# the config layer and imports nothing from it.
+def _tls_files(rt: Any, *keys: str) -> None:
+    """The TLS files this side reads must exist. Checked per role, not in the config: one
+    config serves both sides and a client machine need not hold the server's key."""
+    for key in keys:
+        path = getattr(rt, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"runtime.{key}: no such file {path}")
+
+
+def server_tls(rt: Any) -> TLSConfig | None:
+    """The aggregator's TLS from ``runtime.tls_cert``/``tls_key``/``tls_client_ca``, or None."""
+    if not (rt.tls_cert or rt.tls_key):
+        if rt.tls_client_ca:
+            raise ConfigError("runtime.tls_client_ca needs runtime.tls_cert and runtime.tls_key")
+        return None
+    if not (rt.tls_cert and rt.tls_key):
+        raise ConfigError("runtime.tls_cert and runtime.tls_key go together on the aggregator")
+    _tls_files(rt, "tls_cert", "tls_key", "tls_client_ca")
+    return TLSConfig(cert=rt.tls_cert, key=rt.tls_key, client_ca=rt.tls_client_ca)
+
+
+def client_tls(rt: Any) -> TLSConfig | None:
+    """A client's TLS from ``runtime.tls_ca`` (+ ``tls_cert``/``tls_key``), or None."""
+    if not rt.tls_ca:
+        return None
+    _tls_files(rt, "tls_ca", "tls_cert", "tls_key")
+    return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)

@@ -1,4 +1,5 @@
-"""Simulation engines: in this process, vectorised, in worker processes, across torchrun ranks."""
+"""Simulation engines: in this process, vectorised, in worker processes, across torchrun ranks;
+the hierarchical simulation (clients -> edge aggregators -> root) over a topology."""
 
 from .attacks import (
     ATTACKS,
@@ -11,6 +12,7 @@ from .attacks import (
 )
 from .distributed import DistributedClients, in_distributed_env
 from .engine import InProcessClients
+from .hierarchy import ROUND_STRIDE, HierarchicalClients
 from .pool import ProcessPoolClients
 from .states import ClientStates
 from .vectorized import VectorizedClients
@@ -20,9 +22,11 @@ __all__ = [
     "AttackedClients",
     "ClientStates",
     "DistributedClients",
+    "HierarchicalClients",
     "InProcessClients",
     "LabelFlip",
     "ProcessPoolClients",
+    "ROUND_STRIDE",
     "ScaledNoise",
     "SignFlip",
     "UpdateAttack",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
-from ..algorithms.client import LocalRun, client_algorithm, federated_parameters
+from ..algorithms.client import LocalRun, client_algorithm, federated_parameters, local_epochs
 from ..errors import ClientError
 from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -27,12 +27,6 @@ from .states import ClientStates
 # client must not interleave with another thread doing the same (clients run as threads in
 # tests and embedded deployments); uncontended, the lock costs well under a microsecond
 MODEL_INIT_LOCK = threading.RLock()
-
-
-def local_epochs(config: dict[str, Any], cid: int, default: int) -> int:
-    """Epochs ``cid`` runs this round: a straggler's own count, else the round's."""
-    own = config.get("client_epochs", {}).get(str(cid))
-    return int(own if own is not None else config.get("local_epochs", default))
 
 
 class InProcessClients:

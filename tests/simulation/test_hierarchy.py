@@ -12,8 +12,9 @@ from conftest import make_tiny_task, tiny_dataset, tiny_mlp, tiny_parts
 
 from fedloom import ClassificationTask, FedAvg, FedAvgM, Federation, FedProx
 from fedloom.federation import Callback, load_checkpoint, save_checkpoint
+from fedloom.federation.node_metrics import NodeMetrics
+from fedloom.simulation.hierarchy import ROUND_STRIDE, HierarchicalClients
 from fedloom.topology.graph import Node, Topology
-from fedloom.topology.hierarchy import ROUND_STRIDE, HierarchicalClients, NodeMetrics
 
 
 def tree(spec: dict[str, Any], parent: str | None = None, topo: Topology | None = None):

@@ -12,19 +12,21 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..algorithms.asynchronous import AsyncStrategy
-from ..config import Config, RuntimeConfig
+from ..config import Config, RuntimeConfig, load_config
 from ..errors import ConfigError
+from ..experiment import Experiment, build_strategy, load_task
 from ..federation import RunResult
 from ..registry import STRATEGIES
-from .client import RuntimeClient
-from .security import TLSConfig
-from .server import AggregatorServer
+from ..runtime.client import RuntimeClient
+from ..runtime.security import client_tls, server_tls
+from ..runtime.server import AggregatorServer
+from ..simulation.engine import MODEL_INIT_LOCK
+from ..topology import Topology
 
 log = logging.getLogger("fedloom")
 
@@ -52,33 +54,6 @@ def role_from_env(env: dict[str, str] | None = None) -> Role | None:
     return Role("client", f"{host}:{port}", rank - 1)
 
 
-def _tls_files(rt: RuntimeConfig, *keys: str) -> None:
-    """The TLS files this side reads must exist. Checked per role, not in the config: one
-    config serves both sides and a client machine need not hold the server's key."""
-    for key in keys:
-        path = getattr(rt, key)
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"runtime.{key}: no such file {path}")
-
-
-def server_tls(rt: RuntimeConfig) -> TLSConfig | None:
-    if not (rt.tls_cert or rt.tls_key):
-        if rt.tls_client_ca:
-            raise ConfigError("runtime.tls_client_ca needs runtime.tls_cert and runtime.tls_key")
-        return None
-    if not (rt.tls_cert and rt.tls_key):
-        raise ConfigError("runtime.tls_cert and runtime.tls_key go together on the aggregator")
-    _tls_files(rt, "tls_cert", "tls_key", "tls_client_ca")
-    return TLSConfig(cert=rt.tls_cert, key=rt.tls_key, client_ca=rt.tls_client_ca)
-
-
-def client_tls(rt: RuntimeConfig) -> TLSConfig | None:
-    if not rt.tls_ca:
-        return None
-    _tls_files(rt, "tls_ca", "tls_cert", "tls_key")
-    return TLSConfig(ca=rt.tls_ca, cert=rt.tls_cert, key=rt.tls_key, server_name=rt.tls_server_name)
-
-
 def check_tokens(cfg: Config, num_clients: int) -> None:
     """Fail closed: a token table must cover every client of the run (and, in a topology,
     every relay, by name), with ids written as canonical integers; else a ConfigError."""
@@ -87,8 +62,6 @@ def check_tokens(cfg: Config, num_clients: int) -> None:
         return
     names: set[str] = set()
     if cfg.topology is not None:
-        from ..topology import Topology
-
         topology = Topology.from_config(cfg.topology)
         names = set(topology.nodes) - set(topology.roots())
     ids = {str(i) for i in range(num_clients)}
@@ -141,8 +114,6 @@ def aggregator(address: str | None = None):
         where, wait_for = address or rt.address, rt.min_clients
         keys = [str(i) for i in range(task.num_clients)]
         if cfg.topology is not None:  # the root of a hierarchy: its clients are its relays
-            from ..topology import Topology
-
             topology = Topology.from_config(cfg.topology)
             topology.validate(network=True)
             root = topology.roots()[0]
@@ -178,8 +149,6 @@ def run_server(
     linger: float = 2.0,
 ) -> RunResult:
     """Run the aggregator for a config until the run ends; clients are told to stop."""
-    from ..experiment import Experiment
-
     exp = Experiment.from_config(
         source,
         overrides,
@@ -207,15 +176,10 @@ def run_client(
     token: str | None = None,
 ) -> int:
     """Run one data holder for a config until the aggregator says STOP."""
-    from ..config import load_config
-    from ..experiment import build_strategy, load_task
-
     cfg = load_config(source, list(overrides))
     task = load_task(cfg)
     prepare = getattr(build_strategy(cfg), "prepare", None)
     if prepare is not None:  # the task as the aggregator sees it (e.g. FedPer's personal head)
-        from ..simulation.engine import MODEL_INIT_LOCK
-
         with MODEL_INIT_LOCK, torch.random.fork_rng(devices=[]):  # leaves the seeded RNG alone
             model = task.build_model()
         prepare(task, model, cfg.seed)

@@ -12,58 +12,33 @@ node loop (:meth:`HierarchicalClients._run_node`) with the server in place of th
 engine, so sampling, client seeds and aggregation are those of the simulation and a network
 run gives the simulation's parameters bit for bit. A relay may also serve relays (any depth):
 its child relays get its rounds numbered ``g + j * ROUND_STRIDE`` and keep the root's ``g``.
+
+Reading the config and wiring the node is composition (this package); the relay's engine,
+:class:`~fedloom.runtime.relay.EdgeLoop`, is runtime.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import torch
-
-from ..algorithms.base import RoundPlan
+from ..config import load_config
 from ..errors import ConfigError
+from ..experiment import hierarchy, load_task
 from ..params import flatten_module
-from ..update import ClientUpdate
-from .graph import Topology
-from .hierarchy import ROUND_STRIDE
+from ..runtime.client import RuntimeClient
+from ..runtime.relay import EdgeLoop
+from ..runtime.security import client_tls
+from ..runtime.server import AggregatorServer
+from ..topology import Topology
+from .roles import check_tokens, server_options
 
 log = logging.getLogger("fedloom.relay")
 
 
-class EdgeLoop:
-    """The engine a relay's :class:`RuntimeClient` trains with: one call, the edge's rounds."""
-
-    def __init__(self, hierarchy: Any, name: str, client_id: int):
-        self.hierarchy, self.name, self.client_id = hierarchy, name, client_id
-        self.seed = hierarchy.seed
-        self.spec = hierarchy.engine.spec
-        self._round, self._params = -1, None
-
-    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        # a parent relay numbers its rounds g + j * ROUND_STRIDE; g is the root's round
-        g = round % ROUND_STRIDE
-        if g != self._round:  # node rounds count from 0 in every round of the root
-            self.hierarchy._runs = {}
-        self._round, self._params = g, global_params
-
-    def collect(self) -> Iterator[ClientUpdate]:
-        assert self._params is not None, "distribute first"
-        update = self.hierarchy._run_node(self.name, self._params, self._round)
-        update.client_id = self.client_id
-        yield update
-
-
 def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
     """Run the relay ``name`` of a config's ``[topology]`` until its parent says STOP."""
-    from ..config import load_config
-    from ..experiment import hierarchy, load_task
-    from ..runtime.client import RuntimeClient
-    from ..runtime.roles import check_tokens, client_tls, server_options
-    from ..runtime.server import AggregatorServer
-
     cfg = load_config(source, list(overrides))
     if cfg.topology is None:
         raise ConfigError("fedloom node: the config has no [topology] section")

@@ -17,7 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import load_config
 from ..errors import ConfigError
+from ..experiment import import_factory
+from ..topology import Topology
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,9 +52,6 @@ def launch(
     if not Path(target).is_file():
         raise ConfigError(f"{target}: no such file")
     if not target.endswith(".py"):  # one error line now, not one from every process
-        from ..config import load_config
-        from ..experiment import import_factory
-
         cfg = load_config(target, _overrides(args))
         if cfg.task is not None:
             import_factory(cfg.task)
@@ -79,16 +79,11 @@ def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.
     """Start a config's whole ``[topology]`` here: the root (``fedloom server``), every relay
     (``fedloom node``) and every client under a relay (``fedloom client``), at the addresses
     the topology gives; logs prefixed by role, all ended together as :func:`launch` does."""
-    from ..config import load_config
-    from ..topology import Topology
-
     if not Path(config).is_file():
         raise ConfigError(f"{config}: no such file")
     overrides = list(args)  # --set K=V pairs, passed on to every process
     cfg = load_config(config, _overrides(args))
     if cfg.task is not None:  # one error line now, not one from every process
-        from ..experiment import import_factory
-
         import_factory(cfg.task)
     if cfg.topology is None:
         raise ConfigError(f"{config} has no [topology]: give --nproc (1 aggregator + clients)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +33,12 @@ import torch
 from ..algorithms.base import RoundPlan, Strategy
 from ..algorithms.fedavg import FedAvg
 from ..errors import CheckpointError
-from ..federation.loop import Callback, Federation
 from ..seeding import derive_seed
-from ..simulation.engine import InProcessClients
 from ..task import Task
+from ..topology.graph import Topology
 from ..update import ClientUpdate
 from ..wire import encode
-from .graph import Topology
+from .engine import InProcessClients
 
 # A client trains at most once per edge round; its j-th training within global round g (its
 # edge's j-th round in g) gets round id g + j * ROUND_STRIDE. With j = 0 that is g itself,
@@ -96,9 +95,9 @@ class HierarchicalClients:
 
     Per node and global round, :attr:`node_metrics` holds the rounds it ran, the client
     trainings in its subtree, its last round's train loss, the bytes on its own links and
-    its seconds; :class:`NodeMetrics` copies them into each round's record. Each edge's
-    update carries its own in ``metrics`` too (``loss``, ``client_updates``,
-    ``edge_rounds``, ``trained_samples``, ``link_bytes``, ``seconds``).
+    its seconds; :class:`~fedloom.federation.node_metrics.NodeMetrics` copies them into each
+    round's record. Each edge's update carries its own in ``metrics`` too (``loss``,
+    ``client_updates``, ``edge_rounds``, ``trained_samples``, ``link_bytes``, ``seconds``).
 
     Args:
         task: the user's task.
@@ -319,30 +318,6 @@ class HierarchicalClients:
             f"HierarchicalClients(root={self.root!r}, nodes={len(self._children)}, "
             f"flat={self.flat})"
         )
-
-
-class NodeMetrics(Callback):
-    """Copies the hierarchy's per-node metrics into each round's record as ``nodes``.
-
-    Put it before the run directory's recorder in ``callbacks`` so ``metrics.jsonl`` keeps
-    them (the record is the dict the recorder writes; callbacks run in order).
-    """
-
-    def __init__(self, names: Sequence[str] | None = None) -> None:
-        self.names = list(names) if names is not None else None  # the root's children, by id
-        self._seen: dict[str, dict[str, Any]] = {}
-
-    def on_update(self, fed: Federation, update: ClientUpdate, error: str | None) -> None:
-        """Over the network the relays' metrics arrive with their updates: keep them."""
-        if self.names is not None and error is None and update.client_id < len(self.names):
-            self._seen[self.names[update.client_id]] = dict(update.metrics)
-
-    def on_round_end(self, fed: Federation, record: dict[str, Any]) -> None:
-        nodes = getattr(fed.backend, "node_metrics", None)
-        if nodes:
-            record["nodes"] = {name: dict(m) for name, m in nodes.items()}
-        elif self._seen:
-            record["nodes"], self._seen = self._seen, {}
 
 
 # -- helpers ---------------------------------------------------------------------------------
