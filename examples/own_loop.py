@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fedloom
-from fedloom.runtime import LocalFederation, TLSConfig
+from fedloom import LocalFederation
+from fedloom.runtime import TLSConfig
 
 
 def make_model() -> nn.Module:

@@ -110,11 +110,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``fedloom.connect`` (the own-loop client) imports the gRPC runtime on first use."""
+    """``fedloom.connect`` (the own-loop client) and ``fedloom.LocalFederation`` (the same loop
+    in-process) import the gRPC runtime on first use."""
     if name == "connect":
         from .runtime.ownloop import connect
 
         return connect
+    if name == "LocalFederation":
+        from .deploy.local import LocalFederation
+
+        return LocalFederation
     raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
 
 
@@ -215,4 +220,5 @@ __all__ = [
     "Topology",
     "analysis",
     "connect",
+    "LocalFederation",
 ]

@@ -14,7 +14,8 @@ from torch import nn
 
 import fedloom
 from examples.own_loop import client_data, make_model, train
-from fedloom.runtime import AggregatorServer, JobError, LocalFederation, RefusedError
+from fedloom import LocalFederation
+from fedloom.runtime import AggregatorServer, JobError, RefusedError
 
 from .conftest import (
     base_config,

@@ -6,6 +6,8 @@ how each is built and launched.
                ``client``, ``start``)
     launch.py  ``fedloom launch``: an aggregator and clients, or a whole topology, as processes
     relay.py   ``fedloom node``: one relay of a config's ``[topology]``
+    local.py   :class:`LocalFederation`: the own-loop API's ``jobs()`` in this process, over the
+               round loop (``fedloom.LocalFederation``)
 
 Why a package of its own, at the top: every piece here reads a :class:`~fedloom.config.Config`
 and builds through :mod:`fedloom.experiment` (the task, the strategy, the hierarchy), so it

@@ -2,7 +2,6 @@
 
 from .channel import ClientChannel, RefusedError, UnreachableError
 from .client import RuntimeClient
-from .local import LocalFederation
 from .ownloop import Connection, Job, JobError, connect
 from .security import TLSConfig
 from .server import AggregatorServer, QuorumError
@@ -13,7 +12,6 @@ __all__ = [
     "Connection",
     "Job",
     "JobError",
-    "LocalFederation",
     "QuorumError",
     "RefusedError",
     "RuntimeClient",

@@ -20,7 +20,7 @@ what the user uploads (same spec, finite values, ``num_samples >= 1`` and within
 announced, finite numeric metrics) before a byte is sent.
 
 The same loop runs against the in-process simulation with
-:class:`~fedloom.runtime.local.LocalFederation`, whose ``jobs()`` yields the jobs of every
+:class:`~fedloom.deploy.local.LocalFederation`, whose ``jobs()`` yields the jobs of every
 sampled client in turn.
 """
 
@@ -36,10 +36,10 @@ import grpc
 import torch
 from torch import nn
 
+from ..algorithms.client import local_epochs
 from ..errors import FedloomError
 from ..params import ParamSpec
 from ..seeding import derive_seed
-from ..simulation.engine import local_epochs
 from ..update import checked_metrics
 from ..wire import MAX_EXTRAS, check_finite_values, decode_bundle, encode_bundle, encode_parts
 from .channel import ClientChannel, log

@@ -13,7 +13,7 @@ aggregation as the network aggregator hands it. A loop written against
             ...
             job.upload(model, num_samples=len(y))
 
-    train(fedloom.runtime.LocalFederation.from_config("run.toml"))   # in this process
+    train(fedloom.LocalFederation.from_config("run.toml"))           # in this process
     with fedloom.connect(address, client_id=3, num_samples=n) as fl:  # as data holder 3
         train(fl)
 
@@ -21,6 +21,10 @@ The round loop runs in a background thread that waits while the user's loop trai
 client at a time), so the same seed gives the same model every time, and a loop that does
 what the built-in engine does gives the simulation's model bit for bit. Synchronous
 strategies only (``fedasync``/``fedbuff`` run over the network).
+
+Composition, not runtime: it runs the round loop (:mod:`fedloom.federation`) and builds
+from a config through :mod:`fedloom.experiment`; of the runtime it takes only the
+:class:`~fedloom.runtime.Job` its loop is handed.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ from torch import nn
 
 from ..algorithms.base import RoundPlan, Strategy
 from ..errors import ConfigError, FedloomError
+from ..experiment import Experiment
 from ..federation import Federation, RunResult
+from ..federation.async_loop import AsyncFederation
+from ..runtime.ownloop import Job
 from ..seeding import derive_seed
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
-from .ownloop import Job
 
 log = logging.getLogger("fedloom.client")
 
@@ -170,9 +176,6 @@ class LocalFederation:
         """The run a config describes (``fedloom.Experiment.from_config`` with this backend:
         the config's task gives the model, client counts and evaluation; ``kwargs`` such as
         ``overwrite`` and ``resume`` are passed on)."""
-        from ..experiment import Experiment
-        from ..federation.async_loop import AsyncFederation
-
         self = cls.__new__(cls)
         made: list[_Handoff] = []
 
