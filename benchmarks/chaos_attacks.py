@@ -92,11 +92,14 @@ class Outcome:
 
     @property
     def label(self) -> str:
-        """``accepted``, ``duplicate`` or ``refused:<code>`` / ``error:<what>``: for tallies."""
+        """``accepted``, ``duplicate``, ``stale`` (its round closed meanwhile) or
+        ``refused:<code>`` / ``error:<what>``: for tallies."""
         if self.kind == "accepted":
             return "accepted"
         if self.reason.startswith("duplicate"):
             return "duplicate"
+        if "stale round/version" in self.reason:
+            return "stale"
         return f"{self.kind}:{self.code or self.reason[:40]}"
 
 

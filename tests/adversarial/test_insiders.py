@@ -120,7 +120,8 @@ def test_a_hostile_insider_is_refused_counted_and_the_model_stays_finite(tmp_pat
         peak = vm_hwm_mib(server.popen.pid)
         assert flood["accepted"] == 1, flood
         assert sum(flood.values()) == N_GRPC + N_BULK, flood
-        assert set(flood) <= {"accepted", "duplicate", "refused:RESOURCE_EXHAUSTED"}, flood
+        # "stale": on a loaded machine round 1 may close (the other clients done) mid-flood
+        assert set(flood) <= {"accepted", "duplicate", "stale", "refused:RESOURCE_EXHAUSTED"}, flood
         max_update_bytes = spec.nbytes * 3 + (1 << 20)  # the server's default room
         bound = baseline + MAX_CONCURRENT_UPLOADS * max_update_bytes / 2**20 + SLACK_MIB
         assert peak <= bound, f"server peak {peak:.0f} MiB > {bound:.0f} (base {baseline:.0f})"
@@ -173,7 +174,8 @@ def test_a_hostile_insider_is_refused_counted_and_the_model_stays_finite(tmp_pat
     refused = refused_total(metrics)
     assert refused["bad_samples"] == 3 and refused["bad_id"] == 3, refused
     assert refused["malformed"] == 5, refused  # 4 bulk headers, the "٣" in a message body
-    assert refused["duplicate"] + refused["too_many_calls"] == N_GRPC + N_BULK - 1, refused
+    late = flood.get("stale", 0)  # refused as stale, not counted as refusals of a kind
+    assert refused["duplicate"] + refused["too_many_calls"] == N_GRPC + N_BULK - 1 - late, refused
     out = server.output()
     for line in (
         "refused (bad_samples): client 3: num_samples 4611686018427387904 is not in [1, 10000",
