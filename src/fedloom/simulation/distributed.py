@@ -59,7 +59,8 @@ class DistributedClients:
         self.engine = InProcessClients(task, seed, state_memory_mb=state_memory_mb)
         self.task, self.seed, self.max_rows = task, seed, max(1, max_rows)
         self.device = self.engine.flat.device
-        if not dist.is_initialized():
+        self._owns_group = not dist.is_initialized()
+        if self._owns_group:
             dist.init_process_group(backend or ("nccl" if self.device.type == "cuda" else "gloo"))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._plan = RoundPlan([])
@@ -69,6 +70,13 @@ class DistributedClients:
     @property
     def spec(self):
         return self.engine.spec
+
+    def close(self) -> None:
+        """Leave the process group this engine made, together with the other ranks: a group
+        left to the interpreter's exit can abort a rank whose gloo threads are still up."""
+        if self._owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     def owner(self, cid: int) -> int:
         return cid % self.world
