@@ -72,10 +72,10 @@ class DistributedClients:
         return self.engine.spec
 
     def close(self) -> None:
-        """Leave the process group this engine made, together with the other ranks: a group
-        left to the interpreter's exit can abort a rank whose gloo threads are still up."""
+        """Leave the process group this engine made: a group left to the interpreter's exit
+        can abort a rank whose gloo threads are still up. Local, no collective: after a
+        failure on one rank the others may be inside a collective that never completes."""
         if self._owns_group and dist.is_initialized():
-            dist.barrier()
             dist.destroy_process_group()
 
     def owner(self, cid: int) -> int:
