@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -568,3 +572,43 @@ def test_forward_hooks_keep_to_the_vmap_step(caplog: pytest.LogCaptureFixture) -
     assert vec.backend.path == "vmap"  # type: ignore[attr-defined]
     assert any("module 3 has forward hooks" in r.message for r in caplog.records)
     assert_same_run(seq, vec)
+
+
+def test_a_fused_run_does_not_import_dynamo(tmp_path: Path) -> None:
+    """The fused step is checked against autograd alone: the vmap step, whose first ``grad``
+    transform imports torch._dynamo (~0.9 s of a short run's start-up), is never built."""
+    config = {
+        "name": "fused",
+        "rounds": 1,
+        "data": {"dataset": "mnist5k", "num_clients": 6, "partition": "iid"},
+        "model": {"name": "mlp"},
+        "train": {"local_epochs": 1, "batch_size": 50},
+        "strategy": {"clients_per_round": 3},
+        "simulation": {"engine": "vectorized"},
+        "output": {
+            "dir": (tmp_path / "runs").as_posix(),
+            "progress": False,
+            "figures": False,
+            "tensorboard": False,
+        },
+    }
+    code = f"""
+import sys
+import fedloom
+from fedloom.simulation import VectorizedClients
+paths = []
+init = VectorizedClients.__init__
+def spy(self, *a, **k):
+    init(self, *a, **k)
+    paths.append(self.path)
+VectorizedClients.__init__ = spy
+result = fedloom.run({config!r})
+assert result.history[-1]["clients"] == 3, result.history
+print("paths", paths, "dynamo", "torch._dynamo" in sys.modules)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "paths ['fused'] dynamo False" in proc.stdout, proc.stdout + proc.stderr

@@ -42,6 +42,12 @@ of zero can go the other way, and from then on the models differ by more than ro
 4e-4 at most after 12 rounds of the MNIST MLP, where the sequential engine on one and on two
 BLAS threads differs by 4e-6 (one such flip). ``fuse=False`` keeps to the ``vmap`` step.
 
+Set-up: the fused step is checked on its own against autograd's SGD (``torch.fx`` tracing and
+two trial steps, ~10 ms for the MLP); the ``vmap`` step is built and checked only for models
+the fused step does not take, because the first ``torch.func`` gradient of a process imports
+``torch._dynamo`` (~0.9 s on 2 cores; built always, it made a whole 10-round MNIST MLP run
+1.36x as long as with the sequential engine).
+
 Anything this cannot reproduce exactly falls back to the sequential engine, with a warning
 saying why: a task that is not a plain :class:`~fedloom.ClassificationTask`, an optimizer that
 is not momentum-free SGD, personal layers or kept optimizer state, BatchNorm or any buffer that
@@ -62,7 +68,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call
 
 from .. import optim
 from ..algorithms.base import RoundPlan
@@ -331,6 +337,24 @@ class VectorizedClients:
         ]
         trained = set(self._trained)
         self._fixed = [i for i in range(len(self.spec.entries)) if i not in trained]
+        if self.fuse:  # checked against autograd's SGD itself: the vmap step is never built
+            self._chain = self._fused_chain(x, y)
+            if self._chain is not None:
+                return None
+        return self._vmap_trial(x, y, expected)
+
+    def _vmap_trial(
+        self, x: torch.Tensor, y: torch.Tensor, expected: dict[str, torch.Tensor]
+    ) -> str | None:
+        """Build the ``vmap``-ed steps; why not, if a trial call raises or disagrees with
+        autograd's gradients ``expected`` on the batch ``x, y``.
+
+        Only for models the fused step does not take: the first ``grad`` transform of a
+        process imports ``torch._dynamo`` (~0.9 s on 2 cores: torch.func enters its
+        ``compiled_autograd`` context around every ``autograd.grad`` call it makes).
+        """
+        from torch.func import grad_and_value, vmap
+
         # per-client parameters; fixed tensors (buffers, frozen) are the same for every client
         self._step: StepFn = vmap(grad_and_value(self._loss), in_dims=(0, None, 0, 0, 0))
         # the first step, where every client still holds the global model: shared parameters
@@ -354,8 +378,6 @@ class VectorizedClients:
                 if not torch.allclose(g, expected[name], rtol=_TRIAL_RTOL, atol=_TRIAL_ATOL):
                     err = float((g - expected[name]).abs().max())
                     return f"the vmap-ed gradient of {name} differs from autograd's ({err:.3g})"
-        if self.fuse:
-            self._chain = self._fused_chain(x, y)
         return None
 
     def _fused_chain(self, x: torch.Tensor, y: torch.Tensor) -> LinearChain | None:
