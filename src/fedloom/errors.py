@@ -42,3 +42,44 @@ class QuorumError(FedloomError, RuntimeError):
 
 class RunDirError(FedloomError, FileExistsError):
     """A run directory that already holds an earlier run's results (see ``--overwrite``)."""
+
+
+class ClientStateError(FedloomError, TypeError):
+    """A client's state that can not be spilled to disk and read back safely."""
+
+
+class NotifyError(FedloomError, RuntimeError):
+    """A notification could not be delivered (network error, HTTP error, API refusal)."""
+
+
+class TopologyError(ConfigError):
+    """An invalid topology. ``problems`` lists each one, naming the nodes involved."""
+
+    SHOWN = 10  # a 1,000-node tree with one mistake repeated should not print 1,000 lines
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        more = len(problems) - self.SHOWN
+        tail = [f"... and {more} more"] if more > 0 else []
+        super().__init__("invalid topology: " + "; ".join(problems[: self.SHOWN] + tail))
+
+
+class RefusedError(FedloomError, PermissionError):
+    """The aggregator refused this client (unknown client, bad token, wrong task)."""
+
+
+class UnreachableError(FedloomError, ConnectionError):
+    """The aggregator did not answer for ``retry_for`` seconds (not running, wrong address)."""
+
+
+class JobError(FedloomError, ValueError):
+    """What the user's loop handed a job does not fit (model spec, values, sample count,
+    metrics), or the job was used twice; nothing was sent."""
+
+
+class BulkRefused(FedloomError, RuntimeError):
+    """The aggregator answered a bulk request with a refusal (``code`` is a gRPC status name)."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason

@@ -13,14 +13,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ..errors import FedloomError
+from ..errors import NotifyError
 
 log = logging.getLogger("fedloom")
 TELEGRAM_MAX_TEXT = 4096  # Bot API limit on sendMessage text
-
-
-class NotifyError(FedloomError, RuntimeError):
-    """A notification could not be delivered (network error, HTTP error, API refusal)."""
 
 
 class Notifier(Protocol):

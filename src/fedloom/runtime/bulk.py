@@ -29,20 +29,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import WireError
+from ..errors import BulkRefused, WireError
 
 log = logging.getLogger("fedloom.bulk")
 
 HEADER_MAX = 64 << 10
 _LEN = struct.Struct(">I")
-
-
-class BulkRefused(Exception):
-    """The aggregator answered a bulk request with a refusal (``code`` is a gRPC status name)."""
-
-    def __init__(self, code: str, reason: str):
-        super().__init__(f"{code}: {reason}")
-        self.code, self.reason = code, reason
 
 
 def send_header(sock: socket.socket, header: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from ..errors import FedloomError, WireError
+from ..errors import FedloomError, RefusedError, UnreachableError, WireError
 from ..params import ParamSpec
 from . import bulk
 from .gate import identity_metadata
@@ -40,14 +40,6 @@ RETRYABLE = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,  # the aggregator is busy: back off and try again
 }
-
-
-class RefusedError(FedloomError, PermissionError):
-    """The aggregator refused this client (unknown client, bad token, wrong task)."""
-
-
-class UnreachableError(FedloomError, ConnectionError):
-    """The aggregator did not answer for ``retry_for`` seconds (not running, wrong address)."""
 
 
 class ClientChannel:

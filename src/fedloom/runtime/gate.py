@@ -26,13 +26,15 @@ from typing import Any
 
 import grpc
 
+from ..errors import FedloomError
+
 log = logging.getLogger("fedloom.server")
 
 TASK_KEY, CLIENT_KEY, TOKEN_KEY = "fedloom-task", "fedloom-client", "fedloom-token"
 _CANONICAL = re.compile(r"(0|[1-9][0-9]{0,17})")  # ASCII digits only: no " 3 ", no "٣"
 
 
-class Refused(Exception):
+class Refused(FedloomError):
     """A request the aggregator turns down; gRPC calls abort with ``code``."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, kind: str = "refused"):

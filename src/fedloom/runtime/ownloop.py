@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..algorithms.client import local_epochs
-from ..errors import FedloomError
+from ..errors import FedloomError, JobError
 from ..params import ParamSpec
 from ..seeding import derive_seed
 from ..update import checked_metrics
@@ -47,11 +47,6 @@ from .proto import fedloom_pb2 as pb
 from .security import TLSConfig
 
 __all__ = ["Connection", "Job", "JobError", "connect"]
-
-
-class JobError(FedloomError, ValueError):
-    """What the user's loop handed a job does not fit (model spec, values, sample count,
-    metrics), or the job was used twice; nothing was sent."""
 
 
 def model_tensors(

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FedloomError
+from ..errors import ClientStateError
 
 MB = 1024 * 1024
 
@@ -66,10 +66,6 @@ def _remove_dir(path: Path, owner: int) -> None:
     process-pool worker) inherits the finalizer and must not delete its parent's files."""
     if os.getpid() == owner:
         shutil.rmtree(path, ignore_errors=True)
-
-
-class ClientStateError(FedloomError, TypeError):
-    """A client's state that can not be spilled to disk and read back safely."""
 
 
 def state_bytes(obj: Any) -> int:

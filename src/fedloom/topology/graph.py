@@ -18,21 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import TopologyError
 
 NODE_KEYS = ("name", "address", "clients")
-
-
-class TopologyError(ConfigError):
-    """An invalid topology. ``problems`` lists each one, naming the nodes involved."""
-
-    SHOWN = 10  # a 1,000-node tree with one mistake repeated should not print 1,000 lines
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        more = len(problems) - self.SHOWN
-        tail = [f"... and {more} more"] if more > 0 else []
-        super().__init__("invalid topology: " + "; ".join(problems[: self.SHOWN] + tail))
 
 
 @dataclass(frozen=True)
