@@ -74,7 +74,7 @@ def personalised_accuracy(
     if not ids:
         raise ValueError("personalised_accuracy: no clients to evaluate")
     states = fed.backend.state_dict().get("clients", {})
-    own = getattr(fed.strategy, "client_model", None)
+    own = fed.strategy.client_model
     fed_names = set(fed.spec.names)
     heads = {
         n: t
@@ -90,7 +90,7 @@ def personalised_accuracy(
     try:
         for cid in ids:
             state = states.get(str(cid), {})
-            flat = own(cid, state) if own is not None else None
+            flat = own(cid, state)
             head = state.get("personal") if heads else None
             if head is not None:  # a head of its own: nothing to share with other clients
                 key: Any = None

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..task import Task
 from ..update import ClientUpdate
 
 
@@ -47,7 +49,28 @@ class Stateful:
         return f"{type(self).__name__}({args})"
 
 
-class Strategy(Stateful, ABC):
+class ModelHooks:
+    """Hooks a strategy may override; the defaults do nothing, so callers need not probe.
+
+    ``prepare(task, model, seed)`` gets the freshly built model before it is flattened
+    (FedPer names the task's personal layers; IFCA and clustered FL make their cluster
+    models). ``client_model(cid, state)`` is the flat model client ``cid`` ends with (a
+    cluster's model, Ditto's personal one), or None for the global model."""
+
+    def prepare(self, task: Task, model: nn.Module, seed: int) -> None:
+        del task, model, seed
+
+    def client_model(self, cid: int, state: dict[str, Any]) -> torch.Tensor | None:
+        del cid, state
+        return None
+
+    @property
+    def prepares_model(self) -> bool:
+        """Whether this strategy overrides :meth:`prepare` (then it shapes the model)."""
+        return type(self).prepare is not ModelHooks.prepare
+
+
+class Strategy(Stateful, ModelHooks, ABC):
     """Base class of every strategy.
 
     Args:

@@ -178,11 +178,11 @@ def run_client(
     """Run one data holder for a config until the aggregator says STOP."""
     cfg = load_config(source, list(overrides))
     task = load_task(cfg)
-    prepare = getattr(build_strategy(cfg), "prepare", None)
-    if prepare is not None:  # the task as the aggregator sees it (e.g. FedPer's personal head)
+    strategy = build_strategy(cfg)
+    if strategy.prepares_model:  # the task as the aggregator sees it (e.g. FedPer's head)
         with MODEL_INIT_LOCK, torch.random.fork_rng(devices=[]):  # leaves the seeded RNG alone
             model = task.build_model()
-        prepare(task, model, cfg.seed)
+        strategy.prepare(task, model, cfg.seed)
     if not 0 <= client_id < task.num_clients:
         raise ConfigError(
             f"client id {client_id} is not one of the task's "

@@ -150,9 +150,7 @@ class Federation:
         self.callbacks = list(callbacks)
         seed_torch(derive_seed(seed, "init"))
         self.model = task.build_model()
-        prepare = getattr(strategy, "prepare", None)
-        if prepare is not None:  # FedPer names the task's personal layers; IFCA makes k models
-            prepare(task, self.model, seed)
+        strategy.prepare(task, self.model, seed)  # FedPer's personal layers, IFCA's k models
         self.spec: ParamSpec
         self.spec, self.params = flatten_module(self.model, task.personal_layers)
         if backend is None:

@@ -413,7 +413,7 @@ def _strategies(
             s = spec(name)
         if not isinstance(s, Strategy):
             raise ValueError(f"node {name!r}: edge strategy must be a Strategy, got {s!r}")
-        if hasattr(s, "prepare"):
+        if s.prepares_model:
             raise ValueError(
                 f"node {name!r}: {type(s).__name__} prepares the model and runs only at the root"
             )
