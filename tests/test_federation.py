@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +18,6 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import CLIENT_SIZES, make_tiny_task, run_overrides, tiny_dataset, tiny_mlp
-from torch import nn
 
 import fedloom
 from fedloom import (
@@ -30,11 +30,13 @@ from fedloom import (
     Federation,
     RoundPlan,
     RoundState,
-    Task,
     load_checkpoint,
     save_checkpoint,
 )
 from fedloom.observe import read_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "algorithms"))
+from quadratic import QuadraticTask  # noqa: E402 (the hand-workable one-weight task)
 
 NUM_CLIENTS = len(CLIENT_SIZES)
 
@@ -114,37 +116,6 @@ def test_round_states_in_order() -> None:
     assert result.rounds == 2 and rec.errors == []
 
 
-class LineTask(Task):
-    """One float64 weight, full-batch steps on mean(0.5 (w x - y)^2): a round by hand."""
-
-    def __init__(self, data: list[list[tuple[float, float]]], lr: float, w0: float) -> None:
-        self.data = [torch.tensor(pts, dtype=torch.float64) for pts in data]
-        self.lr, self.w0, self.local_epochs = lr, w0, 1
-
-    def build_model(self) -> nn.Module:
-        m = nn.Linear(1, 1, bias=False, dtype=torch.float64)
-        with torch.no_grad():
-            m.weight.fill_(self.w0)
-        return m
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.data)
-
-    def num_samples(self, client_id: int) -> int:
-        return len(self.data[client_id])
-
-    def train_loader(self, client_id, ctx):
-        yield self.data[client_id][:, :1], self.data[client_id][:, 1:]
-
-    def train_step(self, model, batch, ctx):
-        x, y = batch
-        return 0.5 * ((model(x) - y) ** 2).mean()
-
-    def evaluate(self, model):
-        return {"w": float(model.weight.detach())}
-
-
 LINE = [[(1.0, 2.0), (2.0, 1.0)], [(1.0, -1.0)], [(3.0, 3.0), (1.0, 0.0), (2.0, 2.0)]]
 
 
@@ -152,7 +123,7 @@ def test_round_records_match_rounds_worked_by_hand() -> None:
     """Each client takes one SGD step from the global w; its loss is read before the step;
     FedAvg weights by samples. The record holds those numbers, not merely some numbers."""
     lr, w = 0.1, 0.5
-    result = Federation(LineTask(LINE, lr, w), FedAvg(fraction=1.0), rounds=2, seed=0).run()
+    result = Federation(QuadraticTask(LINE, lr, w), FedAvg(fraction=1.0), rounds=2, seed=0).run()
     n = [len(pts) for pts in LINE]
     message = len(
         safetensors.torch.save(
