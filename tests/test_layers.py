@@ -34,8 +34,10 @@ LAYERS: list[tuple[str, set[str]]] = [
             "personal",
         },
     ),
-    ("strategies", {"algorithms", "aggregation"}),
-    ("engines", {"simulation", "runtime", "topology", "observe"}),
+    # strategies.py and aggregators.py are the user-facing namespaces of these two packages
+    ("strategies", {"algorithms", "aggregation", "strategies", "aggregators"}),
+    # engines.py is the user-facing namespace of the simulation engines
+    ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),
     ("composition", {"experiment", "config", "cli", "deploy", "__init__", "__main__"}),
 ]

@@ -1,224 +1,185 @@
 """fedloom: federated learning on PyTorch.
 
 The same :class:`Task` runs as a fast, deterministic in-process simulation and (with the
-network runtime) as a real deployment. Everything a user needs is importable from here.
+network runtime) as a real deployment. The top level holds the few names the README teaches;
+the rest live in namespaces: :mod:`fedloom.strategies`, :mod:`fedloom.aggregators`,
+:mod:`fedloom.engines`, :mod:`fedloom.runtime`, :mod:`fedloom.data`, :mod:`fedloom.models`,
+:mod:`fedloom.optim`, :mod:`fedloom.errors`. Every name published here before stays
+importable from ``fedloom`` (looked up lazily in its namespace), so old code keeps working.
 """
 
-from . import models, optim
-from .aggregation import (
-    Aggregator,
-    CoordinateMedian,
-    ElasticAggregator,
-    Krum,
-    MultiKrum,
-    TrimmedMean,
-    WeightedMean,
-)
-from .algorithms import (
-    IFCA,
-    QFFL,
-    AsyncStrategy,
-    ClientAlgorithm,
-    Ditto,
-    FedAdagrad,
-    FedAdam,
-    FedAsync,
-    FedAvg,
-    FedAvgM,
-    FedBuff,
-    FedDyn,
-    FedNova,
-    FedPer,
-    FedProx,
-    FedYogi,
-    KMeansClustered,
-    LocalRun,
-    RoundPlan,
-    Scaffold,
-    Strategy,
-    register_client_algorithm,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .classification import ClassificationTask
 from .config import Config, load_config
-from .data import (
-    IID,
-    Dirichlet,
-    Natural,
-    Partitioner,
-    PowerLaw,
-    Shards,
-    TensorDataset,
-    load_fashion_mnist,
-    load_femnist,
-    load_mnist,
-    load_mnist5k,
-    load_synthetic,
-    partition_report,
-)
-from .errors import (
-    CheckpointError,
-    ClientError,
-    ConfigError,
-    DatasetError,
-    FedloomError,
-    RunDirError,
-    WireError,
-)
+from .data import load_mnist5k
+from .errors import FedloomError
 from .experiment import Experiment, run
-from .federation import (
-    Callback,
-    Federation,
-    RoundState,
-    RunResult,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .federation.async_loop import AsyncFederation
-from .federation.recorder import RunRecorder
-from .models import build_model
-from .params import ParamSpec, flatten_module
-from .personal import personalised_accuracy
-from .registry import (
-    AGGREGATORS,
-    DATASETS,
-    MODELS,
-    PARTITIONERS,
-    STRATEGIES,
-    register_aggregator,
-    register_dataset,
-    register_model,
-    register_partitioner,
-    register_strategy,
-)
-from .seeding import derive_seed
-from .simulation import (
-    AttackedClients,
-    DistributedClients,
-    InProcessClients,
-    LabelFlip,
-    ProcessPoolClients,
-    ScaledNoise,
-    SignFlip,
-    VectorizedClients,
-)
+from .federation import Federation, RunResult
+from .models import build_model, register_model
+from .strategies import FedAvg, RoundPlan, Strategy
 from .task import ClientContext, Task
-from .topology import Node, Topology, analysis
+from .topology import Node, Topology
 from .update import ClientUpdate
-from .wire import decode, encode
+
+if TYPE_CHECKING:  # imported on first use: both pull in the gRPC runtime
+    from .deploy.local import LocalFederation
+    from .runtime import connect
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    """``fedloom.connect`` (the own-loop client) and ``fedloom.LocalFederation`` (the same loop
-    in-process) import the gRPC runtime on first use."""
-    if name == "connect":
-        from .runtime.ownloop import connect
-
-        return connect
-    if name == "LocalFederation":
-        from .deploy.local import LocalFederation
-
-        return LocalFederation
-    raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
-
-
 __all__ = [
-    "IFCA",
-    "DistributedClients",
-    "QFFL",
-    "ClientAlgorithm",
-    "CoordinateMedian",
-    "Ditto",
-    "FedAdagrad",
-    "FedAdam",
-    "FedAvgM",
-    "FedDyn",
-    "FedNova",
-    "FedPer",
-    "FedProx",
-    "FedYogi",
-    "KMeansClustered",
-    "Krum",
-    "LocalRun",
-    "MultiKrum",
-    "Scaffold",
-    "TrimmedMean",
-    "personalised_accuracy",
-    "register_client_algorithm",
-    "ProcessPoolClients",
-    "VectorizedClients",
-    "AsyncFederation",
-    "AsyncStrategy",
-    "FedAsync",
-    "FedBuff",
-    "DATASETS",
-    "IID",
-    "MODELS",
-    "PARTITIONERS",
-    "STRATEGIES",
-    "AGGREGATORS",
-    "Aggregator",
-    "Callback",
-    "CheckpointError",
     "ClassificationTask",
     "ClientContext",
-    "ClientError",
     "ClientUpdate",
     "Config",
-    "ConfigError",
-    "DatasetError",
-    "Dirichlet",
     "Experiment",
     "FedAvg",
     "Federation",
     "FedloomError",
-    "InProcessClients",
-    "Natural",
-    "ParamSpec",
-    "Partitioner",
-    "PowerLaw",
+    "LocalFederation",
+    "Node",
     "RoundPlan",
-    "RoundState",
-    "RunDirError",
-    "RunRecorder",
     "RunResult",
-    "Shards",
     "Strategy",
     "Task",
-    "TensorDataset",
-    "WeightedMean",
-    "WireError",
+    "Topology",
     "build_model",
-    "decode",
-    "derive_seed",
-    "encode",
-    "flatten_module",
-    "load_checkpoint",
+    "connect",
     "load_config",
-    "load_fashion_mnist",
-    "load_femnist",
-    "load_mnist",
     "load_mnist5k",
-    "load_synthetic",
+    "register_model",
+    "run",
+]
+
+# the namespaces, imported on first attribute access (``fedloom.strategies.FedProx``)
+NAMESPACES = (
+    "aggregators",
+    "data",
+    "engines",
+    "errors",
     "models",
     "optim",
-    "partition_report",
-    "register_dataset",
-    "register_model",
-    "register_partitioner",
-    "register_strategy",
-    "register_aggregator",
-    "run",
-    "save_checkpoint",
-    "AttackedClients",
-    "ElasticAggregator",
-    "LabelFlip",
-    "ScaledNoise",
-    "SignFlip",
-    "Node",
-    "Topology",
-    "analysis",
-    "connect",
-    "LocalFederation",
-]
+    "runtime",
+    "strategies",
+)
+
+# published names outside the top level: name -> the module that owns it now
+_ELSEWHERE: dict[str, str] = {
+    "connect": "runtime",
+    "LocalFederation": "deploy.local",
+    **dict.fromkeys(
+        [
+            "IFCA",
+            "QFFL",
+            "STRATEGIES",
+            "AsyncStrategy",
+            "ClientAlgorithm",
+            "Ditto",
+            "FedAdagrad",
+            "FedAdam",
+            "FedAsync",
+            "FedAvgM",
+            "FedBuff",
+            "FedDyn",
+            "FedNova",
+            "FedPer",
+            "FedProx",
+            "FedYogi",
+            "KMeansClustered",
+            "LocalRun",
+            "Scaffold",
+            "register_client_algorithm",
+            "register_strategy",
+        ],
+        "strategies",
+    ),
+    **dict.fromkeys(
+        [
+            "AGGREGATORS",
+            "Aggregator",
+            "CoordinateMedian",
+            "ElasticAggregator",
+            "Krum",
+            "MultiKrum",
+            "TrimmedMean",
+            "WeightedMean",
+            "register_aggregator",
+        ],
+        "aggregators",
+    ),
+    **dict.fromkeys(
+        [
+            "AttackedClients",
+            "DistributedClients",
+            "InProcessClients",
+            "LabelFlip",
+            "ProcessPoolClients",
+            "ScaledNoise",
+            "SignFlip",
+            "VectorizedClients",
+        ],
+        "engines",
+    ),
+    **dict.fromkeys(
+        [
+            "DATASETS",
+            "IID",
+            "PARTITIONERS",
+            "Dirichlet",
+            "Natural",
+            "Partitioner",
+            "PowerLaw",
+            "Shards",
+            "TensorDataset",
+            "load_fashion_mnist",
+            "load_femnist",
+            "load_mnist",
+            "load_synthetic",
+            "partition_report",
+            "register_dataset",
+            "register_partitioner",
+        ],
+        "data",
+    ),
+    **dict.fromkeys(
+        ["CheckpointError", "ClientError", "ConfigError", "DatasetError", "RunDirError"],
+        "errors",
+    ),
+    "WireError": "errors",
+    **dict.fromkeys(["Callback", "RoundState", "load_checkpoint", "save_checkpoint"], "federation"),
+    "AsyncFederation": "federation.async_loop",
+    "RunRecorder": "federation.recorder",
+    "MODELS": "models",
+    "ParamSpec": "params",
+    "flatten_module": "params",
+    "decode": "wire",
+    "encode": "wire",
+    "derive_seed": "seeding",
+    "personalised_accuracy": "personal",
+    "analysis": "topology",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A namespace module, or a published name from the module that owns it, on first use.
+
+    Lazy so that ``import fedloom`` stays light (``connect`` and ``LocalFederation`` import
+    gRPC) and so that names moved off the top level keep working without crowding it.
+    """
+    if name in NAMESPACES:
+        value: Any = importlib.import_module(f".{name}", __name__)
+    elif name in _ELSEWHERE:
+        value = getattr(importlib.import_module(f".{_ELSEWHERE[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The top level and the namespaces; the older names still resolve but are not listed."""
+    return sorted([*__all__, *NAMESPACES, "__version__"])

@@ -83,3 +83,22 @@ class BulkRefused(FedloomError, RuntimeError):
     def __init__(self, code: str, reason: str):
         super().__init__(f"{code}: {reason}")
         self.code, self.reason = code, reason
+
+
+__all__ = [
+    "BulkRefused",
+    "CheckpointError",
+    "ClientError",
+    "ClientStateError",
+    "ConfigError",
+    "DatasetError",
+    "FedloomError",
+    "JobError",
+    "NotifyError",
+    "QuorumError",
+    "RefusedError",
+    "RunDirError",
+    "TopologyError",
+    "UnreachableError",
+    "WireError",
+]

@@ -1,5 +1,9 @@
-"""Datasets (as tensors) and partitioners. Importing this registers the built-in datasets."""
+"""Datasets (as tensors), partitioners and their registries: the ``fedloom.data`` namespace.
 
+Importing this registers the built-in datasets and partitioners.
+"""
+
+from ..registry import DATASETS, PARTITIONERS, register_dataset, register_partitioner
 from .base import TensorDataset
 from .download import download, ensure_files
 from .embedded import load_mnist5k
@@ -19,7 +23,9 @@ from .partition import (
 from .synthetic import load_synthetic
 
 __all__ = [
+    "DATASETS",
     "IID",
+    "PARTITIONERS",
     "Dirichlet",
     "Natural",
     "Partitioner",
@@ -36,4 +42,6 @@ __all__ = [
     "load_synthetic",
     "partition_report",
     "plot_partition",
+    "register_dataset",
+    "register_partitioner",
 ]

@@ -78,4 +78,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
     return MODELS.get(name)(tuple(input_shape), num_classes, **kwargs)
 
 
-__all__ = ["build_model", "cnn", "logreg", "mlp", "small_cnn"]
+__all__ = ["MODELS", "build_model", "cnn", "logreg", "mlp", "register_model", "small_cnn"]
