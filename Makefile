@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m fedloom demo --overwrite
 
-test: $(STAMP)
+# the suite runs only on linted code: `make test` fails when `make lint` does
+test: lint
 	$(PY) -m pytest tests
 
+# ruff (rules in pyproject.toml) and mypy --strict on the package ([tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy src/fedloom
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -19,7 +19,7 @@ from fedloom.runtime import bulk
 from fedloom.wire import decode, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from chaos_fuzz import run_wire_fuzz  # noqa: E402
+from chaos_fuzz import run_wire_fuzz
 
 
 def test_two_thousand_fuzz_cases_give_no_crash_and_no_wrong_accept() -> None:

@@ -8,6 +8,7 @@ batching a tensor can be; there is no DataLoader, no per-sample Python object.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,9 @@ class ClassificationTask(Task):
     def num_samples(self, client_id: int) -> int:
         return len(self.parts[client_id])
 
-    def train_loader(self, client_id: int, ctx: ClientContext) -> Iterator:
+    def train_loader(
+        self, client_id: int, ctx: ClientContext
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.parts[client_id]
         perm = torch.randperm(len(idx), generator=ctx.generator)
         order = idx[perm].to(self.device)
@@ -126,7 +129,7 @@ class ClassificationTask(Task):
         model.train(was_training)
         return {"accuracy": float(correct) / max(n, 1), "test_loss": float(loss) / max(n, 1)}
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         sizes = [len(p) for p in self.parts]
         return {
             "task": type(self).__name__,

@@ -67,26 +67,30 @@ class _NoDynamoImport(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raw = self._raw["add_param_group"]
         if raw is None or _torch_path():
-            return super().add_param_group(param_group)
-        return raw(self, param_group)
+            super().add_param_group(param_group)
+        else:
+            raw(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         raw = self._raw["zero_grad"]
         if raw is None or _torch_path():
-            return super().zero_grad(set_to_none)
-        return raw(self, set_to_none)
+            super().zero_grad(set_to_none)
+        else:
+            raw(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         raw = self._raw["state_dict"]
         if raw is None or _torch_path():
             return super().state_dict()
-        return raw(self)
+        state: dict[str, Any] = raw(self)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         raw = self._raw["load_state_dict"]
         if raw is None or _torch_path():
-            return super().load_state_dict(state_dict)
-        return raw(self, state_dict)
+            super().load_state_dict(state_dict)
+        else:
+            raw(self, state_dict)
 
 
 for _name in _METHODS:  # torch's docstrings for help()
@@ -122,7 +126,7 @@ def _eager(base: type[torch.optim.Optimizer]) -> Callable[[_Opt], _Opt]:
 
         step.__doc__ = raw_step.__doc__
         step.__qualname__ = f"{cls.__qualname__}.step"
-        cls.step = step  # type: ignore[assignment]
+        cls.step = step  # type: ignore[method-assign]
         return cls
 
     return decorate

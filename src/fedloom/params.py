@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,14 +123,14 @@ class ParamSpec:
         if problems:
             raise WireError(f"{where} does not match the model spec: " + "; ".join(problems))
 
-    def to_json(self) -> list[dict]:
+    def to_json(self) -> list[dict[str, Any]]:
         return [
             {"name": e.name, "shape": list(e.shape), "dtype": DTYPE_NAMES[e.dtype]}
             for e in self.entries
         ]
 
     @classmethod
-    def from_json(cls, items: list[dict]) -> ParamSpec:
+    def from_json(cls, items: list[dict[str, Any]]) -> ParamSpec:
         return cls(TensorSpec(d["name"], tuple(d["shape"]), DTYPES[d["dtype"]]) for d in items)
 
     def __eq__(self, other: object) -> bool:
@@ -156,10 +157,13 @@ def flatten_module(model: nn.Module, exclude: Iterable[str] = ()) -> tuple[Param
         owner, attr = _owner(model, name)
         if attr in owner._parameters:
             param = owner._parameters[attr]
+            assert param is not None  # ParamSpec.from_module lists only tensors that exist
             view.copy_(param.detach())
             param.data = view
         else:
-            view.copy_(owner._buffers[attr])
+            buffer = owner._buffers[attr]
+            assert buffer is not None  # as above: only tensors that exist are in the spec
+            view.copy_(buffer)
             owner._buffers[attr] = view
     return spec, flat
 

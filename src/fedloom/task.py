@@ -85,7 +85,7 @@ class Task(ABC):
         """Training samples of ``client_id``: the weight of its update."""
 
     @abstractmethod
-    def train_loader(self, client_id: int, ctx: ClientContext) -> Iterable:
+    def train_loader(self, client_id: int, ctx: ClientContext) -> Iterable[Any]:
         """One epoch of training batches for ``client_id``; shuffle with ``ctx.generator``."""
 
     def train_step(self, model: nn.Module, batch: Any, ctx: ClientContext) -> torch.Tensor:

@@ -12,6 +12,7 @@ good ones straight into a flat buffer: it checks the header against the :class:`
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -19,6 +20,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -64,10 +66,12 @@ def encode_parts(
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     values = flat.detach().cpu().contiguous().view(torch.uint8).numpy()  # a view, no copy
-    return struct.pack("<Q", len(head)) + head, memoryview(values)
+    return struct.pack("<Q", len(head)) + head, values.data  # the array's own memoryview
 
 
-def read_header(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, str], int]:
+def read_header(
+    data: bytes | bytearray | memoryview,
+) -> tuple[dict[str, Any], dict[str, str], int]:
     """Parse the safetensors header: (tensor entries, metadata, offset of the data section)."""
     view = memoryview(data)
     if len(view) < 8:
@@ -148,7 +152,7 @@ def check_finite_values(flat: torch.Tensor, spec: ParamSpec, where: str = "updat
         raise WireError(f"{where} has NaN or Inf values in {bad}")
 
 
-def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
+def _check_header(header: dict[str, Any], spec: ParamSpec) -> list[int] | None:
     """Validate names, dtypes, shapes and offsets; return per-tensor starts, or None if in order.
 
     Any layout a safetensors writer may choose is accepted (the reference library sorts by
@@ -189,11 +193,11 @@ def _check_header(header: dict, spec: ParamSpec) -> list[int] | None:
             pos = end
     if problems:
         raise WireError("message does not match the model spec: " + "; ".join(problems))
-    in_order = all(b <= a for b, a in zip(starts, starts[1:])) if starts else True
+    in_order = all(b <= a for b, a in itertools.pairwise(starts)) if starts else True
     return None if in_order else starts
 
 
-def _ints(values: list) -> bool:
+def _ints(values: list[Any]) -> bool:
     """JSON integers only: not 2.0, which equals 2, nor true, which equals 1."""
     return all(type(v) is int for v in values)
 

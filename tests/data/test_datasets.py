@@ -79,9 +79,9 @@ def test_idx_rejections_name_the_file(tmp_path, header, payload, reader, message
 def test_idx_truncated_gzip_and_missing_file(tmp_path: Path) -> None:
     blob = gzip.compress(struct.pack(">II", 2049, 1000) + bytes(1000))
     (tmp_path / "cut.gz").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(DatasetError, match="cut.gz.*gzip"):
+    with pytest.raises(DatasetError, match=r"cut\.gz.*gzip"):
         read_idx(tmp_path / "cut.gz")
-    with pytest.raises(DatasetError, match="nope.gz: file not found"):
+    with pytest.raises(DatasetError, match=r"nope\.gz: file not found"):
         read_idx(tmp_path / "nope.gz")
 
 
@@ -207,7 +207,7 @@ def test_existing_good_file_is_not_downloaded_again(server, tmp_path: Path) -> N
 
 def test_ensure_files_reports_every_failed_mirror(server, tmp_path: Path) -> None:
     base, _ = server
-    with pytest.raises(DatasetError, match="(?s)could not obtain.*HTTP 404.*HTTP 404"):
+    with pytest.raises(DatasetError, match=r"(?s)could not obtain.*HTTP 404.*HTTP 404"):
         ensure_files(tmp_path, {"zz.bin": None}, [f"{base}/missing", f"{base}/gone"])
 
 
@@ -327,7 +327,7 @@ def test_synthetic_is_deterministic_and_shaped() -> None:
     assert (sizes >= 50).all() and len(a) + len(a.test_y) == sizes.sum()
     test_sizes = np.ceil(0.2 * sizes - 1e-9)
     assert [len(p) for p in a.natural_partition] == (sizes - test_sizes).astype(int).tolist()
-    assert 0 <= a.train_y.min() and a.train_y.max() < 10
+    assert a.train_y.min() >= 0 and a.train_y.max() < 10
 
 
 def test_synthetic_variants_and_arguments() -> None:

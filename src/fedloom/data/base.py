@@ -7,6 +7,7 @@ training indexes one big tensor with its sample ids, exactly as a fast plain PyT
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ class TensorDataset:
     test_y: torch.Tensor
     num_classes: int
     natural_partition: list[torch.Tensor] | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for split, x, y in (

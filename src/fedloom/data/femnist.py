@@ -6,6 +6,7 @@ client, so ``natural_partition`` holds one tensor of train indices per writer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -23,7 +24,7 @@ NUM_CLASSES = 62  # 10 digits, 26 upper-case, 26 lower-case letters
 _PIXELS = 784
 
 
-def _natural_key(path: Path) -> list:
+def _natural_key(path: Path) -> list[int | str]:
     """Sort ``..._2.json`` before ``..._10.json`` so shard order is the intuitive one."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
@@ -93,15 +94,15 @@ def load_femnist(root: str | Path | None = None, invert: bool = True) -> TensorD
         raise DatasetError(f"{root / 'train'}: writers appear in more than one shard: {dup[:5]}")
 
     def stack(items: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
-        x = np.concatenate([x for _, x, _ in items] or [np.zeros((0, _PIXELS), np.float32)])
-        y = np.concatenate([y for _, _, y in items] or [np.zeros(0, np.int64)])
-        x = torch.from_numpy(x).reshape(-1, 1, 28, 28)
-        return (1.0 - x if invert else x), torch.from_numpy(y)
+        xs = np.concatenate([x for _, x, _ in items] or [np.zeros((0, _PIXELS), np.float32)])
+        ys = np.concatenate([y for _, _, y in items] or [np.zeros(0, np.int64)])
+        x = torch.from_numpy(xs).reshape(-1, 1, 28, 28)
+        return (1.0 - x if invert else x), torch.from_numpy(ys)
 
     train_x, train_y = stack(train)
     test_x, test_y = stack(test)
     bounds = np.cumsum([0] + [len(y) for _, _, y in train])
-    partition = [torch.arange(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    partition = [torch.arange(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
     return TensorDataset(
         name="femnist",
         train_x=train_x,

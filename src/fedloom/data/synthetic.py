@@ -8,6 +8,7 @@ writes N(0, alpha)). A ``numpy`` Generator seeded by ``seed`` makes every draw r
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -86,7 +87,7 @@ def load_synthetic(
         test_x=test_x,
         test_y=test_y,
         num_classes=num_classes,
-        natural_partition=[torch.arange(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])],
+        natural_partition=[torch.arange(int(a), int(b)) for a, b in itertools.pairwise(bounds)],
         meta={
             "alpha": alpha,
             "beta": beta,

@@ -6,6 +6,7 @@ A model factory takes ``(input_shape, num_classes)`` and returns a fresh ``nn.Mo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import nn
 
@@ -70,12 +71,16 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ValueError(f"a CNN needs (channels, height, width) inputs, got shape {input_shape}")
-    return input_shape  # type: ignore[return-value]
+    c, h, w = input_shape
+    return c, h, w
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any
+) -> nn.Module:
     """Build a registered model by name."""
-    return MODELS.get(name)(tuple(input_shape), num_classes, **kwargs)
+    model: nn.Module = MODELS.get(name)(tuple(input_shape), num_classes, **kwargs)
+    return model
 
 
 __all__ = ["MODELS", "build_model", "cnn", "logreg", "mlp", "register_model", "small_cnn"]

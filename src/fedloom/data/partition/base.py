@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 class Partitioner(ABC):
@@ -27,7 +28,7 @@ class Partitioner(ABC):
     def split(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Return ``num_clients`` sorted int64 arrays of sample ids."""
 
-    def __call__(self, labels, rng: np.random.Generator | int) -> list[np.ndarray]:
+    def __call__(self, labels: ArrayLike, rng: np.random.Generator | int) -> list[np.ndarray]:
         labels = np.asarray(labels)
         if labels.ndim != 1:
             raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ...registry import register_partitioner
 from .base import Partitioner
@@ -26,7 +27,7 @@ class Natural(Partitioner):
 
     name = "natural"
 
-    def __init__(self, parts: Sequence):
+    def __init__(self, parts: Sequence[ArrayLike]):
         if len(parts) == 0:
             raise ValueError("parts must be a non-empty sequence of index arrays")
         arrays = []

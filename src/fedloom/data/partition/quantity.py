@@ -60,7 +60,8 @@ class PowerLaw(Partitioner):
         short = spare - int(extra.sum())
         if short > 0:  # largest remainder first; ties by client index
             extra[np.argsort(-(raw - extra), kind="stable")[:short]] += 1
-        return extra + self.min_samples
+        counts: np.ndarray = extra + self.min_samples
+        return counts
 
     def split(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         sizes = self.sizes(len(labels), rng)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: Above this many classes the text table lists each client's top classes instead of one
 #: column per class (62 FEMNIST columns do not fit a terminal).
 MAX_CLASS_COLUMNS = 12
 
 
-def partition_report(parts: Sequence, labels: Any, num_classes: int) -> dict[str, Any]:
+def partition_report(parts: Sequence[ArrayLike], labels: Any, num_classes: int) -> dict[str, Any]:
     """Count samples per client and per (client, class).
 
     Args:
