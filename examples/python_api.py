@@ -4,6 +4,7 @@ python examples/python_api.py
 """
 
 import fedloom
+from fedloom.data import Dirichlet
 
 # 1. From a config (a file path, a dict, or fedloom.Config), exactly what `fedloom run` does.
 result = fedloom.run(
@@ -18,7 +19,7 @@ data = fedloom.load_mnist5k()
 task = fedloom.ClassificationTask(
     lambda: fedloom.build_model("mlp", data.input_shape, data.num_classes),
     data,
-    fedloom.Dirichlet(num_clients=50, alpha=0.5),
+    Dirichlet(num_clients=50, alpha=0.5),
     lr=0.05,
     local_epochs=2,
 )

@@ -92,6 +92,7 @@ _ELSEWHERE: dict[str, str] = {
             "KMeansClustered",
             "LocalRun",
             "Scaffold",
+            "personalised_accuracy",
             "register_client_algorithm",
             "register_strategy",
         ],
@@ -159,7 +160,6 @@ _ELSEWHERE: dict[str, str] = {
     "decode": "wire",
     "encode": "wire",
     "derive_seed": "seeding",
-    "personalised_accuracy": "personal",
     "analysis": "topology",
 }
 

@@ -2,7 +2,8 @@
 
 The implementations live one per file under :mod:`fedloom.algorithms`; this module is the
 place a user imports them from (``from fedloom.strategies import FedProx``), so the top-level
-``fedloom`` stays the handful of names the README teaches.
+``fedloom`` stays the handful of names the README teaches. :func:`personalised_accuracy`
+is here too: it scores the per-client models of the personalised strategies.
 """
 
 from .algorithms import (
@@ -31,6 +32,7 @@ from .algorithms import (
     Strategy,
     register_client_algorithm,
 )
+from .personal import personalised_accuracy
 from .registry import STRATEGIES, register_strategy
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "RoundPlan",
     "Scaffold",
     "Strategy",
+    "personalised_accuracy",
     "register_client_algorithm",
     "register_strategy",
 ]
