@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 # the namespaces, imported on first attribute access (``fedloom.strategies.FedProx``)
-NAMESPACES = (
+_NAMESPACES = (
     "aggregators",
     "data",
     "engines",
@@ -170,7 +170,7 @@ def __getattr__(name: str) -> Any:
     Lazy so that ``import fedloom`` stays light (``connect`` and ``LocalFederation`` import
     gRPC) and so that names moved off the top level keep working without crowding it.
     """
-    if name in NAMESPACES:
+    if name in _NAMESPACES:
         value: Any = importlib.import_module(f".{name}", __name__)
     elif name in _ELSEWHERE:
         value = getattr(importlib.import_module(f".{_ELSEWHERE[name]}", __name__), name)
@@ -182,4 +182,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """The top level and the namespaces; the older names still resolve but are not listed."""
-    return sorted([*__all__, *NAMESPACES, "__version__"])
+    return sorted([*__all__, *_NAMESPACES, "__version__"])
