@@ -55,16 +55,19 @@ def train(fl, data, parts, *, lr: float = 0.05, batch_size: int = 20, epochs: in
         torch.manual_seed(job.seed)  # what the engine seeds (dropout and the like)
         optimizer = fedloom.optim.SGD(model.parameters(), lr=lr)  # torch's SGD, faster start
         total, steps = 0.0, 0
-        for _ in range(job.local_epochs(epochs)):
-            order = idx[torch.randperm(len(idx), generator=job.generator)]
-            x, y = data.train_x[order], data.train_y[order]
-            for i in range(0, len(order), batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-                steps += 1
+        # the strategy's client part (FedProx's term, SCAFFOLD's corrections, ...) as hooks on
+        # the optimizer, as the engine runs it; a no-op under FedAvg
+        with job.client_part(model, optimizer):
+            for _ in range(job.local_epochs(epochs)):
+                order = idx[torch.randperm(len(idx), generator=job.generator)]
+                x, y = data.train_x[order], data.train_y[order]
+                for i in range(0, len(order), batch_size):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item()
+                    steps += 1
         job.upload(model, num_samples=len(idx), metrics={"loss": total / max(steps, 1)})
         jobs += 1
     return jobs
