@@ -94,9 +94,7 @@ def test_an_upload_without_the_client_part_is_refused_unless_manual(tmp_path):
     jobs.close()  # leaving the loop stops the run
     assert fl.result is None
 
-    manual = LocalFederation.from_config(
-        with_changes(cfg, name="manual"), manual_client_part=True
-    )
+    manual = LocalFederation.from_config(with_changes(cfg, name="manual"), manual_client_part=True)
     uploads = [job.upload(job.model_state(), num_samples=1) for job in manual.jobs()]
     assert uploads == [True] * 6 and manual.result.rounds == 2
 
@@ -120,9 +118,7 @@ def test_a_client_part_that_needs_the_task_is_refused_before_training(
         for _ in fl.jobs():
             raise AssertionError("a job reached the loop")
     assert fl.result is None and not fl._thread.is_alive()
-    manual = LocalFederation.from_config(
-        with_changes(cfg, name="manual"), manual_client_part=True
-    )
+    manual = LocalFederation.from_config(with_changes(cfg, name="manual"), manual_client_part=True)
     for job in manual.jobs():  # the loop says it applies the part itself: jobs come
         assert job.algorithm["name"] == strategy
         with pytest.raises(JobError, match="cannot run in an own loop"):

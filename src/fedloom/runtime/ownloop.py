@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..algorithms.client import local_epochs
-from ..errors import FedloomError, JobError
+from ..errors import FedloomError, JobError, UnreachableError
 from ..params import ParamSpec
 from ..seeding import derive_seed
 from ..task import ClientContext
@@ -51,9 +51,9 @@ from ..wire import MAX_EXTRAS, check_finite_values, decode_bundle, encode_bundle
 from .channel import ClientChannel, log
 from .clientpart import ClientPart, algorithm_name, check_supported, proximal_term
 from .proto import fedloom_pb2
+from .security import TLSConfig
 
 pb: Any = fedloom_pb2  # generated, untyped
-from .security import TLSConfig
 
 __all__ = ["Connection", "Job", "JobError", "connect"]
 
@@ -487,7 +487,18 @@ def connect(
         retry_for=retry_for,
         backoff=backoff,
         use_bulk=use_bulk,
-    ).open()
+    )
+    try:
+        conn.open()
+    except UnreachableError as e:
+        if tls is None or "handshake" not in str(e).lower():
+            raise
+        host = server.rsplit(":", 1)[0]
+        raise UnreachableError(
+            f"client {client_id}: the TLS handshake with {server} failed: its certificate is "
+            f"not signed by the CA in tls.ca ({tls.ca}) or does not name {host} "
+            f"(tls.server_name overrides the name checked); {e}"
+        ) from None
     if model is not None:
         assert conn.spec is not None
         try:
