@@ -21,6 +21,7 @@ STRATEGIES = {
     "scaffold": {},
     "feddyn": {"alpha": 0.1},
     "fednova": {},
+    "clustered": {},  # k-means clusters: a client starts from its cluster's model
 }
 
 
@@ -42,14 +43,17 @@ def test_client_part_in_the_own_loop_equals_the_simulation(tmp_path, strategy):
     (gradient corrections, SCAFFOLD's c_i kept across rounds, FedNova's step norm) runs as
     in the engine, and the final model is the simulation's, bit for bit."""
     cfg = config(tmp_path / "local", "parts", strategy, **STRATEGIES[strategy])
+    if strategy == "clustered":
+        cfg = with_changes(cfg, rounds=3, **{"strategy.clusters": 2})
     fl = LocalFederation.from_config(cfg)
     data, parts = client_data(fl.seed, 4)
-    assert train(fl, data, parts) == 6
+    assert train(fl, data, parts) == 3 * cfg["rounds"]
     sim, _ = simulate(cfg, tmp_path / "sim")
     assert torch.equal(fl.result.params, sim.params)
-    assert [r["clients"] for r in fl.result.history] == [3, 3]  # FedNova: its norm came too
+    assert [r["clients"] for r in fl.result.history] == [3] * cfg["rounds"]  # FedNova's norm
     if strategy != "fednova":  # equal steps everywhere (iid): FedNova is FedAvg here
-        fedavg, _ = simulate(config(tmp_path / "avg", "avg", "fedavg"), tmp_path / "avg")
+        avg = with_changes(cfg, name="avg", **{"strategy": {"name": "fedavg"}})
+        fedavg, _ = simulate(with_changes(avg, **{"strategy.clients_per_round": 3}), tmp_path)
         assert not torch.equal(fedavg.params, sim.params)  # the part changed the training
 
 
