@@ -57,6 +57,19 @@ def test_client_part_in_the_own_loop_equals_the_simulation(tmp_path, strategy):
         assert not torch.equal(fedavg.params, sim.params)  # the part changed the training
 
 
+def test_client_states_are_checkpointed_and_a_resumed_run_equals_the_simulation(tmp_path):
+    """SCAFFOLD's c_i lives in each client's job.state; a LocalFederation checkpoints it with
+    the run, so one round, then --resume to three, is the three-round simulation."""
+    cfg = with_changes(config(tmp_path / "local", "resume", "scaffold"), rounds=3)
+    fl = LocalFederation.from_config(with_changes(cfg, rounds=1))
+    data, parts = client_data(fl.seed, 4)
+    assert train(fl, data, parts) == 3
+    again = LocalFederation.from_config(cfg, resume=True)
+    assert train(again, data, parts) == 6
+    sim, _ = simulate(cfg, tmp_path / "sim")
+    assert torch.equal(again.result.params, sim.params)
+
+
 def regularized_train(fl, data, parts, lr: float = 0.05, batch_size: int = 20) -> None:
     """The example's loop with FedProx as a loss term instead of an optimizer hook."""
     model = make_model()

@@ -105,7 +105,8 @@ class Job:
             :meth:`regularizer`); an upload of a job whose part was not applied is refused,
             unless the loop applies it itself (``manual_client_part=True``).
         state: this client's state kept between its jobs (the engine's ``ctx.state``: e.g.
-            SCAFFOLD's ``c_i``), in memory for as long as the connection or federation lives.
+            SCAFFOLD's ``c_i``): in memory for as long as a connection lives; a LocalFederation
+            checkpoints it with the run.
         uploaded: whether :meth:`upload` ran.
     """
 

@@ -119,6 +119,7 @@ class ClientTrainer(ABC):
     def run_local(self, federation: Any) -> Any:
         """Serve a :class:`~fedloom.LocalFederation` (every client's jobs, in this process)
         and return its :class:`~fedloom.RunResult`. Its ``manual_client_part`` is its own
-        constructor's argument."""
+        constructor's argument. One model serves every client here: layers kept per client
+        (``personal_layers``) are the trainer's to keep by ``job.client_id``."""
         self.serve(federation)
         return federation.result
