@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
 
 
-def client_data(seed: int, num_clients: int):
+def client_data(seed: int, num_clients: int) -> tuple[Any, list[torch.Tensor]]:
     """The embedded MNIST and each client's sample ids, split as ``partition = "iid"`` does."""
     data = fedloom.load_mnist5k()
     parts = fedloom.IID(num_clients=num_clients)(
@@ -44,7 +45,15 @@ def client_data(seed: int, num_clients: int):
     return data, [torch.as_tensor(p, dtype=torch.int64) for p in parts]
 
 
-def train(fl, data, parts, *, lr: float = 0.05, batch_size: int = 20, epochs: int = 1) -> int:
+def train(
+    fl: Any,
+    data: Any,
+    parts: list[torch.Tensor],
+    *,
+    lr: float = 0.05,
+    batch_size: int = 20,
+    epochs: int = 1,
+) -> int:
     """The user's loop: the same code for ``fedloom.connect`` and a ``LocalFederation``
     (which yields every sampled client's jobs, hence the data is picked by job.client_id)."""
     model = make_model()
@@ -55,16 +64,19 @@ def train(fl, data, parts, *, lr: float = 0.05, batch_size: int = 20, epochs: in
         torch.manual_seed(job.seed)  # what the engine seeds (dropout and the like)
         optimizer = fedloom.optim.SGD(model.parameters(), lr=lr)  # torch's SGD, faster start
         total, steps = 0.0, 0
-        for _ in range(job.local_epochs(epochs)):
-            order = idx[torch.randperm(len(idx), generator=job.generator)]
-            x, y = data.train_x[order], data.train_y[order]
-            for i in range(0, len(order), batch_size):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-                steps += 1
+        # the strategy's client part (FedProx's term, SCAFFOLD's corrections, ...) as hooks on
+        # the optimizer, as the engine runs it; a no-op under FedAvg
+        with job.client_part(model, optimizer):
+            for _ in range(job.local_epochs(epochs)):
+                order = idx[torch.randperm(len(idx), generator=job.generator)]
+                x, y = data.train_x[order], data.train_y[order]
+                for i in range(0, len(order), batch_size):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size])
+                    loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
+                    optimizer.step()
+                    total += loss.item()
+                    steps += 1
         job.upload(model, num_samples=len(idx), metrics={"loss": total / max(steps, 1)})
         jobs += 1
     return jobs

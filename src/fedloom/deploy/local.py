@@ -19,8 +19,10 @@ aggregation as the network aggregator hands it. A loop written against
 
 The round loop runs in a background thread that waits while the user's loop trains (one
 client at a time), so the same seed gives the same model every time, and a loop that does
-what the built-in engine does gives the simulation's model bit for bit. Synchronous
-strategies only (``fedasync``/``fedbuff`` run over the network).
+what the built-in engine does gives the simulation's model bit for bit. Asynchronous
+strategies (``fedasync``, ``fedbuff``) run with the network runtime's semantics (versions,
+staleness), emulated in a fixed order (:mod:`.handoff`). A strategy's client part is applied
+with ``job.client_part`` (:mod:`fedloom.runtime.clientpart`) and checked as over the network.
 
 Composition, not runtime: it runs the round loop (:mod:`fedloom.federation`) and builds
 from a config through :mod:`fedloom.experiment`; of the runtime it takes only the
@@ -30,37 +32,38 @@ from a config through :mod:`fedloom.experiment`; of the runtime it takes only th
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..algorithms.base import RoundPlan, Strategy
+from ..algorithms.asynchronous import AsyncStrategy
+from ..algorithms.base import Strategy
 from ..errors import ConfigError, FedloomError
 from ..experiment import Experiment
 from ..federation import Federation, RunResult
 from ..federation.async_loop import AsyncFederation
+from ..registry import STRATEGIES
+from ..runtime.clientpart import check_supported
 from ..runtime.ownloop import Job
-from ..seeding import derive_seed
 from ..task import ClientContext, Task
-from ..update import ClientUpdate
+from .handoff import AsyncHandoff, Handoff, Stopped
 
 log = logging.getLogger("fedloom.client")
 
 __all__ = ["LocalFederation"]
 
 
-class _Stopped(FedloomError):
-    """The user's loop stopped iterating before the run finished."""
-
-
 class _LoopTask(Task):
     """A Task for a model and sample counts only: the user's loop does the training."""
 
-    def __init__(self, model_fn, num_samples, evaluate):
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        num_samples: Sequence[int],
+        evaluate: Callable[[nn.Module], dict[str, float]] | None,
+    ):
         self._model_fn, self._samples, self._evaluate = model_fn, list(num_samples), evaluate
 
     def build_model(self) -> nn.Module:
@@ -73,63 +76,11 @@ class _LoopTask(Task):
     def num_samples(self, client_id: int) -> int:
         return int(self._samples[client_id])
 
-    def train_loader(self, client_id: int, ctx: ClientContext):
+    def train_loader(self, client_id: int, ctx: ClientContext) -> Iterable[Any]:
         raise FedloomError("a LocalFederation's clients train in the user's own loop")
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return dict(self._evaluate(model)) if self._evaluate else {}
-
-
-class _Handoff:
-    """The backend: each planned client's job goes to the user's loop, its upload comes back."""
-
-    def __init__(self, task: Task, seed: int):
-        self.task, self.seed, self.spec = task, seed, None
-        self.personal = tuple(task.personal_layers)
-        self.jobs: queue.Queue[Any] = queue.Queue()
-        self.uploads: queue.Queue[Any] = queue.Queue()
-        self._plan, self._round, self._global = RoundPlan([]), 0, torch.empty(0)
-
-    def available_clients(self, round: int) -> list[int]:
-        return list(range(self.task.num_clients))
-
-    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
-        self._plan, self._round, self._global = plan, round, global_params.detach().clone()
-
-    def collect(self) -> Iterator[ClientUpdate]:
-        for cid in self._plan.clients:
-            job = Job(
-                cid,
-                self._round,
-                self._round - 1,
-                dict(self._plan.config),
-                self.spec,
-                self._global,
-                {k: v.detach().clone() for k, v in self._plan.tensors.items()},
-                derive_seed(self.seed, "client", self._round, cid),
-                self._upload,
-                self.personal,
-                self.task.num_samples(cid),
-            )
-            self.jobs.put(job)
-            update = self.uploads.get()
-            if update is _Stopped:
-                raise _Stopped("the loop over jobs() stopped before the run finished")
-            if update is not None:
-                yield update
-
-    def _upload(self, job: Job, flat, num_samples: int, metrics: dict, extras: dict) -> bool:
-        update = ClientUpdate(job.client_id, flat, num_samples, metrics, job.round, job.version)
-        if extras:
-            update.extras["tensors"] = extras
-        self.uploads.put(update)
-        return True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
 
 
 class LocalFederation:
@@ -139,12 +90,17 @@ class LocalFederation:
         model: a Task (its ``build_model``, client count, ``num_samples`` as the announced
             bound, ``evaluate`` and ``personal_layers``; its training hooks are not used), or
             a callable building the model (then ``num_samples`` is required).
-        strategy: a synchronous strategy (sampling and aggregation).
+        strategy: a synchronous strategy (sampling and aggregation), or an asynchronous one
+            (``FedAsync``, ``FedBuff``: ``rounds`` is then the number of model versions, and
+            every client trains all the time, each on the newest version when it asked).
         num_samples: each client's sample count (client ``i`` is ``num_samples[i]``) when
             ``model`` is a callable; uploads may not weigh more.
         evaluate: ``evaluate(model) -> metrics`` of the global model (with a callable model).
+        manual_client_part: the loop applies the strategy's client part itself (see
+            :func:`fedloom.connect`).
         rounds, seed, **options: as for :class:`~fedloom.Federation` (``eval_every``,
-            ``target``, ``callbacks``, ``max_update_norm``, ...).
+            ``target``, ``callbacks``, ``max_update_norm``, ...; ``every_seconds`` for an
+            asynchronous strategy, which makes the run depend on the clock).
 
     :meth:`from_config` builds one from a config as ``fedloom run`` would (run directory,
     metrics, checkpoint and report included). After ``jobs()`` is exhausted, ``result`` holds
@@ -154,58 +110,82 @@ class LocalFederation:
     def __init__(
         self,
         model: Task | Callable[[], nn.Module],
-        strategy: Strategy,
+        strategy: Strategy | AsyncStrategy,
         *,
         rounds: int,
         seed: int = 0,
         num_samples: Sequence[int] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        manual_client_part: bool = False,
         **options: Any,
     ):
         if isinstance(model, Task):
-            task = model
+            task: Task = model
         else:
             if num_samples is None:
                 raise ValueError("num_samples (one count per client) is needed with a model")
             task = _LoopTask(model, num_samples, evaluate)
-        self._backend = _Handoff(task, seed)
-        self._attach(Federation(task, strategy, self._backend, rounds=rounds, seed=seed, **options))
+        federation: Federation
+        if isinstance(strategy, AsyncStrategy):
+            backend: Handoff = AsyncHandoff(task, seed, manual_client_part)
+            federation = AsyncFederation(
+                task, strategy, backend, rounds=rounds, seed=seed, **options
+            )
+        else:
+            if "every_seconds" in options:
+                raise ValueError("every_seconds applies to an asynchronous strategy only")
+            backend = Handoff(task, seed, manual_client_part)
+            federation = Federation(task, strategy, backend, rounds=rounds, seed=seed, **options)
+        self.experiment: Experiment | None = None
+        self._attach(federation, backend)
 
     @classmethod
-    def from_config(cls, source: Any, overrides: Sequence[str] = (), **kwargs: Any):
+    def from_config(
+        cls,
+        source: Any,
+        overrides: Sequence[str] = (),
+        *,
+        manual_client_part: bool = False,
+        **kwargs: Any,
+    ) -> LocalFederation:
         """The run a config describes (``fedloom.Experiment.from_config`` with this backend:
         the config's task gives the model, client counts and evaluation; ``kwargs`` such as
-        ``overwrite`` and ``resume`` are passed on)."""
+        ``overwrite`` and ``resume`` are passed on). Sync and async strategies alike."""
         self = cls.__new__(cls)
-        made: list[_Handoff] = []
+        made: list[Handoff] = []
 
-        def backend(cfg, task):
+        def backend(cfg: Any, task: Task) -> Handoff:
             if cfg.topology is not None:
                 raise ConfigError("topology: a LocalFederation runs a flat federation")
-            made.append(_Handoff(task, cfg.seed))
+            kind, made_by = Handoff, STRATEGIES.get(cfg.strategy.name)
+            if isinstance(made_by, type) and issubclass(made_by, AsyncStrategy):
+                kind = AsyncHandoff
+            made.append(kind(task, cfg.seed, manual_client_part))
             return made[-1]
 
         exp = Experiment.from_config(source, list(overrides), backend=backend, **kwargs)
-        if isinstance(exp.federation, AsyncFederation):
-            raise ConfigError(
-                f"strategy {exp.config.strategy.name!r} is asynchronous: a LocalFederation runs "
-                "synchronous strategies; run it over the network (fedloom server + connect)"
-            )
         self.experiment = exp
-        self._backend = made[0]
-        self._attach(exp.federation)
+        self._attach(exp.federation, made[0])
         return self
 
-    def _attach(self, federation: Federation) -> None:
-        self.federation = federation
-        self._backend.spec = federation.spec
+    def _attach(self, federation: Federation, backend: Handoff) -> None:
+        self.federation, self._backend = federation, backend
+        strategy = federation.strategy
+        if isinstance(backend, AsyncHandoff) and isinstance(strategy, AsyncStrategy):
+            backend.keep = strategy.max_staleness + 1  # the bases of every update it may take
+        backend.spec = federation.spec
         self.spec, self.seed = federation.spec, federation.seed
         self.result: RunResult | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def asynchronous(self) -> bool:
+        return isinstance(self.federation, AsyncFederation)
+
     def jobs(self) -> Iterator[Job]:
-        """Every sampled client's job, round by round, until the run ends. An error in the
-        round loop is raised here; leaving the loop early stops the run."""
+        """Every client's job in turn until the run ends (sync: the round's sampled clients in
+        plan order; async: see :mod:`.handoff`). An error in the round loop is raised here;
+        leaving the loop early stops the run."""
         if self._thread is not None:
             raise FedloomError("jobs() of a LocalFederation can be iterated once")
         done = object()
@@ -213,10 +193,10 @@ class LocalFederation:
 
         def run() -> None:
             try:
-                runner = getattr(self, "experiment", None) or self.federation
+                runner = self.experiment or self.federation
                 self.result = runner.run()
                 backend.jobs.put(done)
-            except _Stopped:
+            except Stopped:
                 backend.jobs.put(done)
             except BaseException as e:  # noqa: BLE001 - raised in the user's thread
                 backend.jobs.put(e)
@@ -231,12 +211,14 @@ class LocalFederation:
                     finished = True
                     if item is done:
                         return
+                    assert isinstance(item, BaseException)
                     raise item
+                check_supported(item.algorithm, item.client_id, backend.manual_client_part)
                 yield item
                 if not item.uploaded:
                     log.warning("client %d: %r ended without an upload", item.client_id, item)
                     backend.uploads.put(None)
         finally:
             if not finished:  # the user's loop stopped early: the round loop stops too
-                backend.uploads.put(_Stopped)
+                backend.uploads.put(Stopped)
             self._thread.join(60)

@@ -5,10 +5,12 @@ from .client import RuntimeClient
 from .ownloop import Connection, Job, JobError, connect
 from .security import TLSConfig
 from .server import AggregatorServer, QuorumError
+from .trainer import ClientTrainer
 
 __all__ = [
     "AggregatorServer",
     "ClientChannel",
+    "ClientTrainer",
     "Connection",
     "Job",
     "JobError",

@@ -6,7 +6,9 @@ so does :func:`connect`::
     with fedloom.connect("host:50051", client_id=3, num_samples=len(data)) as fl:
         for job in fl.jobs():                  # one per round this client is sampled for
             job.load_into(model)               # the global model (checked against the spec)
-            ...                                # your own training
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            with job.client_part(model, optimizer):   # FedProx, SCAFFOLD, ... (no-op: FedAvg)
+                ...                            # your own training
             job.upload(model, num_samples=len(data), metrics={"loss": loss})
 
 The connection is :class:`~fedloom.runtime.channel.ClientChannel`, the transport the
@@ -17,7 +19,10 @@ aggregator restart. A :class:`Job` hands the user the round, the model version, 
 model as a state dict shaped by the spec the aggregator sent at check-in, the round's config
 and the strategy's extra tensors, and the seeds the built-in engine trains with; it checks
 what the user uploads (same spec, finite values, ``num_samples >= 1`` and within what was
-announced, finite numeric metrics) before a byte is sent.
+announced, finite numeric metrics) before a byte is sent. A strategy with a client part
+(``job.algorithm``) is never trained without it by accident: :meth:`Job.client_part` runs it
+on the user's optimizer as the engine does (:mod:`.clientpart`), a part that needs the task's
+data is refused at the first job, and an upload without the part applied is refused.
 
 The same loop runs against the in-process simulation with
 :class:`~fedloom.deploy.local.LocalFederation`, whose ``jobs()`` yields the jobs of every
@@ -37,14 +42,18 @@ import torch
 from torch import nn
 
 from ..algorithms.client import local_epochs
-from ..errors import FedloomError, JobError
+from ..errors import FedloomError, JobError, UnreachableError
 from ..params import ParamSpec
 from ..seeding import derive_seed
+from ..task import ClientContext
 from ..update import checked_metrics
 from ..wire import MAX_EXTRAS, check_finite_values, decode_bundle, encode_bundle, encode_parts
 from .channel import ClientChannel, log
-from .proto import fedloom_pb2 as pb
+from .clientpart import ClientPart, algorithm_name, check_supported, proximal_term
+from .proto import fedloom_pb2
 from .security import TLSConfig
+
+pb: Any = fedloom_pb2  # generated, untyped
 
 __all__ = ["Connection", "Job", "JobError", "connect"]
 
@@ -91,6 +100,13 @@ class Job:
             and shuffling with :attr:`generator` repeat the simulation's draws.
         generator: a ``torch.Generator`` seeded with :attr:`seed`, one per job (the engine's
             ``ctx.generator``).
+        algorithm: the strategy's client part this round asks for (``{"name": "fedprox",
+            "mu": 0.01}``, ...), or None. Apply it with :meth:`client_part` (or, for FedProx,
+            :meth:`regularizer`); an upload of a job whose part was not applied is refused,
+            unless the loop applies it itself (``manual_client_part=True``).
+        state: this client's state kept between its jobs (the engine's ``ctx.state``: e.g.
+            SCAFFOLD's ``c_i``): in memory for as long as a connection lives; a LocalFederation
+            checkpoints it with the run.
         uploaded: whether :meth:`upload` ran.
     """
 
@@ -107,16 +123,25 @@ class Job:
         sink: Callable[..., bool],
         personal: tuple[str, ...] = (),
         max_samples: int | None = None,
+        *,
+        state: dict[str, Any] | None = None,
+        manual_client_part: bool = False,
     ):
         self.client_id, self.round, self.version = client_id, round, version
         self.config, self.spec, self.tensors = config, spec, tensors
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        algorithm = config.get("algorithm")
+        self.algorithm: dict[str, Any] | None = dict(algorithm) if algorithm else None
+        self.state: dict[str, Any] = {} if state is None else state
         self.uploaded = False
         self.accepted: bool | None = None
         self.started = time.perf_counter()
         self._params, self._sink = params, sink
         self._personal, self._max_samples = personal, max_samples
+        self._manual = manual_client_part
+        self._part: ClientPart | None = None
+        self._regularized = False
 
     def __repr__(self) -> str:
         return f"Job(client {self.client_id}, round {self.round}, version {self.version})"
@@ -147,6 +172,54 @@ class Job:
         ``local_epochs`` in the config) if it sends one, else ``default``."""
         return local_epochs(self.config, self.client_id, default)
 
+    def client_part(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> ClientPart:
+        """The round's client part around your training, as the built-in engine runs it::
+
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            with job.client_part(model, optimizer):
+                ...                                 # your epochs; optimizer.step() as usual
+            job.upload(model, num_samples=n)        # with the part's metrics and tensors
+
+        Build ``optimizer`` over ``model`` after :meth:`load_into`; the part adds its gradient
+        corrections (FedProx's proximal term, SCAFFOLD's ``c - c_i``, FedDyn's) as step
+        pre-hooks and finishes when the block ends. With no part this is a no-op, so one loop
+        serves every strategy. A part that needs the task's data (Ditto, IFCA, q-FFL,
+        SCAFFOLD option I) raises :class:`JobError`."""
+        if self._part is not None:
+            raise JobError(f"{self!r}: client_part() was already used; use it once per job")
+        model_tensors(model, self.spec, self._personal)
+        ctx = ClientContext(
+            self.client_id,
+            self.round,
+            self.generator,
+            self.state,
+            self.config,
+            self._params,
+            self.tensors,
+        )
+        self._part = ClientPart(
+            self.algorithm, model, optimizer, ctx, self.spec, self._params, self.tensors
+        )
+        return self._part
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor:
+        """The round's client part as a loss term, where it is one: FedProx's
+        ``mu/2 * ||w - w_global||^2`` (add it to your loss before ``backward()``; for loops
+        whose optimizer cannot take hooks). Zero with no client part; any other part raises
+        :class:`JobError` (use :meth:`client_part`)."""
+        if self.algorithm is None:
+            return torch.zeros(())
+        if self.algorithm.get("name") != "fedprox":
+            raise JobError(
+                f"{self!r}: the client part {algorithm_name(self.algorithm)} is not a loss term; "
+                f"wrap your optimizer with job.client_part(model, optimizer)"
+            )
+        self._regularized = True
+        return proximal_term(model, self.spec, self._params, float(self.algorithm["mu"]))
+
+    def _part_applied(self) -> bool:
+        return (self._part is not None and self._part.done) or self._regularized
+
     def upload(
         self,
         model: nn.Module | Mapping[str, torch.Tensor],
@@ -166,6 +239,13 @@ class Job:
         """
         if self.uploaded:
             raise JobError(f"{self!r} was already uploaded; each job takes one upload")
+        if self.algorithm is not None and not self._manual and not self._part_applied():
+            raise JobError(
+                f"{self!r}: the strategy's client part {algorithm_name(self.algorithm)} was not "
+                f"applied; train inside `with job.client_part(model, optimizer):` (FedProx: or "
+                f"add job.regularizer(model) to the loss), or pass manual_client_part=True if "
+                f"your loop applies it itself"
+            )
         flat = self.spec.flatten(model_tensors(model, self.spec, self._personal))
         try:
             check_finite_values(flat, self.spec, "the uploaded model")
@@ -178,13 +258,18 @@ class Job:
                 f"num_samples {num_samples} exceeds the {self._max_samples} announced at "
                 f"check-in (the aggregator would refuse it)"
             )
+        part = self._part if self._part is not None and self._part.done else None
         try:
             sent = checked_metrics(
-                {"seconds": time.perf_counter() - self.started, **dict(metrics or {})}
+                {
+                    "seconds": time.perf_counter() - self.started,
+                    **dict(metrics or {}),
+                    **(part.metrics if part else {}),
+                }
             )
         except ValueError as e:
             raise JobError(f"metrics: {e}") from None
-        extras = self._extras(tensors or {})
+        extras = self._extras({**(part.out if part else {}), **dict(tensors or {})})
         self.uploaded = True
         self.accepted = bool(self._sink(self, flat, num_samples, sent, extras))
         return self.accepted
@@ -222,6 +307,7 @@ class Connection(ClientChannel):
         *,
         num_samples: int,
         personal_layers: tuple[str, ...] = (),
+        manual_client_part: bool = False,
         **channel: Any,
     ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -232,8 +318,9 @@ class Connection(ClientChannel):
         self.seed: int | None = None
         self.spec: ParamSpec | None = None
         self.rounds_done = 0
+        self.manual_client_part = manual_client_part
+        self.client_state: dict[str, Any] = {}  # the strategy client part's, between jobs
         self._opened: Any = None
-        self._warned_algorithm = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> Connection:
@@ -268,15 +355,17 @@ class Connection(ClientChannel):
         self.open()
         assert self.spec is not None
         limit = self.spec.nbytes * (1 + MAX_EXTRAS) + (1 << 20)
+        next_instruction: Callable[[], Any] = self._next_instruction
+        fetch: Callable[[Any, int], Any] = self._fetch
         while True:
             try:
-                ins = self._next_instruction()
+                ins = next_instruction()
                 if ins.kind == pb.Instruction.STOP:
                     log.info(
                         "client %d: task finished after %d jobs", self.client_id, self.rounds_done
                     )
                     return
-                data = self._fetch(ins, limit)
+                data = fetch(ins, limit)
             except grpc.RpcError as e:
                 raise self._unmendable(e) from None
             if data is None:  # the round closed before we started
@@ -289,18 +378,10 @@ class Connection(ClientChannel):
                 log.warning("client %d: %r ended without an upload", self.client_id, job)
             self.rounds_done += 1
 
-    def _job(self, ins, params: torch.Tensor, tensors: dict[str, torch.Tensor]) -> Job:
+    def _job(self, ins: Any, params: torch.Tensor, tensors: dict[str, torch.Tensor]) -> Job:
         assert self.spec is not None and self.seed is not None
         config = json.loads(ins.config_json or "{}")
-        algorithm = config.get("algorithm")
-        if algorithm and not self._warned_algorithm:
-            self._warned_algorithm = True
-            log.warning(
-                "client %d: the strategy sends a client part (%s) in job.config['algorithm']; "
-                "an own loop must apply it itself (RuntimeClient runs it for a Task)",
-                self.client_id,
-                algorithm.get("name", algorithm) if isinstance(algorithm, dict) else algorithm,
-            )
+        check_supported(config.get("algorithm"), self.client_id, self.manual_client_part)
         return Job(
             self.client_id,
             int(ins.round),
@@ -313,9 +394,18 @@ class Connection(ClientChannel):
             self._upload_job,
             self.personal_layers,
             self.num_samples,
+            state=self.client_state,
+            manual_client_part=self.manual_client_part,
         )
 
-    def _upload_job(self, job: Job, flat, num_samples: int, metrics: dict, extras: dict) -> bool:
+    def _upload_job(
+        self,
+        job: Job,
+        flat: torch.Tensor,
+        num_samples: int,
+        metrics: dict[str, float],
+        extras: dict[str, torch.Tensor],
+    ) -> bool:
         assert self.spec is not None
         ins = pb.Instruction(round=job.round, version=job.version)
         meta = {"round": job.round}
@@ -324,7 +414,8 @@ class Connection(ClientChannel):
         else:
             parts = encode_parts(flat, self.spec, meta)
         try:
-            reply = self._send(ins, parts, num_samples, metrics)
+            send: Callable[..., Any] = self._send
+            reply = send(ins, parts, num_samples, metrics)
         except grpc.RpcError as e:
             raise self._unmendable(e) from None
         if not reply.accepted:
@@ -345,7 +436,7 @@ class Connection(ClientChannel):
     def _announced_samples(self) -> int:
         return self.num_samples
 
-    def _on_check_in(self, reply, spec: ParamSpec) -> None:
+    def _on_check_in(self, reply: Any, spec: ParamSpec) -> None:
         if self.spec is not None and spec != self.spec:
             raise FedloomError(
                 f"client {self.client_id}: the aggregator's model spec changed ({self.spec} "
@@ -367,6 +458,7 @@ def connect(
     use_bulk: bool = True,
     personal_layers: tuple[str, ...] = (),
     model: nn.Module | None = None,
+    manual_client_part: bool = False,
 ) -> Connection:
     """Check in with the aggregator at ``server`` as ``client_id`` and return the
     :class:`Connection` whose ``jobs()`` drive the user's own training loop (use it in a
@@ -377,7 +469,10 @@ def connect(
     ``fedloom client`` (the config's ``runtime`` section). ``personal_layers`` are name
     prefixes of the user's model kept on this client (the aggregator's spec leaves them out).
     ``model``, when given, is checked against the aggregator's spec at once, so a wrong
-    architecture fails here rather than at the first job. A refused check-in raises
+    architecture fails here rather than at the first job. ``manual_client_part=True`` says
+    the loop applies the strategy's client part itself (``job.algorithm``, ``job.tensors``):
+    jobs are then neither refused for a part :meth:`Job.client_part` cannot run nor checked
+    for one at upload. A refused check-in raises
     :class:`~fedloom.runtime.RefusedError`; an aggregator that does not answer for
     ``retry_for`` seconds, :class:`~fedloom.runtime.client.UnreachableError`.
     """
@@ -386,13 +481,25 @@ def connect(
         client_id,
         num_samples=num_samples,
         personal_layers=personal_layers,
+        manual_client_part=manual_client_part,
         token=token,
         task_id=task_id,
         tls=tls,
         retry_for=retry_for,
         backoff=backoff,
         use_bulk=use_bulk,
-    ).open()
+    )
+    try:
+        conn.open()
+    except UnreachableError as e:
+        if tls is None or "handshake" not in str(e).lower():
+            raise
+        host = server.rsplit(":", 1)[0]
+        raise UnreachableError(
+            f"client {client_id}: the TLS handshake with {server} failed: its certificate is "
+            f"not signed by the CA in tls.ca ({tls.ca}) or does not name {host} "
+            f"(tls.server_name overrides the name checked); {e}"
+        ) from None
     if model is not None:
         assert conn.spec is not None
         try:
