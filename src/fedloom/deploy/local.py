@@ -102,7 +102,7 @@ class _Handoff:
                 cid,
                 self._round,
                 self._round - 1,
-                dict(self._plan.config),
+                self._plan.to_wire(),
                 self.spec,
                 self._global,
                 {k: v.detach().clone() for k, v in self._plan.tensors.items()},

@@ -297,13 +297,13 @@ class Federation:
         """Give a share of ``plan``'s clients fewer epochs; drop them if the strategy wants
         only complete work. Returns how many were dropped."""
         rng = np.random.default_rng(derive_seed(self.seed, "stragglers", rnd))
-        full = int(plan.config.get("local_epochs", getattr(self.task, "local_epochs", 1)))
+        full = plan.round_epochs(self.task.local_epochs)
         k = int(round(self.stragglers * len(plan.clients)))
         chosen = sorted(int(c) for c in rng.choice(plan.clients, size=k, replace=False))
         epochs = {c: int(e) for c, e in zip(chosen, rng.integers(1, full + 1, size=k))}
         short = {c for c, e in epochs.items() if e < full}
         if self.strategy.accepts_partial_work:
-            plan.config["client_epochs"] = {str(c): e for c, e in epochs.items()}
+            plan.client_epochs = epochs
             return 0
         plan.clients = [c for c in plan.clients if c not in short]
         return len(short)

@@ -101,7 +101,7 @@ class DistributedClients:
         for i, cid in enumerate(cids):
             if self.owner(cid) != self.rank:
                 continue
-            u = self.engine.train_client(self._round, cid, self._plan.config)
+            u = self.engine.train_client(self._round, cid, self._plan)
             rows[i].copy_(u.params)
             info[str(i)] = {"n": int(u.num_samples), "metrics": u.metrics}
             tensors = u.extras.get("tensors") or {}

@@ -192,11 +192,11 @@ class HierarchicalClients:
         if self.flat:
             self.engine.distribute(round, plan, global_params)
             return
-        if plan.config or plan.tensors:  # every config key (client part, stragglers' epochs,
-            # SCAFFOLD's flags, cluster assignments) and tensor is meant for training clients
+        if plan.for_clients:  # every setting (client part, stragglers' epochs, SCAFFOLD's
+            # flags, cluster assignments) and tensor is meant for training clients
             raise ValueError(
                 f"the root's round plan carries client settings or tensors "
-                f"({sorted(plan.config) + sorted(plan.tensors)}), but in a hierarchy the "
+                f"({sorted(plan.to_wire()) + sorted(plan.tensors)}), but in a hierarchy the "
                 "root's clients are edge aggregators: give a strategy with a client part as "
                 "edge_strategy, and stragglers are not simulated below a root"
             )

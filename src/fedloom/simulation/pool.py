@@ -63,10 +63,11 @@ def _worker_main(
             if new_slots is not None:
                 slots = new_slots
             assert slots is not None
-            engine.distribute(rnd, RoundPlan([cid for _, cid in jobs], config), global_buf)
+            plan = RoundPlan.from_wire(config, [cid for _, cid in jobs])
+            engine.distribute(rnd, plan, global_buf)
             for pos, cid in jobs:
                 try:
-                    u = engine.train_client(rnd, cid, config)
+                    u = engine.train_client(rnd, cid, plan)
                     if u.extras.get("tensors"):
                         raise RuntimeError(
                             "the client part returns tensors, which ProcessPoolClients does "
@@ -225,7 +226,7 @@ class ProcessPoolClients:
         jobs: list[list[tuple[int, int]]] = [[] for _ in range(self.workers)]
         for pos, cid in enumerate(clients):
             jobs[int(cid) % self.workers].append((pos, int(cid)))
-        config = dict(plan.config)
+        config = plan.to_wire()
         for wid, mine in enumerate(jobs):
             if not mine:
                 continue

@@ -180,9 +180,9 @@ class VectorizedClients:
         """Remember the round's plan and snapshot the global model (once, not per client)."""
         self._plan, self._round = plan, round
         if self._fallback is None:
-            if plan.tensors or plan.config.get("algorithm"):
+            if plan.tensors or plan.client_algorithm:
                 self._fall_back("the strategy has a client-side part (hooks on every step)")
-            elif plan.config.get("client_epochs"):
+            elif plan.client_epochs:
                 self._fall_back("stragglers run their own number of epochs")
         if self._fallback is not None:
             self._fallback.distribute(round, plan, global_params)
@@ -197,7 +197,7 @@ class VectorizedClients:
             yield from self._fallback.collect()
             return
         clients = list(self._plan.clients)
-        epochs = int(self._plan.config.get("local_epochs", self.task.local_epochs))
+        epochs = self._plan.round_epochs(self.task.local_epochs)
         chunk = self._chunk_size()
         for start in range(0, len(clients), chunk):
             cids = clients[start : start + chunk]
