@@ -20,7 +20,6 @@ from ..task import Task
 from ..update import ClientUpdate
 from .client import ClientAlgorithm
 
-
 # the wire JSON's keys for the loop-level fields; an algorithm's own ``config`` keys are others
 WIRE_KEYS = ("local_epochs", "client_epochs", "algorithm")
 

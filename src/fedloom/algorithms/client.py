@@ -7,9 +7,9 @@ gradient correction that runs just before every ``optimizer.step()`` (a step pre
 how many steps were taken, and add metrics or tensors to the update.
 
 A strategy names its client part in the round's plan (``plan.client_algorithm`` and its
-``client_options``, plain JSON on the wire), so the same part is built wherever the client trains: in this process, in a worker
-process or on another machine. Per-client state lives in ``ctx.state`` and is checkpointed
-with the backend.
+``client_options``, plain JSON on the wire), so the same part is built wherever the client
+trains: in this process, in a worker process or on another machine. Per-client state lives
+in ``ctx.state`` and is checkpointed with the backend.
 """
 
 from __future__ import annotations
