@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "task",
             "data",
             "update",
+            "rounds",
             "errors",
             "seeding",
             "registry",

@@ -22,7 +22,6 @@ A flat topology (the root has clients attached and no child nodes) delegates to 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 from ..algorithms.base import RoundPlan, Strategy
 from ..algorithms.fedavg import FedAvg
 from ..errors import CheckpointError
-from ..seeding import derive_seed
+from ..rounds import RoundTally, sampling_rng
 from ..task import Task
 from ..topology.graph import Topology
 from ..update import ClientUpdate
@@ -50,14 +49,19 @@ EdgeStrategy = Strategy | Callable[[str], Strategy]
 
 
 @dataclass
-class _RoundStats:
-    """What one node round received from its participants."""
+class _NodeTally(RoundTally):
+    """What one node round received from its participants, and what went on below them."""
 
-    updates: int = 0
-    samples: int = 0
-    loss: float = 0.0
-    client_updates: int = 0
+    client_updates: int = 0  # client trainings in the participants' subtrees
     link_bytes: int = 0  # bytes on the links below the participants (their subtrees)
+
+    def counted_below(self, updates: Iterable[ClientUpdate], leaf: bool) -> Iterator[ClientUpdate]:
+        """Pass ``updates`` through, accepting each and adding up its subtree's figures."""
+        for u in self.counted(updates):
+            self.client_updates += 1 if leaf else int(u.metrics.get("client_updates", 0))
+            if not leaf:
+                self.link_bytes += int(u.metrics.get("link_bytes", 0))
+            yield u
 
 
 class HierarchicalClients:
@@ -221,7 +225,6 @@ class HierarchicalClients:
     # -- one node ----------------------------------------------------------------------------
     def _run_node(self, name: str, start: torch.Tensor, g: int) -> ClientUpdate:
         """Run ``name``'s edge rounds from ``start`` in global round ``g``; its aggregate."""
-        t0 = time.perf_counter()
         engine = self.engine
         buf = self._buffers.get(name)
         if buf is None or buf.shape != start.shape:
@@ -230,15 +233,14 @@ class HierarchicalClients:
         strategy, children = self.strategies[name], self._children[name]
         available = list(self._clients[name]) if not children else list(range(len(children)))
         client_updates = link_bytes = bytes_down = bytes_up = 0
-        last = _RoundStats()
+        clock, last = RoundTally(), _NodeTally()  # the node's whole run; its last edge round
         for _ in range(self.edge_rounds[name]):
             j = self._runs.get(name, 0)
             self._runs[name] = j + 1
             self.node_rounds[name] += 1
             t = self.node_rounds[name]
-            rng = np.random.default_rng(derive_seed(self.seed, "edge/" + name, g, j))
-            plan = strategy.configure(t, available, rng)
-            stats = _RoundStats()
+            plan = strategy.configure(t, available, sampling_rng(self.seed, "edge/" + name, g, j))
+            stats = _NodeTally()
             if not children or name in self.served:
                 engine.distribute(g + j * ROUND_STRIDE, plan, buf)
                 stream: Iterable[ClientUpdate] = engine.collect()
@@ -248,14 +250,13 @@ class HierarchicalClients:
                     snap = self._snapshots[name] = torch.empty_like(buf)
                 snap.copy_(buf)
                 stream = self._child_updates(children, plan.clients, snap, g)
-            strategy.aggregate(t, buf, _counted(stream, stats, leaf=not children))
+            strategy.aggregate(t, buf, stats.counted_below(stream, leaf=not children))
             client_updates += stats.client_updates
             link_bytes += stats.link_bytes
             bytes_down += len(plan.clients) * self._wire_bytes
-            bytes_up += stats.updates * self._wire_bytes
+            bytes_up += stats.received * self._wire_bytes
             last = stats
-        seconds = time.perf_counter() - t0
-        loss = last.loss / last.samples if last.samples else float("nan")
+        seconds, loss = clock.seconds, last.train_loss
         node = self.node_metrics.setdefault(
             name,
             {"runs": 0, "rounds": 0, "client_updates": 0, "bytes_down": 0, "bytes_up": 0},
@@ -321,20 +322,6 @@ class HierarchicalClients:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _counted(
-    updates: Iterable[ClientUpdate], stats: _RoundStats, leaf: bool
-) -> Iterator[ClientUpdate]:
-    """Pass ``updates`` through, adding them up in ``stats``."""
-    for u in updates:
-        stats.updates += 1
-        stats.samples += u.num_samples
-        stats.loss += float(u.metrics.get("loss", 0.0)) * u.num_samples
-        stats.client_updates += 1 if leaf else int(u.metrics.get("client_updates", 0))
-        if not leaf:
-            stats.link_bytes += int(u.metrics.get("link_bytes", 0))
-        yield u
-
-
 def _pick_root(topology: Topology, root: str | None) -> str:
     if root is not None:
         if root not in topology.nodes:
