@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "data",
             "update",
             "rounds",
+            "backend",
             "errors",
             "seeding",
             "registry",

@@ -38,7 +38,7 @@ class FedAvg(Strategy):
         super().__init__(clients_per_round, fraction)
         self.weighted = weighted
         self.aggregator = aggregator or WeightedMean()
-        self.client = self.client or getattr(self.aggregator, "client", None)
+        self.client = self.client or self.aggregator.client
 
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]

@@ -60,6 +60,13 @@ def _views(run: LocalRun, flat: torch.Tensor) -> list[torch.Tensor]:
     return [flat[s].view_as(p) for s, p in zip(_slices(run), run.params)]
 
 
+class _PerThread(threading.local):
+    """Each thread's own scratch tensors, by name (``__init__`` runs once per thread)."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+
 @register_client_algorithm
 class ControlVariates(ClientAlgorithm):
     """SCAFFOLD's client part: ``c - c_i`` added to every step's gradients, ``c_i`` refreshed
@@ -75,13 +82,12 @@ class ControlVariates(ClientAlgorithm):
         # One instance serves every client of a process, some at once (network clients in
         # threads): the reused buffers are per thread. dc: c - c_i while training, then
         # delta_c; g: Option I's gradient at the global model.
-        self._buffers = threading.local()
+        self._buffers = _PerThread()
 
     def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        old = getattr(self._buffers, name, None)
+        old = self._buffers.tensors.get(name)
         if old is None or old.shape != like.shape or old.dtype != like.dtype:
-            old = torch.zeros_like(like)
-            setattr(self._buffers, name, old)
+            old = self._buffers.tensors[name] = torch.zeros_like(like)
         return old
 
     def _server_c(self, run: LocalRun) -> tuple[bool, torch.Tensor | None]:

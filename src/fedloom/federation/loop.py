@@ -43,19 +43,28 @@ class RoundState(StrEnum):
 
 
 class Backend(Protocol):
-    """Where clients train. ``collect`` yields updates in a deterministic order."""
+    """Where clients train. ``collect`` yields updates in a deterministic order.
+
+    ``close``, ``round_stats`` and ``node_metrics`` are optional hooks: inherit
+    :class:`~fedloom.backend.BackendBase` for their no-op defaults (every simulation engine
+    does), so callers call them instead of probing.
+    """
 
     def available_clients(self, round: int) -> list[int]: ...
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None: ...
     def collect(self) -> Iterator[ClientUpdate]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+    def round_stats(self) -> dict[str, Any]: ...
+    def node_metrics(self) -> dict[str, dict[str, float]]: ...
 
 
 @runtime_checkable
 class ReportsRoundStats(Protocol):
-    """A backend with figures of its own for each round's record (the network aggregator's
-    refused calls, say)."""
+    """A backend with figures of its own for each round's record. Every
+    :class:`~fedloom.backend.BackendBase` is one; the check stays for backends that do not
+    inherit it yet (the network relay's, the deployment handoff)."""
 
     def round_stats(self) -> dict[str, Any]: ...
 

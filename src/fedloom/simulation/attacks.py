@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..seeding import derive_seed
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
@@ -140,7 +141,7 @@ def _flip_labels(batch: Any, classes: int) -> Any:
 ATTACKS: dict[str, type] = {c.name: c for c in (SignFlip, ScaledNoise, LabelFlip)}
 
 
-class AttackedClients:
+class AttackedClients(BackendBase):
     """A backend whose ``attackers`` send ``attack``-ed updates; the others pass through.
 
     Wraps any backend (``InProcessClients``, ``VectorizedClients``...). The global model is
@@ -186,6 +187,15 @@ class AttackedClients:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.backend.load_state_dict(state)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def round_stats(self) -> dict[str, Any]:
+        return dict(self.backend.round_stats())
+
+    def node_metrics(self) -> dict[str, dict[str, float]]:
+        return dict(self.backend.node_metrics())
 
     def __getattr__(self, name: str) -> Any:  # the wrapped backend's other attributes
         if name == "backend":

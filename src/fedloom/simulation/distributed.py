@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import FedloomError
 from ..task import Task
 from ..update import ClientUpdate
@@ -36,7 +37,7 @@ def in_distributed_env() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-class DistributedClients:
+class DistributedClients(BackendBase):
     """The simulation backend of one rank; see the module doc.
 
     Args:

@@ -16,6 +16,7 @@ import torch
 
 from ..algorithms.base import RoundPlan
 from ..algorithms.client import LocalRun, build_client_algorithm, federated_parameters
+from ..backend import BackendBase
 from ..errors import ClientError
 from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -29,7 +30,7 @@ from .states import ClientStates
 MODEL_INIT_LOCK = threading.RLock()
 
 
-class InProcessClients:
+class InProcessClients(BackendBase):
     """The simulation backend: trains the clients of a round in this process.
 
     Per-client state (``ctx.state``, personal layers, optimizer state when the task keeps it)

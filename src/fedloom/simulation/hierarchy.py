@@ -31,6 +31,7 @@ import torch
 
 from ..algorithms.base import RoundPlan, Strategy
 from ..algorithms.fedavg import FedAvg
+from ..backend import BackendBase
 from ..errors import CheckpointError
 from ..rounds import RoundTally, sampling_rng
 from ..task import Task
@@ -64,7 +65,7 @@ class _NodeTally(RoundTally):
             yield u
 
 
-class HierarchicalClients:
+class HierarchicalClients(BackendBase):
     """The clients of a hierarchy, seen from its root (a Backend).
 
     The root's Federation sees the root's child nodes as clients with integer ids: their
@@ -97,7 +98,7 @@ class HierarchicalClients:
     at the root. Edges do not check their clients' updates (in simulation they are the
     engine's own buffers); a non-finite edge model is rejected by the root's Federation.
 
-    Per node and global round, :attr:`node_metrics` holds the rounds it ran, the client
+    Per node and global round, :meth:`node_metrics` gives the rounds it ran, the client
     trainings in its subtree, its last round's train loss, the bytes on its own links and
     its seconds; :class:`~fedloom.federation.node_metrics.NodeMetrics` copies them into each
     round's record. Each edge's update carries its own in ``metrics`` too (``loss``,
@@ -105,8 +106,7 @@ class HierarchicalClients:
 
     Args:
         task: the user's task.
-        topology: nodes and child -> parent edges; ``topology.validate()`` is called when the
-            topology has it.
+        topology: nodes and child -> parent edges; ``topology.validate()`` is called first.
         seed: the run seed (the Federation's).
         root: the node the Federation runs at; the topology's only root by default.
         edge_strategy: each non-root node's strategy: None (``FedAvg(fraction=1.0)``), one
@@ -138,9 +138,7 @@ class HierarchicalClients:
     ):
         self.task, self.topology, self.seed = task, topology, seed
         self.state_memory_mb = state_memory_mb
-        validate = getattr(topology, "validate", None)
-        if callable(validate):  # the whole graph's structure; then what a simulation needs
-            validate()
+        topology.validate()  # the whole graph's structure; then what a simulation needs
         self.root = _pick_root(topology, root)
         self._children, self._clients = _tree(task, topology, self.root)
         self.flat = not self._children[self.root]
@@ -154,7 +152,7 @@ class HierarchicalClients:
         for name in reversed(list(self._children)):  # children come after their parent
             own = sum(task.num_samples(c) for c in self._clients[name])
             self.population[name] = own + sum(self.population[c] for c in self._children[name])
-        self.node_metrics: dict[str, dict[str, float]] = {}
+        self._nodes: dict[str, dict[str, float]] = {}  # node_metrics() of the last round
         self._engine: InProcessClients | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._snapshots: dict[str, torch.Tensor] = {}
@@ -209,7 +207,7 @@ class HierarchicalClients:
         self._global.copy_(global_params)
         self._plan, self._round = plan, round
         self._runs = {}
-        self.node_metrics = {}
+        self._nodes = {}
 
     def collect(self) -> Iterator[ClientUpdate]:
         """Run each planned edge's rounds in turn, yielding its aggregate as it is ready."""
@@ -221,6 +219,10 @@ class HierarchicalClients:
             update = self._run_node(self.names[eid], self._global, self._round)
             update.client_id = eid
             yield update
+
+    def node_metrics(self) -> dict[str, dict[str, float]]:
+        """Per node below the root, the last global round's figures (see the class doc)."""
+        return self._nodes
 
     # -- one node ----------------------------------------------------------------------------
     def _run_node(self, name: str, start: torch.Tensor, g: int) -> ClientUpdate:
@@ -257,7 +259,7 @@ class HierarchicalClients:
             bytes_up += stats.received * self._wire_bytes
             last = stats
         seconds, loss = clock.seconds, last.train_loss
-        node = self.node_metrics.setdefault(
+        node = self._nodes.setdefault(
             name,
             {"runs": 0, "rounds": 0, "client_updates": 0, "bytes_down": 0, "bytes_up": 0},
         )

@@ -27,6 +27,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import ClientError, FedloomError
 from ..params import flatten_module
 from ..task import Task
@@ -83,7 +84,7 @@ def _worker_main(
             engine.load_state_dict(msg[1])
 
 
-class ProcessPoolClients:
+class ProcessPoolClients(BackendBase):
     """The simulation backend that trains a round's clients in ``workers`` forked processes.
 
     Args:

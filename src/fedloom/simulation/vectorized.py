@@ -72,6 +72,7 @@ from torch.func import functional_call
 
 from .. import optim
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..classification import ClassificationTask
 from ..params import ParamSpec, flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -100,7 +101,7 @@ StepFn = Callable[
 ]
 
 
-class VectorizedClients:
+class VectorizedClients(BackendBase):
     """A simulation backend that trains all clients of a round at once with ``torch.func``.
 
     Use it where :class:`~fedloom.simulation.InProcessClients` would go::
@@ -424,7 +425,8 @@ class VectorizedClients:
         """From now on delegate everything to the sequential engine (and say so once)."""
         self.fallback_reason = reason
         log.warning("VectorizedClients: using sequential InProcessClients instead: %s", reason)
-        device = getattr(self.task, "device", torch.device("cpu"))
+        task = self.task
+        device = task.device if isinstance(task, ClassificationTask) else torch.device("cpu")
         with _forked_rng(device):  # its model init must not move the caller's RNG
             self._fallback = InProcessClients(self.task, self.seed)
         if self._states:
