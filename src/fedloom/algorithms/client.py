@@ -64,21 +64,22 @@ class LocalRun:
         """The learning rate of the optimizer's first parameter group."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def correct_gradients(self, fn: Callable[[list[torch.Tensor], list[torch.Tensor]], None]):
+    def correct_gradients(
+        self, fn: Callable[[list[torch.Tensor], list[torch.Tensor]], None]
+    ) -> None:
         """Call ``fn(grads, params)`` before every optimizer step, to change the gradients in
         place (e.g. ``torch._foreach_add_``). Parameters without a gradient are skipped."""
 
-        def hook(optimizer, args, kwargs):
-            pairs = [(p.grad, p) for p in self.params if p.grad is not None]
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            pairs = [(g, p) for p in self.params if (g := p.grad) is not None]
             if pairs:
-                grads, params = map(list, zip(*pairs))
                 with torch.no_grad():
-                    fn(grads, params)
+                    fn([g for g, _ in pairs], [p for _, p in pairs])
 
         self._handles.append(self.optimizer.register_step_pre_hook(hook))
 
     def _count_steps(self) -> None:
-        def hook(optimizer, args, kwargs):
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self.steps += 1
 
         self._handles.append(self.optimizer.register_step_post_hook(hook))
@@ -141,7 +142,8 @@ def federated_parameters(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(trainable federated parameters, views of ``global_flat`` shaped like them)."""
     names = set(spec.names)
-    params, views = [], []
+    params: list[torch.Tensor] = []
+    views: list[torch.Tensor] = []
     for name, p in model.named_parameters():
         if name in names and p.requires_grad:
             params.append(p)

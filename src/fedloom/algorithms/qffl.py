@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -152,5 +152,5 @@ class QFFL(Strategy):
         return t
 
 
-def _number(v: object) -> bool:
+def _number(v: object) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

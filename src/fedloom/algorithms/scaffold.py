@@ -34,6 +34,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +131,7 @@ class ControlVariates(ClientAlgorithm):
         batches = 0
         with torch.random.fork_rng(devices=[]):
             for batch in run.task.train_loader(ctx.client_id, ctx):
-                run.task.train_step(run.model, batch, ctx).backward()
+                torch.autograd.backward(run.task.train_step(run.model, batch, ctx))
                 batches += 1
         with torch.no_grad():
             out.zero_()
@@ -237,14 +238,14 @@ class Scaffold(Strategy):
         self.c.add_(self._dc_sum, alpha=1.0 / self.num_clients)
         return global_params
 
-    def state_dict(self) -> dict:
-        state: dict = {}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         if self.num_clients is not None:
             state["num_clients"] = self.num_clients
         if self.c is not None:
             state["c"] = self.c.clone()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_clients = state.get("num_clients")
         self.c = state["c"].clone() if "c" in state else None

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -167,7 +167,7 @@ class Federation:
             backend = InProcessClients(task, seed)
         elif callable(backend) and not hasattr(backend, "collect"):
             backend = backend(self.spec)  # a factory that needs the model spec (the server)
-        self.backend: Backend = backend
+        self.backend: Backend = cast(Backend, backend)
         self.round = 0
         self.plan = RoundPlan([])
         self.history: list[dict[str, Any]] = []
@@ -377,7 +377,7 @@ class Federation:
             return False
         name, value, *mode = self.target
         falls = mode[0] == "min" if mode else name.endswith("loss")
-        return record[name] <= value if falls else record[name] >= value
+        return bool(record[name] <= value if falls else record[name] >= value)
 
     def state_dict(self) -> dict[str, Any]:
         return {

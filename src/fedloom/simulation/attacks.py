@@ -118,11 +118,11 @@ class LabelFlip:
 
 
 @functools.cache
-def _label_flipping(base: type) -> type:
+def _label_flipping(base: type[Task]) -> type[Task]:
     """``base`` with a ``train_loader`` flipping the labels of the clients in ``self._flip``."""
 
-    def train_loader(self: Any, client_id: int, ctx: ClientContext) -> Iterable:
-        batches = base.train_loader(self, client_id, ctx)
+    def train_loader(self: Any, client_id: int, ctx: ClientContext) -> Iterable[Any]:
+        batches: Iterable[Any] = base.train_loader(self, client_id, ctx)
         attackers, classes = self._flip
         if client_id not in attackers:
             return batches
@@ -159,7 +159,8 @@ class AttackedClients(BackendBase):
         self._round = 0
 
     def available_clients(self, round: int) -> list[int]:
-        return self.backend.available_clients(round)
+        clients: list[int] = self.backend.available_clients(round)
+        return clients
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
         if self._x is None or self._x.shape != global_params.shape:
@@ -183,7 +184,8 @@ class AttackedClients(BackendBase):
             yield dataclasses.replace(u, params=self._buf)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.backend.state_dict()
+        state: dict[str, Any] = self.backend.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.backend.load_state_dict(state)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from ..algorithms.base import RoundPlan
 from ..backend import BackendBase
 from ..errors import FedloomError
+from ..params import ParamSpec
 from ..task import Task
 from ..update import ClientUpdate
 from .engine import InProcessClients
@@ -69,7 +70,7 @@ class DistributedClients(BackendBase):
         self._state_on_ranks = False  # does any rank keep per-client state? (told each round)
 
     @property
-    def spec(self):
+    def spec(self) -> ParamSpec:
         return self.engine.spec
 
     def close(self) -> None:

@@ -326,7 +326,7 @@ class VectorizedClients(BackendBase):
 
         # autograd's gradient of the mean loss; SGD skips parameters that get none, and so do we
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        torch.autograd.backward(F.cross_entropy(model(x), y))
         expected = {
             n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
         }
@@ -396,12 +396,14 @@ class VectorizedClients(BackendBase):
         params = dict(self.model.named_parameters())
         for _ in range(2):
             self.model.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(x), y).backward()
+            torch.autograd.backward(F.cross_entropy(self.model(x), y))
             with torch.no_grad():
                 for i, (e, t) in enumerate(zip(entries, self._unflatten(self.flat))):
                     if i in hyper:
                         lr, wd = hyper[i]
-                        t.sub_(lr * (params[e.name].grad + wd * t))
+                        grad = params[e.name].grad
+                        assert grad is not None, e.name
+                        t.sub_(lr * (grad + wd * t))
                         want[i] = t.clone()
         self.model.zero_grad(set_to_none=True)
         work = [torch.empty((2, *e.shape), dtype=self.spec.dtype, device=x.device) for e in entries]
