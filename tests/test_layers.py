@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "task",
             "data",
             "update",
+            "rounds",
+            "backend",
             "errors",
             "seeding",
             "registry",

@@ -62,8 +62,8 @@ class Line(Task):
 def importance(task: Task, **options) -> torch.Tensor:
     engine = InProcessClients(task, seed=0)
     engine.distribute(1, RoundPlan([0]), engine.flat.detach().clone())
-    config = {"algorithm": ElasticImportance(**options).to_config()}
-    return engine.train_client(1, 0, config).extras["tensors"][IMP].clone()
+    plan = RoundPlan.from_wire({"algorithm": ElasticImportance(**options).to_config()}, [0])
+    return engine.train_client(1, 0, plan).extras["tensors"][IMP].clone()
 
 
 def test_importance_of_one_weight_is_the_mean_of_abs_2_w_x_squared():
@@ -171,8 +171,9 @@ def test_client_part_leaves_training_untouched_and_marks_buffers_for_the_plain_m
     start = plain.flat.detach().clone()
     for e in (plain, elastic):
         e.distribute(1, plan, start.clone())
-    a = plain.train_client(1, 2, {}).params.clone()
-    u = elastic.train_client(1, 2, {"algorithm": ElasticImportance().to_config()})
+    a = plain.train_client(1, 2, plan).params.clone()
+    part = RoundPlan.from_wire({"algorithm": ElasticImportance().to_config()}, [2])
+    u = elastic.train_client(1, 2, part)
     assert torch.equal(a, u.params)  # same shuffling, same BatchNorm statistics
     imp, layout = u.extras["tensors"][IMP], u.extras["tensors"][LAYOUT]
     spec = elastic.spec
@@ -204,7 +205,7 @@ def test_strategies_run_the_aggregators_client_part():
         FedAvgM(server_lr=1.0, aggregator=ElasticAggregator(quantile=0.3, momentum=0.5)),
     ):
         assert isinstance(s.client, ElasticImportance)
-        cfg = s.configure(1, list(range(4)), rng).config["algorithm"]
+        cfg = s.configure(1, list(range(4)), rng).to_wire()["algorithm"]
         assert cfg == {"name": "elastic", "momentum": 0.5, "at": "begin", "max_batches": None}
     assert AGGREGATORS.get("elastic") is ElasticAggregator
     assert CLIENT_ALGORITHMS.get("elastic") is ElasticImportance

@@ -134,7 +134,7 @@ def test_registry_config_and_tiny_task_run():
         and s.client.to_config() == {"name": "feddyn", "alpha": 0.01}
     )
     plan = s.configure(1, list(range(5)), np.random.default_rng(0))
-    assert plan.config["algorithm"] == {"name": "feddyn", "alpha": 0.01} and plan.tensors == {}
+    assert plan.to_wire()["algorithm"] == {"name": "feddyn", "alpha": 0.01} and plan.tensors == {}
     cfg = Config.model_validate(
         {"strategy": {"name": "feddyn", "clients_per_round": 4, "options": {"alpha": 0.1}}}
     )

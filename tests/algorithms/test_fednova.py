@@ -61,7 +61,7 @@ def fixed_steps(cls):
     class Fixed(cls):
         def configure(self, round, available, rng):
             plan = super().configure(round, available, rng)
-            plan.config["client_epochs"] = dict(STEPS)
+            plan.client_epochs = {int(c): e for c, e in STEPS.items()}
             return plan
 
     return Fixed
@@ -143,7 +143,7 @@ def test_registry_config_and_end_to_end():
     s = build_strategy(load_config({"strategy": {"name": "fednova", "clients_per_round": 4}}))
     assert isinstance(s, FedNova) and STRATEGIES.get("fednova") is FedNova
     assert s.clients_per_round == 4 and isinstance(s.client, NormalizedSteps)
-    assert s.configure(1, list(range(6)), np.random.default_rng(0)).config == {
+    assert s.configure(1, list(range(6)), np.random.default_rng(0)).to_wire() == {
         "algorithm": {"name": "fednova"}
     }
     with pytest.raises(ValueError, match="clients_per_round"):

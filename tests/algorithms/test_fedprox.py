@@ -50,7 +50,7 @@ def test_fedprox_arguments_and_registry():
     s = STRATEGIES.get("fedprox")(mu=0.1, clients_per_round=2)
     assert s.mu == 0.1 and isinstance(s.client, ProximalTerm) and s.client.mu == 0.1
     plan = s.configure(1, list(range(5)), __import__("numpy").random.default_rng(0))
-    assert plan.config["algorithm"] == {"name": "fedprox", "mu": 0.1}
+    assert (plan.client_algorithm, plan.client_options) == ("fedprox", {"mu": 0.1})
     assert s.state_dict() == FedProx(mu=0.1).state_dict()
 
 
@@ -68,8 +68,8 @@ def test_stragglers_fedavg_drops_them_and_fedprox_keeps_their_partial_work():
     again = Federation(task, FedProx(mu=0.0, fraction=1.0), rounds=3, seed=1, stragglers=1.0)
     assert torch.equal(again.run().params, rp.params)
     # the epochs each client ran are what its update reports
-    plan_epochs = prox.plan.config["client_epochs"]
-    assert set(plan_epochs) == {str(c) for c in range(12)}
+    plan_epochs = prox.plan.client_epochs
+    assert set(plan_epochs) == set(range(12))
     assert all(1 <= e <= 4 for e in plan_epochs.values())
     with pytest.raises(ValueError, match="stragglers"):
         Federation(task, FedAvg(), rounds=1, stragglers=1.5)

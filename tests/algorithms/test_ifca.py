@@ -137,6 +137,6 @@ def test_arguments_registry_and_config():
     fed = Federation(make_tiny_task(), s, rounds=2, seed=0)
     result = fed.run()
     assert set(fed.plan.tensors) == {"ifca_0", "ifca_1", "ifca_2"}
-    assert fed.plan.config["algorithm"] == {"name": "ifca", "clusters": 3}
+    assert fed.plan.to_wire()["algorithm"] == {"name": "ifca", "clusters": 3}
     assert result.rounds == 2 and bool(torch.isfinite(s.models).all())
     assert any(torch.equal(result.params, m) for m in s.models)

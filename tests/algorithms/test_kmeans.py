@@ -123,5 +123,5 @@ def test_arguments_registry_and_config():
     fed.run_round(2)
     assert s._buf is buf
     assert set(fed.plan.tensors) == {"km_0", "km_1", "km_2"}
-    assert fed.plan.config["algorithm"] == {"name": "kmeans"}
+    assert fed.plan.to_wire()["algorithm"] == {"name": "kmeans"}
     assert bool(torch.isfinite(s.models).all())

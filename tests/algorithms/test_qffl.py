@@ -202,7 +202,7 @@ def test_arguments_registry_and_config():
     s = build_strategy(load_config({"strategy": {"name": "qffl", "options": {"q": 2, "lr": 0.1}}}))
     assert isinstance(s, QFFL) and (s.q, s.lr) == (2.0, 0.1) and isinstance(s.client, GlobalLoss)
     plan = s.configure(1, list(range(6)), np.random.default_rng(0))
-    assert plan.config == {"algorithm": {"name": "qffl"}}
+    assert plan.to_wire() == {"algorithm": {"name": "qffl"}}
     fed = Federation(make_tiny_task(), s, rounds=3, seed=0)
     initial = fed.evaluate()["test_loss"]
     result = fed.run()

@@ -119,7 +119,7 @@ def test_updates_without_control_variates_are_rejected(caplog):
 def test_plan_carries_c_and_client_part_warns_without_it(caplog):
     s = Scaffold(option="I", clients_per_round=2)
     plan = s.configure(1, list(range(5)), np.random.default_rng(0))
-    assert plan.config["algorithm"] == {"name": "scaffold", "option": "I"}
+    assert plan.to_wire()["algorithm"] == {"name": "scaffold", "option": "I"}
     assert plan.tensors == {} and plan.config["scaffold_c_zero"]  # size not known yet: c = 0
     s.aggregate(1, torch.zeros(3), iter([]))
     plan = s.configure(2, list(range(5)), np.random.default_rng(0))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # the algorithms package imports this one: no import cycle at run time
+    from ..algorithms.client import ClientAlgorithm
 
 
 class Aggregator(ABC):
@@ -23,7 +26,7 @@ class Aggregator(ABC):
 
     #: the client part (:class:`~fedloom.algorithms.client.ClientAlgorithm`) this aggregator
     #: needs on every client, or None
-    client: Any = None
+    client: ClientAlgorithm | None = None
 
     @abstractmethod
     def reset(self, like: torch.Tensor) -> None:

@@ -18,20 +18,108 @@ from torch import nn
 
 from ..task import Task
 from ..update import ClientUpdate
+from .client import ClientAlgorithm
+
+# the wire JSON's keys for the loop-level fields; an algorithm's own ``config`` keys are others
+WIRE_KEYS = ("local_epochs", "client_epochs", "algorithm")
 
 
 @dataclass
 class RoundPlan:
     """The clients of a round and what they are sent besides the model.
 
-    ``config`` is plain JSON (epochs, the client part's name and hyper-parameters, per-client
-    epochs of stragglers); ``tensors`` are flat buffers laid out like the model (SCAFFOLD's
-    server control variate, IFCA's cluster models) that clients read through ``ctx.tensors``.
+    Attributes:
+        clients: the round's clients, sorted.
+        config: the strategy's own plain-JSON data for its client part, under keys named after
+            the algorithm (k-means' ``km_assignment``, SCAFFOLD's ``scaffold_c_zero``); never
+            one of :data:`WIRE_KEYS`.
+        tensors: flat buffers laid out like the model (SCAFFOLD's server control variate,
+            IFCA's cluster models) that clients read through ``ctx.tensors``.
+        local_epochs: epochs every client runs this round; None: the task's own.
+        client_epochs: a straggler's own epoch count, by client id (overrides the above).
+        client_algorithm: the registered name of the client part clients run, or None.
+        client_options: that part's hyper-parameters (its ``__init__`` keyword arguments).
+
+    On the wire (to network clients, and as ``ctx.config``) a plan's settings are one flat
+    JSON object, :meth:`to_wire`: ``config``'s keys plus ``local_epochs``, ``client_epochs``
+    (string client ids) and ``algorithm`` (``{"name": ..., **options}``) when set.
     """
 
     clients: list[int]
     config: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    local_epochs: int | None = None
+    client_epochs: dict[int, int] = field(default_factory=dict)
+    client_algorithm: str | None = None
+    client_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Wire keys given in ``config`` (``RoundPlan(ids, {"local_epochs": 2})``, as before
+        the typed fields) move to their fields."""
+        if set(self.config) & set(WIRE_KEYS):
+            lifted = RoundPlan.from_wire(self.config)
+            self.config = lifted.config
+            self.local_epochs = lifted.local_epochs
+            self.client_epochs = {**lifted.client_epochs, **self.client_epochs}
+            if lifted.client_algorithm is not None and self.client_algorithm is None:
+                self.client_algorithm, self.client_options = (
+                    lifted.client_algorithm,
+                    lifted.client_options,
+                )
+
+    def epochs_for(self, cid: int, default: int) -> int:
+        """Epochs ``cid`` runs: a straggler's own count, else the round's, else ``default``."""
+        own = self.client_epochs.get(cid)
+        return own if own is not None else self.round_epochs(default)
+
+    def round_epochs(self, default: int) -> int:
+        """Epochs the round asks of every client (stragglers aside), else ``default``."""
+        return self.local_epochs if self.local_epochs is not None else default
+
+    def to_wire(self) -> dict[str, Any]:
+        """The settings as one plain-JSON object (what clients get as ``ctx.config``)."""
+        clash = sorted(set(self.config) & set(WIRE_KEYS))
+        if clash:
+            raise ValueError(
+                f"plan.config holds {clash}: set the plan's typed fields (local_epochs, "
+                "client_epochs, client_algorithm) instead"
+            )
+        wire = dict(self.config)
+        if self.local_epochs is not None:
+            wire["local_epochs"] = self.local_epochs
+        if self.client_epochs:
+            wire["client_epochs"] = {str(c): e for c, e in self.client_epochs.items()}
+        if self.client_algorithm is not None:
+            wire["algorithm"] = {"name": self.client_algorithm, **self.client_options}
+        return wire
+
+    @classmethod
+    def from_wire(
+        cls,
+        wire: dict[str, Any],
+        clients: Sequence[int] = (),
+        tensors: dict[str, torch.Tensor] | None = None,
+    ) -> RoundPlan:
+        """The plan :meth:`to_wire` described (for ``clients``, with ``tensors``)."""
+        config = dict(wire)
+        epochs = config.pop("local_epochs", None)
+        own = config.pop("client_epochs", None) or {}
+        options = dict(config.pop("algorithm", None) or {})
+        name = options.pop("name", None)
+        return cls(
+            list(clients),
+            config,
+            dict(tensors or {}),
+            None if epochs is None else int(epochs),
+            {int(c): int(e) for c, e in own.items()},
+            None if name is None else str(name),
+            options,
+        )
+
+    @property
+    def for_clients(self) -> bool:
+        """Whether the plan carries settings or tensors for training clients."""
+        return bool(self.to_wire() or self.tensors)
 
 
 class Stateful:
@@ -85,7 +173,7 @@ class Strategy(Stateful, ModelHooks, ABC):
     """
 
     accepts_partial_work: bool = False
-    client: Any = None
+    client: ClientAlgorithm | None = None
 
     def __init__(self, clients_per_round: int | None = None, fraction: float | None = None):
         if clients_per_round is not None and fraction is not None:
@@ -110,8 +198,11 @@ class Strategy(Stateful, ModelHooks, ABC):
         """Sample this round's clients (sorted, so accumulation order is deterministic)."""
         k = self.cohort_size(len(available))
         chosen = rng.choice(np.asarray(available), size=k, replace=False)
-        config = {"algorithm": self.client.to_config()} if self.client is not None else {}
-        return RoundPlan(sorted(int(c) for c in chosen), config)
+        plan = RoundPlan(sorted(int(c) for c in chosen))
+        if self.client is not None:
+            options = self.client.to_config()
+            plan.client_algorithm, plan.client_options = str(options.pop("name")), options
+        return plan
 
     @abstractmethod
     def aggregate(

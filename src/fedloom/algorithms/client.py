@@ -6,10 +6,10 @@ like Opacus, it wraps the user's optimizer instead: a :class:`ClientAlgorithm` m
 gradient correction that runs just before every ``optimizer.step()`` (a step pre-hook), read
 how many steps were taken, and add metrics or tensors to the update.
 
-A strategy names its client part in the round's config (``plan.config["algorithm"]``, plain
-JSON), so the same part is built wherever the client trains: in this process, in a worker
-process or on another machine. Per-client state lives in ``ctx.state`` and is checkpointed
-with the backend.
+A strategy names its client part in the round's plan (``plan.client_algorithm`` and its
+``client_options``, plain JSON on the wire), so the same part is built wherever the client
+trains: in this process, in a worker process or on another machine. Per-client state lives
+in ``ctx.state`` and is checkpointed with the backend.
 """
 
 from __future__ import annotations
@@ -64,21 +64,22 @@ class LocalRun:
         """The learning rate of the optimizer's first parameter group."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def correct_gradients(self, fn: Callable[[list[torch.Tensor], list[torch.Tensor]], None]):
+    def correct_gradients(
+        self, fn: Callable[[list[torch.Tensor], list[torch.Tensor]], None]
+    ) -> None:
         """Call ``fn(grads, params)`` before every optimizer step, to change the gradients in
         place (e.g. ``torch._foreach_add_``). Parameters without a gradient are skipped."""
 
-        def hook(optimizer, args, kwargs):
-            pairs = [(p.grad, p) for p in self.params if p.grad is not None]
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            pairs = [(g, p) for p in self.params if (g := p.grad) is not None]
             if pairs:
-                grads, params = map(list, zip(*pairs))
                 with torch.no_grad():
-                    fn(grads, params)
+                    fn([g for g, _ in pairs], [p for _, p in pairs])
 
         self._handles.append(self.optimizer.register_step_pre_hook(hook))
 
     def _count_steps(self) -> None:
-        def hook(optimizer, args, kwargs):
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self.steps += 1
 
         self._handles.append(self.optimizer.register_step_post_hook(hook))
@@ -114,21 +115,26 @@ _built: dict[str, ClientAlgorithm] = {}
 
 
 def local_epochs(config: dict[str, Any], cid: int, default: int) -> int:
-    """Epochs ``cid`` runs this round: a straggler's own count, else the round's."""
+    """Epochs ``cid`` runs this round, read from a plan's wire JSON (``ctx.config``): a
+    straggler's own count, else the round's, else ``default``."""
     own = config.get("client_epochs", {}).get(str(cid))
     return int(own if own is not None else config.get("local_epochs", default))
 
 
-def client_algorithm(config: dict[str, Any]) -> ClientAlgorithm | None:
-    """The client part a round config names, or None (built once per distinct config)."""
-    spec = config.get("algorithm")
-    if not spec:
+def build_client_algorithm(name: str | None, options: dict[str, Any]) -> ClientAlgorithm | None:
+    """The registered client part ``name`` with ``options``, or None (one per distinct pair)."""
+    if not name:
         return None
-    key = repr(sorted(spec.items()))
+    key = repr((name, sorted(options.items())))
     if key not in _built:
-        options = dict(spec)
-        _built[key] = CLIENT_ALGORITHMS.get(options.pop("name"))(**options)
+        _built[key] = CLIENT_ALGORITHMS.get(name)(**options)
     return _built[key]
+
+
+def client_algorithm(config: dict[str, Any]) -> ClientAlgorithm | None:
+    """The client part a plan's wire JSON names (``config["algorithm"]``), or None."""
+    options = dict(config.get("algorithm") or {})
+    return build_client_algorithm(options.pop("name", None), options)
 
 
 def federated_parameters(
@@ -136,7 +142,8 @@ def federated_parameters(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(trainable federated parameters, views of ``global_flat`` shaped like them)."""
     names = set(spec.names)
-    params, views = [], []
+    params: list[torch.Tensor] = []
+    views: list[torch.Tensor] = []
     for name, p in model.named_parameters():
         if name in names and p.requires_grad:
             params.append(p)

@@ -30,7 +30,13 @@ class FedAsync(AsyncStrategy):
         self._mix: float | None = None
         self._params: torch.Tensor | None = None
 
-    def accept(self, global_params, update: ClientUpdate, staleness: int, base) -> None:
+    def accept(
+        self,
+        global_params: torch.Tensor,
+        update: ClientUpdate,
+        staleness: int,
+        base: torch.Tensor,
+    ) -> None:
         self._mix = self.alpha * staleness_weight(staleness, self.staleness, self.a)
         if self._params is None or self._params.shape != update.params.shape:
             self._params = torch.empty_like(update.params)
@@ -43,7 +49,7 @@ class FedAsync(AsyncStrategy):
         return int(self._mix is not None)
 
     def apply(self, global_params: torch.Tensor) -> torch.Tensor:
-        if self._mix is not None:
+        if self._mix is not None and self._params is not None:
             global_params.lerp_(self._params, self._mix)  # (1 - a) w + a w_k
         self._mix = None
         return global_params

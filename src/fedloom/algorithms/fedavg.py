@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class FedAvg(Strategy):
         super().__init__(clients_per_round, fraction)
         self.weighted = weighted
         self.aggregator = aggregator or WeightedMean()
-        self.client = self.client or getattr(self.aggregator, "client", None)
+        self.client = self.client or self.aggregator.client
 
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
@@ -49,10 +50,10 @@ class FedAvg(Strategy):
             return global_params
         return global_params.copy_(avg)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"aggregator": self.aggregator.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.aggregator.load_state_dict(state.get("aggregator", {}))
 
 

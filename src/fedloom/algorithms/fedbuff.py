@@ -4,6 +4,8 @@ clients send deltas from the model they trained; every K deltas (staleness-weigh
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..registry import register_strategy
@@ -33,7 +35,13 @@ class FedBuff(AsyncStrategy):
         self._sum: torch.Tensor | None = None
         self._count = 0
 
-    def accept(self, global_params, update: ClientUpdate, staleness: int, base) -> None:
+    def accept(
+        self,
+        global_params: torch.Tensor,
+        update: ClientUpdate,
+        staleness: int,
+        base: torch.Tensor,
+    ) -> None:
         if self._sum is None or self._sum.shape != update.params.shape:
             self._sum = torch.zeros_like(update.params)
         w = staleness_weight(staleness, "polynomial", 0.5) if self.weighted_staleness else 1.0
@@ -47,14 +55,14 @@ class FedBuff(AsyncStrategy):
         return self._count
 
     def apply(self, global_params: torch.Tensor) -> torch.Tensor:
-        if self._count:
+        if self._count and self._sum is not None:
             global_params.add_(self._sum, alpha=self.server_lr / self._count)
             self._sum.zero_()
         self._count = 0
         return global_params
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"sum": self._sum, "count": self._count}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sum, self._count = state.get("sum"), int(state.get("count", 0))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,14 +130,14 @@ class FedDyn(Strategy):
         self.h.add_(x, alpha=self.alpha * share)
         return x.copy_(avg).sub_(self.h, alpha=1.0 / self.alpha)
 
-    def state_dict(self) -> dict:
-        state: dict = {}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         if self.num_clients is not None:
             state["num_clients"] = self.num_clients
         if self.h is not None:
             state["h"] = self.h.clone()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_clients = state.get("num_clients")
         self.h = state["h"].clone() if "h" in state else None

@@ -65,7 +65,7 @@ class FedOpt(Strategy):
         self.server_lr = check_positive("server_lr", server_lr)
         self.weighted = weighted
         self.aggregator = aggregator or WeightedMean()
-        self.client = self.client or getattr(self.aggregator, "client", None)
+        self.client = self.client or self.aggregator.client
         self._state: dict[str, torch.Tensor] = {}
         self._work: dict[str, torch.Tensor] = {}  # scratch buffers, not state
         self._steps = 0

@@ -36,7 +36,7 @@ def last_layer(model: nn.Module) -> str:
             "FedPer: the model's parameters belong to its root module, so there is no last "
             "layer to keep personal; pass personal_layers explicitly"
         )
-    return names[-1]
+    return str(names[-1])
 
 
 @register_strategy("fedper")

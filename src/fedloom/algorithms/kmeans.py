@@ -154,7 +154,9 @@ class KMeansClustered(ClusterModels):
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
     ) -> torch.Tensor:
         assert self.models is not None
-        ids, weights, came_from = [], [], []
+        ids: list[int] = []
+        weights: list[float] = []
+        came_from: list[int] = []
         for u in updates:
             a = self.assignments.get(u.client_id, 0)
             row = self._row(len(ids), u.params)

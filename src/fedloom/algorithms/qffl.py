@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -110,13 +110,12 @@ class QFFL(Strategy):
             raise ValueError(f"lr must be a finite number > 0 or None, got {lr!r}")
         self.q, self.lr = float(q), None if lr is None else float(lr)
         self.client = GlobalLoss()
-        self._acc: torch.Tensor | None = None  # scratch buffers, rewritten every round
-        self._diff: torch.Tensor | None = None
+        self._work: dict[str, torch.Tensor] = {}  # scratch buffers, rewritten every round
 
     def aggregate(
         self, round: int, global_params: torch.Tensor, updates: Iterable[ClientUpdate]
     ) -> torch.Tensor:
-        x, q, acc = global_params, self.q, self._scratch("_acc", global_params).zero_()
+        x, q, acc = global_params, self.q, self._scratch("acc", global_params).zero_()
         top, count = -math.inf, 0
         c_sum = h_sum = 0.0  # sum_k L F_k^q and sum_k h_k, both divided by exp(top)
         for u in updates:
@@ -134,7 +133,7 @@ class QFFL(Strategy):
                 c_sum, h_sum, top = c_sum * scale, h_sum * scale, log_c
             c, ratio = math.exp(log_c - top), 1.0  # ratio: h_k / (L F_k^q)
             if q:
-                diff = torch.sub(x, u.params, out=self._scratch("_diff", x))
+                diff = torch.sub(x, u.params, out=self._scratch("diff", x))
                 d = float(torch.linalg.vector_norm(diff))
                 ratio += q * big_l * d * d / f
             acc.add_(u.params, alpha=c)
@@ -147,12 +146,11 @@ class QFFL(Strategy):
 
     def _scratch(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A buffer shaped like ``like``, kept across rounds (not state: rewritten each use)."""
-        t = getattr(self, name, None)
+        t = self._work.get(name)
         if t is None or (t.shape, t.dtype, t.device) != (like.shape, like.dtype, like.device):
-            t = torch.empty_like(like)
-            setattr(self, name, t)
+            t = self._work[name] = torch.empty_like(like)
         return t
 
 
-def _number(v: object) -> bool:
+def _number(v: object) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

@@ -34,6 +34,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,13 @@ def _views(run: LocalRun, flat: torch.Tensor) -> list[torch.Tensor]:
     return [flat[s].view_as(p) for s, p in zip(_slices(run), run.params)]
 
 
+class _PerThread(threading.local):
+    """Each thread's own scratch tensors, by name (``__init__`` runs once per thread)."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+
 @register_client_algorithm
 class ControlVariates(ClientAlgorithm):
     """SCAFFOLD's client part: ``c - c_i`` added to every step's gradients, ``c_i`` refreshed
@@ -75,13 +83,12 @@ class ControlVariates(ClientAlgorithm):
         # One instance serves every client of a process, some at once (network clients in
         # threads): the reused buffers are per thread. dc: c - c_i while training, then
         # delta_c; g: Option I's gradient at the global model.
-        self._buffers = threading.local()
+        self._buffers = _PerThread()
 
     def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        old = getattr(self._buffers, name, None)
+        old = self._buffers.tensors.get(name)
         if old is None or old.shape != like.shape or old.dtype != like.dtype:
-            old = torch.zeros_like(like)
-            setattr(self._buffers, name, old)
+            old = self._buffers.tensors[name] = torch.zeros_like(like)
         return old
 
     def _server_c(self, run: LocalRun) -> tuple[bool, torch.Tensor | None]:
@@ -124,7 +131,7 @@ class ControlVariates(ClientAlgorithm):
         batches = 0
         with torch.random.fork_rng(devices=[]):
             for batch in run.task.train_loader(ctx.client_id, ctx):
-                run.task.train_step(run.model, batch, ctx).backward()
+                torch.autograd.backward(run.task.train_step(run.model, batch, ctx))
                 batches += 1
         with torch.no_grad():
             out.zero_()
@@ -231,14 +238,14 @@ class Scaffold(Strategy):
         self.c.add_(self._dc_sum, alpha=1.0 / self.num_clients)
         return global_params
 
-    def state_dict(self) -> dict:
-        state: dict = {}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         if self.num_clients is not None:
             state["num_clients"] = self.num_clients
         if self.c is not None:
             state["c"] = self.c.clone()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_clients = state.get("num_clients")
         self.c = state["c"].clone() if "c" in state else None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import FedloomError
 from ..params import ParamSpec
 from ..runtime.ownloop import Job
@@ -35,7 +36,7 @@ class Stopped(FedloomError):
     """The user's loop stopped iterating before the run finished."""
 
 
-class Handoff:
+class Handoff(BackendBase):
     """The synchronous backend: each planned client's job goes to the user's loop (``jobs``),
     its upload comes back (``uploads``: a :class:`ClientUpdate`, None for no upload, or
     :class:`Stopped`). Client state (a strategy's client part's) is kept per client and
@@ -60,7 +61,7 @@ class Handoff:
         tensors = {k: v.detach().clone() for k, v in self._plan.tensors.items()}
         for cid in self._plan.clients:
             update = self.handle(
-                cid, self._round, self._round - 1, dict(self._plan.config), self._global, tensors
+                cid, self._round, self._round - 1, self._plan.to_wire(), self._global, tensors
             )
             if update is not None:
                 yield update

@@ -9,12 +9,15 @@ conditions: ``rounds`` versions (OpenFed's max version) or the target metric.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 
 from ..algorithms.asynchronous import AsyncStrategy
+from ..params import ParamSpec
+from ..rounds import RoundTally
+from ..task import Task
 from ..update import ClientUpdate
 from .loop import Federation, RoundState
 
@@ -38,9 +41,9 @@ class AsyncFederation(Federation):
 
     def __init__(
         self,
-        task,
+        task: Task,
         strategy: AsyncStrategy,
-        backend,
+        backend: AsyncBackend | Callable[[ParamSpec], AsyncBackend],
         *,
         every_seconds: float | None = None,
         **kwargs: Any,
@@ -48,78 +51,68 @@ class AsyncFederation(Federation):
         if every_seconds is not None and every_seconds <= 0:
             raise ValueError(f"every_seconds must be > 0, got {every_seconds}")
         super().__init__(task, strategy, backend, **kwargs)  # type: ignore[arg-type]
+        # the loop's strategy and backend (made by a factory), typed for what this loop calls
+        self.async_strategy = strategy
+        self.async_backend = cast(AsyncBackend, self.backend)
         self.every_seconds = every_seconds
         self._published = -1
 
     def run_round(self, rnd: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        strategy: AsyncStrategy = self.strategy  # type: ignore[assignment]
+        tally = RoundTally()
+        strategy, backend = self.async_strategy, self.async_backend
         self._state(RoundState.START_ROUND, rnd)
         if self._published != rnd - 1:
-            self.backend.available_clients(rnd)  # the check-in quorum, before the first model
-            self.backend.publish(self.params, rnd - 1)  # type: ignore[attr-defined]
+            backend.available_clients(rnd)  # the check-in quorum, before the first model
+            backend.publish(self.params, rnd - 1)
             self._published = rnd - 1
         self._state(RoundState.DISTRIBUTE, rnd)
         self._state(RoundState.TRAIN, rnd)
-        peaks: dict[int, float] = {}
-        stats: dict[str, Any] = {
-            "accepted": 0,
-            "rejected": 0,
-            "loss": 0.0,
-            "samples": 0,
-            "peaks": peaks,
-        }
         stale: list[int] = []
         saved = self._snapshot()
         first, said = True, 0
         while not strategy.ready():
-            waited = time.perf_counter() - t0
+            waited = tally.seconds
             if self.every_seconds and waited >= self.every_seconds and strategy.pending():
                 break
-            u = self.backend.next_update(0.1)  # type: ignore[attr-defined]
+            u = backend.next_update(0.1)
             if u is None:
                 if int(waited / 30) > said:
                     said = int(waited / 30)
-                    log.info("version %d waits for updates (%d in so far)", rnd, stats["accepted"])
+                    log.info("version %d waits for updates (%d in so far)", rnd, tally.accepted)
                 continue
             if first:
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
             staleness = (rnd - 1) - u.version
-            error = self._check(u, peaks=peaks)
+            error = self._check(u, peaks=tally.peaks)
             base = None
             if error is None and 0 <= staleness <= strategy.max_staleness:
-                base = self.backend.base(u.version)  # type: ignore[attr-defined]
+                base = backend.base(u.version)
             if error is None and base is None:
                 error = f"staleness {staleness} outside [0, {strategy.max_staleness}] or too old"
             for cb in self.callbacks:
                 cb.on_update(self, u, error)
-            if error:
-                stats["rejected"] += 1
+            if error or base is None:
+                tally.reject()
                 continue
             strategy.accept(self.params, u, staleness, base)
             stale.append(staleness)
-            stats["accepted"] += 1
-            stats["samples"] += u.num_samples
-            stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
+            tally.accept(u)
         self._state(RoundState.AGGREGATE, rnd)
         strategy.apply(self.params)
-        poisoned = self._guard_aggregate(rnd, saved, stats)
+        poisoned = self._guard_aggregate(rnd, saved, tally)
         self.round = rnd
-        self.backend.publish(self.params, rnd)  # type: ignore[attr-defined]
+        backend.publish(self.params, rnd)
         self._published = rnd
         self._state(RoundState.CLOSE_ROUND, rnd)
         record: dict[str, Any] = {
             "round": rnd,
             "version": rnd,
-            "clients": stats["accepted"],
-            "rejected": stats["rejected"],
-            "samples": stats["samples"],
-            "train_loss": stats["loss"] / stats["samples"] if stats["samples"] else float("nan"),
+            **tally.counts(),
             "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
             "staleness_max": max(stale, default=0),
-            "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
+            "bytes_up": tally.received * self.wire_bytes,
         }
         if poisoned:
             record["aggregate_rejected"] = poisoned
-        return self._close(rnd, record, t0)
+        return self._close(rnd, record, tally)

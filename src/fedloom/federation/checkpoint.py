@@ -86,6 +86,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
     payload = _verified_payload(path, data)
+    state: dict[str, Any]
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as e:  # a valid digest over bytes torch cannot read: not a state of ours

@@ -13,18 +13,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
-import numpy as np
 import torch
 
 from ..algorithms.base import RoundPlan, Strategy
 from ..errors import CheckpointError, QuorumError, WireError
 from ..params import ParamSpec, flatten_module
+from ..rounds import RoundTally, sampling_rng
 from ..seeding import derive_seed, seed_torch
 from ..task import Task
 from ..update import ClientUpdate, checked_metrics
@@ -44,19 +43,28 @@ class RoundState(StrEnum):
 
 
 class Backend(Protocol):
-    """Where clients train. ``collect`` yields updates in a deterministic order."""
+    """Where clients train. ``collect`` yields updates in a deterministic order.
+
+    ``close``, ``round_stats`` and ``node_metrics`` are optional hooks: inherit
+    :class:`~fedloom.backend.BackendBase` for their no-op defaults (every simulation engine
+    does), so callers call them instead of probing.
+    """
 
     def available_clients(self, round: int) -> list[int]: ...
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None: ...
     def collect(self) -> Iterator[ClientUpdate]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+    def round_stats(self) -> dict[str, Any]: ...
+    def node_metrics(self) -> dict[str, dict[str, float]]: ...
 
 
 @runtime_checkable
 class ReportsRoundStats(Protocol):
-    """A backend with figures of its own for each round's record (the network aggregator's
-    refused calls, say)."""
+    """A backend with figures of its own for each round's record. Every
+    :class:`~fedloom.backend.BackendBase` is one; the check stays for backends that do not
+    inherit it yet (the network relay's, the deployment handoff)."""
 
     def round_stats(self) -> dict[str, Any]: ...
 
@@ -159,7 +167,7 @@ class Federation:
             backend = InProcessClients(task, seed)
         elif callable(backend) and not hasattr(backend, "collect"):
             backend = backend(self.spec)  # a factory that needs the model spec (the server)
-        self.backend: Backend = backend
+        self.backend: Backend = cast(Backend, backend)
         self.round = 0
         self.plan = RoundPlan([])
         self.history: list[dict[str, Any]] = []
@@ -211,59 +219,48 @@ class Federation:
         raise AssertionError("not reached")
 
     def _round(self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]]) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        tally = RoundTally()
         self._state(RoundState.START_ROUND, rnd)
-        rng = np.random.default_rng(derive_seed(self.seed, "sample", rnd))
+        rng = sampling_rng(self.seed, "sample", rnd)
         plan = self.plan = self.strategy.configure(rnd, self.backend.available_clients(rnd), rng)
         dropped = self._straggle(rnd, plan) if self.stragglers else 0
         self._state(RoundState.DISTRIBUTE, rnd)
         self.backend.distribute(rnd, plan, self.params)
         self._state(RoundState.TRAIN, rnd)
-        stats: dict[str, Any] = {
-            "accepted": 0,
-            "rejected": 0,
-            "loss": 0.0,
-            "samples": 0,
-            "client_seconds": {},
-            "peaks": {},
-        }
         self.strategy.aggregate(
-            rnd, self.params, self._accepted(rnd, self.backend.collect(), stats, saved[0])
+            rnd, self.params, self._accepted(rnd, self.backend.collect(), tally, saved[0])
         )
         self._state(RoundState.AGGREGATE, rnd)
-        poisoned = self._guard_aggregate(rnd, saved, stats)
+        poisoned = self._guard_aggregate(rnd, saved, tally)
         self.round = rnd
         self._state(RoundState.CLOSE_ROUND, rnd)
         record: dict[str, Any] = {
             "round": rnd,
-            "clients": stats["accepted"],
-            "rejected": stats["rejected"],
-            "samples": stats["samples"],
-            "train_loss": stats["loss"] / stats["samples"] if stats["samples"] else float("nan"),
+            **tally.counts(),
             "bytes_down": len(plan.clients) * self.wire_bytes,
-            "bytes_up": (stats["accepted"] + stats["rejected"]) * self.wire_bytes,
-            "client_seconds": stats["client_seconds"],
+            "bytes_up": tally.received * self.wire_bytes,
+            "client_seconds": tally.client_seconds,
         }
         if poisoned:
             record["aggregate_rejected"] = poisoned
         if self.stragglers:
             record["stragglers_dropped"] = dropped
-        return self._close(rnd, record, t0)
+        return self._close(rnd, record, tally)
 
-    def _close(self, rnd: int, record: dict[str, Any], t0: float) -> dict[str, Any]:
+    def _close(self, rnd: int, record: dict[str, Any], tally: RoundTally) -> dict[str, Any]:
         """Add the backend's figures and the evaluation to ``record``; keep it in history."""
         if isinstance(self.backend, ReportsRoundStats):
             record.update(self.backend.round_stats())
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
-        record["seconds"] = time.perf_counter() - t0
+        record["seconds"] = tally.seconds
         self.history.append(record)
         return record
 
     def _skipped(self, rnd: int, reason: str) -> dict[str, Any]:
         self.round = rnd
         record = {"round": rnd, "clients": 0, "rejected": 0, "samples": 0, "skipped": reason}
-        return self._close(rnd, record, time.perf_counter())
+        return self._close(rnd, record, RoundTally())
 
     # -- rollback ------------------------------------------------------------------------------
     def _snapshot(self) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -276,7 +273,7 @@ class Federation:
         self.strategy.load_state_dict(copy.deepcopy(saved[1]))
 
     def _guard_aggregate(
-        self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]], stats: dict[str, Any]
+        self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]], tally: RoundTally
     ) -> str | None:
         """Roll back a non-finite aggregate (then no update of the round counts as accepted);
         the reason, naming the clients with the largest values, or None when it is sound."""
@@ -284,26 +281,26 @@ class Federation:
             check_finite_values(self.params, self.spec, "the aggregate")
         except WireError as e:
             self._restore(saved)
-            peaks = stats["peaks"]
+            peaks = tally.peaks
             top = sorted(peaks, key=lambda c: -peaks[c])[:3]
             named = ", ".join(f"client {c} (|sum| {peaks[c]:.3g})" for c in top)
             reason = f"{e}; round rolled back; largest values from {named or 'no client'}"
             log.error("round %d: %s", rnd, reason)
-            stats.update(rejected=stats["rejected"] + stats["accepted"], accepted=0, samples=0)
+            tally.void()
             return reason
         return None
 
     def _straggle(self, rnd: int, plan: RoundPlan) -> int:
         """Give a share of ``plan``'s clients fewer epochs; drop them if the strategy wants
         only complete work. Returns how many were dropped."""
-        rng = np.random.default_rng(derive_seed(self.seed, "stragglers", rnd))
-        full = int(plan.config.get("local_epochs", getattr(self.task, "local_epochs", 1)))
+        rng = sampling_rng(self.seed, "stragglers", rnd)
+        full = plan.round_epochs(self.task.local_epochs)
         k = int(round(self.stragglers * len(plan.clients)))
         chosen = sorted(int(c) for c in rng.choice(plan.clients, size=k, replace=False))
         epochs = {c: int(e) for c, e in zip(chosen, rng.integers(1, full + 1, size=k))}
         short = {c for c, e in epochs.items() if e < full}
         if self.strategy.accepts_partial_work:
-            plan.config["client_epochs"] = {str(c): e for c, e in epochs.items()}
+            plan.client_epochs = epochs
             return 0
         plan.clients = [c for c in plan.clients if c not in short]
         return len(short)
@@ -318,7 +315,7 @@ class Federation:
         self,
         rnd: int,
         updates: Iterable[ClientUpdate],
-        stats: dict[str, Any],
+        tally: RoundTally,
         before: torch.Tensor | None = None,
     ) -> Iterator[ClientUpdate]:
         first = True
@@ -326,18 +323,14 @@ class Federation:
             if first:
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
-            error = self._check(u, before, stats["peaks"])
+            error = self._check(u, before, tally.peaks)
             for cb in self.callbacks:
                 cb.on_update(self, u, error)
             if error:
-                stats["rejected"] += 1
+                tally.reject()
                 log.warning("round %d: rejected update of client %d: %s", rnd, u.client_id, error)
                 continue
-            stats["accepted"] += 1
-            stats["samples"] += u.num_samples
-            stats["loss"] += float(u.metrics.get("loss", 0.0)) * u.num_samples
-            if "seconds" in u.metrics:
-                stats["client_seconds"][str(u.client_id)] = round(float(u.metrics["seconds"]), 4)
+            tally.accept(u)
             yield u
 
     def _check(
@@ -384,7 +377,7 @@ class Federation:
             return False
         name, value, *mode = self.target
         falls = mode[0] == "min" if mode else name.endswith("loss")
-        return record[name] <= value if falls else record[name] >= value
+        return bool(record[name] <= value if falls else record[name] >= value)
 
     def state_dict(self) -> dict[str, Any]:
         return {

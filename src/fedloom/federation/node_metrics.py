@@ -31,8 +31,9 @@ class NodeMetrics(Callback):
             self._seen[self.names[update.client_id]] = dict(update.metrics)
 
     def on_round_end(self, fed: Federation, record: dict[str, Any]) -> None:
-        nodes = getattr(fed.backend, "node_metrics", None)
+        """A simulated hierarchy (no ``names``) reports its nodes through the backend's
+        :meth:`~fedloom.backend.BackendBase.node_metrics`; a network root got them above."""
+        nodes = fed.backend.node_metrics() if self.names is None else self._seen
         if nodes:
             record["nodes"] = {name: dict(m) for name, m in nodes.items()}
-        elif self._seen:
-            record["nodes"], self._seen = self._seen, {}
+        self._seen = {}

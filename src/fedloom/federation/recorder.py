@@ -30,6 +30,7 @@ from ..observe import (
     summarize,
     write_report,
 )
+from ..update import ClientUpdate
 from ..wire import encode
 from .checkpoint import save_checkpoint
 from .loop import Callback, Federation, RoundState, RunResult
@@ -109,7 +110,7 @@ class RunRecorder(Callback):
         if state is RoundState.DISTRIBUTE:
             self.progress.start_round(round, len(fed.plan.clients))
 
-    def on_update(self, fed: Federation, update, error: str | None) -> None:
+    def on_update(self, fed: Federation, update: ClientUpdate, error: str | None) -> None:
         self.progress.client_done()
 
     def on_round_end(self, fed: Federation, record: dict[str, Any]) -> bool:

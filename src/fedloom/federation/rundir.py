@@ -107,7 +107,8 @@ def _resumable(key: str) -> bool:
 
 def _plain(config: dict[str, Any]) -> dict[str, Any]:
     """The config as JSON gives it back (tuples become lists, paths strings)."""
-    return json.loads(json.dumps(config, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(config, default=str))
+    return plain
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

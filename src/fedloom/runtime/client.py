@@ -103,7 +103,7 @@ class RuntimeClient(ClientChannel):
             return
         params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
         config = json.loads(ins.config_json or "{}")
-        plan = RoundPlan([self.client_id], config, tensors)
+        plan = RoundPlan.from_wire(config, [self.client_id], tensors)
         self.engine.distribute(ins.round, plan, params)
         t0 = time.perf_counter()
         with self._heartbeats():

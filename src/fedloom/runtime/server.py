@@ -285,7 +285,7 @@ class AggregatorServer(pb_grpc.AggregatorServicer):
         with self._cv:
             self._round, self._version = round, round - 1
             self._plan, self._model, self._chunks = plan, model, chunks
-            self._config_json = json.dumps(plan.config)
+            self._config_json = json.dumps(plan.to_wire())
             self._handed, self._results = set(), {}
             # the last round's updates are aggregated: their buffers are free (one per client)
             self._free = [*self._held, *self._free][: len(plan.clients)]

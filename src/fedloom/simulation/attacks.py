@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..seeding import derive_seed
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
@@ -117,11 +118,11 @@ class LabelFlip:
 
 
 @functools.cache
-def _label_flipping(base: type) -> type:
+def _label_flipping(base: type[Task]) -> type[Task]:
     """``base`` with a ``train_loader`` flipping the labels of the clients in ``self._flip``."""
 
-    def train_loader(self: Any, client_id: int, ctx: ClientContext) -> Iterable:
-        batches = base.train_loader(self, client_id, ctx)
+    def train_loader(self: Any, client_id: int, ctx: ClientContext) -> Iterable[Any]:
+        batches: Iterable[Any] = base.train_loader(self, client_id, ctx)
         attackers, classes = self._flip
         if client_id not in attackers:
             return batches
@@ -140,7 +141,7 @@ def _flip_labels(batch: Any, classes: int) -> Any:
 ATTACKS: dict[str, type] = {c.name: c for c in (SignFlip, ScaledNoise, LabelFlip)}
 
 
-class AttackedClients:
+class AttackedClients(BackendBase):
     """A backend whose ``attackers`` send ``attack``-ed updates; the others pass through.
 
     Wraps any backend (``InProcessClients``, ``VectorizedClients``...). The global model is
@@ -158,7 +159,8 @@ class AttackedClients:
         self._round = 0
 
     def available_clients(self, round: int) -> list[int]:
-        return self.backend.available_clients(round)
+        clients: list[int] = self.backend.available_clients(round)
+        return clients
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
         if self._x is None or self._x.shape != global_params.shape:
@@ -182,10 +184,20 @@ class AttackedClients:
             yield dataclasses.replace(u, params=self._buf)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.backend.state_dict()
+        state: dict[str, Any] = self.backend.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.backend.load_state_dict(state)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def round_stats(self) -> dict[str, Any]:
+        return dict(self.backend.round_stats())
+
+    def node_metrics(self) -> dict[str, dict[str, float]]:
+        return dict(self.backend.node_metrics())
 
     def __getattr__(self, name: str) -> Any:  # the wrapped backend's other attributes
         if name == "backend":

@@ -25,7 +25,9 @@ import torch
 import torch.distributed as dist
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import FedloomError
+from ..params import ParamSpec
 from ..task import Task
 from ..update import ClientUpdate
 from .engine import InProcessClients
@@ -36,7 +38,7 @@ def in_distributed_env() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-class DistributedClients:
+class DistributedClients(BackendBase):
     """The simulation backend of one rank; see the module doc.
 
     Args:
@@ -68,7 +70,7 @@ class DistributedClients:
         self._state_on_ranks = False  # does any rank keep per-client state? (told each round)
 
     @property
-    def spec(self):
+    def spec(self) -> ParamSpec:
         return self.engine.spec
 
     def close(self) -> None:
@@ -101,7 +103,7 @@ class DistributedClients:
         for i, cid in enumerate(cids):
             if self.owner(cid) != self.rank:
                 continue
-            u = self.engine.train_client(self._round, cid, self._plan.config)
+            u = self.engine.train_client(self._round, cid, self._plan)
             rows[i].copy_(u.params)
             info[str(i)] = {"n": int(u.num_samples), "metrics": u.metrics}
             tensors = u.extras.get("tensors") or {}

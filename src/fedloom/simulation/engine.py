@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
-from ..algorithms.client import LocalRun, client_algorithm, federated_parameters, local_epochs
+from ..algorithms.client import LocalRun, build_client_algorithm, federated_parameters
+from ..backend import BackendBase
 from ..errors import ClientError
 from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -29,7 +30,7 @@ from .states import ClientStates
 MODEL_INIT_LOCK = threading.RLock()
 
 
-class InProcessClients:
+class InProcessClients(BackendBase):
     """The simulation backend: trains the clients of a round in this process.
 
     Per-client state (``ctx.state``, personal layers, optimizer state when the task keeps it)
@@ -59,6 +60,7 @@ class InProcessClients:
         self._personal_init = {k: v.detach().clone() for k, v in self._personal.items()}
         self.states = ClientStates(memory_mb=state_memory_mb)
         self._plan = RoundPlan([])
+        self._wired: tuple[RoundPlan | None, dict[str, Any]] = (None, {})
         self._round = 0
 
     def available_clients(self, round: int) -> list[int]:
@@ -72,13 +74,14 @@ class InProcessClients:
     def collect(self) -> Iterator[ClientUpdate]:
         """Train the planned clients one after another, yielding each update as it is ready."""
         for cid in self._plan.clients:
-            yield self.train_client(self._round, cid, self._plan.config)
+            yield self.train_client(self._round, cid, self._plan)
 
-    def train_client(self, round: int, cid: int, config: dict[str, Any]) -> ClientUpdate:
+    def train_client(self, round: int, cid: int, plan: RoundPlan) -> ClientUpdate:
+        """Train ``cid`` for ``round`` as ``plan`` says (its tensors: the distributed plan's)."""
         with MODEL_INIT_LOCK:  # seeds torch's global RNG: one client at a time per process
-            return self._train_client(round, cid, config)
+            return self._train_client(round, cid, plan)
 
-    def _train_client(self, round: int, cid: int, config: dict[str, Any]) -> ClientUpdate:
+    def _train_client(self, round: int, cid: int, plan: RoundPlan) -> ClientUpdate:
         task, model = self.task, self.model
         self.flat.copy_(self._global)
         state = self.states.get(cid, {})
@@ -94,15 +97,15 @@ class InProcessClients:
             round,
             torch.Generator().manual_seed(seed),
             state,
-            config,
+            self._wire(plan),
             self._global,
             self._plan.tensors,
         )
-        epochs = local_epochs(config, cid, task.local_epochs)
+        epochs = plan.epochs_for(cid, task.local_epochs)
         model.train()
         t0 = time.perf_counter()
         loss_sum, steps = 0.0, 0
-        algo, run = client_algorithm(config), None
+        algo, run = build_client_algorithm(plan.client_algorithm, plan.client_options), None
         try:
             optimizer = task.build_optimizer(model)
             if task.keep_optimizer_state and "optimizer" in state:
@@ -140,6 +143,12 @@ class InProcessClients:
             if run.out:
                 extras["tensors"] = run.out
         return ClientUpdate(cid, self.flat, task.num_samples(cid), metrics, round, extras=extras)
+
+    def _wire(self, plan: RoundPlan) -> dict[str, Any]:
+        """``plan``'s wire JSON (``ctx.config``), made once per plan."""
+        if self._wired[0] is not plan:
+            self._wired = (plan, plan.to_wire())
+        return self._wired[1]
 
     def _local_run(self, optimizer: torch.optim.Optimizer, ctx: ClientContext) -> LocalRun:
         params, views = federated_parameters(self.model, self.spec, self._global)

@@ -32,7 +32,7 @@ from torch import nn
 #: activation -> its backward, in terms of the activation's *output* (all of aten's own
 #: kernels accept the result: ReLU's mask is result > 0, tanh' = 1 - y^2, sigmoid' = y(1-y))
 _ACTIVATIONS = {"relu", "tanh", "sigmoid", "leaky_relu"}
-_ACTIVATE = {
+_ACTIVATE: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "relu": lambda h, _: h.relu_(),
     "tanh": lambda h, _: h.tanh_(),
     "sigmoid": lambda h, _: h.sigmoid_(),
@@ -392,17 +392,16 @@ def _op_of(
         kind = _MODULES.get(type(module))
         if kind is None:
             return f"{type(module).__name__} ({node.target}) is not a Linear or an activation"
-        slope = float(getattr(module, "negative_slope", 0.01))
-        return _activation(kind, slope)
+        return _activation(kind, float(getattr(module, "negative_slope", 0.01)))
     if node.op == "call_function" and node.target in _FUNCTIONS:
         kind = _FUNCTIONS[node.target]
-        slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
-        return _activation(kind, slope)
+        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+        return _activation(kind, given)
     if node.op == "call_function" and node.target is torch.flatten:
         return _flatten(first, *_dims(node))
     if node.op == "call_method" and node.target in _ACTIVATIONS:
-        slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
-        return _activation(str(node.target), slope)
+        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+        return _activation(str(node.target), given)
     if node.op == "call_method" and node.target == "flatten":
         return _flatten(first, *_dims(node))
     return f"{node.op} {node.target} is not a Linear or an activation"

@@ -22,7 +22,6 @@ A flat topology (the root has clients attached and no child nodes) delegates to 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +31,9 @@ import torch
 
 from ..algorithms.base import RoundPlan, Strategy
 from ..algorithms.fedavg import FedAvg
+from ..backend import BackendBase
 from ..errors import CheckpointError
-from ..seeding import derive_seed
+from ..rounds import RoundTally, sampling_rng
 from ..task import Task
 from ..topology.graph import Topology
 from ..update import ClientUpdate
@@ -50,17 +50,22 @@ EdgeStrategy = Strategy | Callable[[str], Strategy]
 
 
 @dataclass
-class _RoundStats:
-    """What one node round received from its participants."""
+class _NodeTally(RoundTally):
+    """What one node round received from its participants, and what went on below them."""
 
-    updates: int = 0
-    samples: int = 0
-    loss: float = 0.0
-    client_updates: int = 0
+    client_updates: int = 0  # client trainings in the participants' subtrees
     link_bytes: int = 0  # bytes on the links below the participants (their subtrees)
 
+    def counted_below(self, updates: Iterable[ClientUpdate], leaf: bool) -> Iterator[ClientUpdate]:
+        """Pass ``updates`` through, accepting each and adding up its subtree's figures."""
+        for u in self.counted(updates):
+            self.client_updates += 1 if leaf else int(u.metrics.get("client_updates", 0))
+            if not leaf:
+                self.link_bytes += int(u.metrics.get("link_bytes", 0))
+            yield u
 
-class HierarchicalClients:
+
+class HierarchicalClients(BackendBase):
     """The clients of a hierarchy, seen from its root (a Backend).
 
     The root's Federation sees the root's child nodes as clients with integer ids: their
@@ -93,7 +98,7 @@ class HierarchicalClients:
     at the root. Edges do not check their clients' updates (in simulation they are the
     engine's own buffers); a non-finite edge model is rejected by the root's Federation.
 
-    Per node and global round, :attr:`node_metrics` holds the rounds it ran, the client
+    Per node and global round, :meth:`node_metrics` gives the rounds it ran, the client
     trainings in its subtree, its last round's train loss, the bytes on its own links and
     its seconds; :class:`~fedloom.federation.node_metrics.NodeMetrics` copies them into each
     round's record. Each edge's update carries its own in ``metrics`` too (``loss``,
@@ -101,8 +106,7 @@ class HierarchicalClients:
 
     Args:
         task: the user's task.
-        topology: nodes and child -> parent edges; ``topology.validate()`` is called when the
-            topology has it.
+        topology: nodes and child -> parent edges; ``topology.validate()`` is called first.
         seed: the run seed (the Federation's).
         root: the node the Federation runs at; the topology's only root by default.
         edge_strategy: each non-root node's strategy: None (``FedAvg(fraction=1.0)``), one
@@ -134,9 +138,7 @@ class HierarchicalClients:
     ):
         self.task, self.topology, self.seed = task, topology, seed
         self.state_memory_mb = state_memory_mb
-        validate = getattr(topology, "validate", None)
-        if callable(validate):  # the whole graph's structure; then what a simulation needs
-            validate()
+        topology.validate()  # the whole graph's structure; then what a simulation needs
         self.root = _pick_root(topology, root)
         self._children, self._clients = _tree(task, topology, self.root)
         self.flat = not self._children[self.root]
@@ -150,7 +152,7 @@ class HierarchicalClients:
         for name in reversed(list(self._children)):  # children come after their parent
             own = sum(task.num_samples(c) for c in self._clients[name])
             self.population[name] = own + sum(self.population[c] for c in self._children[name])
-        self.node_metrics: dict[str, dict[str, float]] = {}
+        self._nodes: dict[str, dict[str, float]] = {}  # node_metrics() of the last round
         self._engine: InProcessClients | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._snapshots: dict[str, torch.Tensor] = {}
@@ -192,11 +194,11 @@ class HierarchicalClients:
         if self.flat:
             self.engine.distribute(round, plan, global_params)
             return
-        if plan.config or plan.tensors:  # every config key (client part, stragglers' epochs,
-            # SCAFFOLD's flags, cluster assignments) and tensor is meant for training clients
+        if plan.for_clients:  # every setting (client part, stragglers' epochs, SCAFFOLD's
+            # flags, cluster assignments) and tensor is meant for training clients
             raise ValueError(
                 f"the root's round plan carries client settings or tensors "
-                f"({sorted(plan.config) + sorted(plan.tensors)}), but in a hierarchy the "
+                f"({sorted(plan.to_wire()) + sorted(plan.tensors)}), but in a hierarchy the "
                 "root's clients are edge aggregators: give a strategy with a client part as "
                 "edge_strategy, and stragglers are not simulated below a root"
             )
@@ -205,7 +207,7 @@ class HierarchicalClients:
         self._global.copy_(global_params)
         self._plan, self._round = plan, round
         self._runs = {}
-        self.node_metrics = {}
+        self._nodes = {}
 
     def collect(self) -> Iterator[ClientUpdate]:
         """Run each planned edge's rounds in turn, yielding its aggregate as it is ready."""
@@ -218,10 +220,13 @@ class HierarchicalClients:
             update.client_id = eid
             yield update
 
+    def node_metrics(self) -> dict[str, dict[str, float]]:
+        """Per node below the root, the last global round's figures (see the class doc)."""
+        return self._nodes
+
     # -- one node ----------------------------------------------------------------------------
     def _run_node(self, name: str, start: torch.Tensor, g: int) -> ClientUpdate:
         """Run ``name``'s edge rounds from ``start`` in global round ``g``; its aggregate."""
-        t0 = time.perf_counter()
         engine = self.engine
         buf = self._buffers.get(name)
         if buf is None or buf.shape != start.shape:
@@ -230,15 +235,14 @@ class HierarchicalClients:
         strategy, children = self.strategies[name], self._children[name]
         available = list(self._clients[name]) if not children else list(range(len(children)))
         client_updates = link_bytes = bytes_down = bytes_up = 0
-        last = _RoundStats()
+        clock, last = RoundTally(), _NodeTally()  # the node's whole run; its last edge round
         for _ in range(self.edge_rounds[name]):
             j = self._runs.get(name, 0)
             self._runs[name] = j + 1
             self.node_rounds[name] += 1
             t = self.node_rounds[name]
-            rng = np.random.default_rng(derive_seed(self.seed, "edge/" + name, g, j))
-            plan = strategy.configure(t, available, rng)
-            stats = _RoundStats()
+            plan = strategy.configure(t, available, sampling_rng(self.seed, "edge/" + name, g, j))
+            stats = _NodeTally()
             if not children or name in self.served:
                 engine.distribute(g + j * ROUND_STRIDE, plan, buf)
                 stream: Iterable[ClientUpdate] = engine.collect()
@@ -248,15 +252,14 @@ class HierarchicalClients:
                     snap = self._snapshots[name] = torch.empty_like(buf)
                 snap.copy_(buf)
                 stream = self._child_updates(children, plan.clients, snap, g)
-            strategy.aggregate(t, buf, _counted(stream, stats, leaf=not children))
+            strategy.aggregate(t, buf, stats.counted_below(stream, leaf=not children))
             client_updates += stats.client_updates
             link_bytes += stats.link_bytes
             bytes_down += len(plan.clients) * self._wire_bytes
-            bytes_up += stats.updates * self._wire_bytes
+            bytes_up += stats.received * self._wire_bytes
             last = stats
-        seconds = time.perf_counter() - t0
-        loss = last.loss / last.samples if last.samples else float("nan")
-        node = self.node_metrics.setdefault(
+        seconds, loss = clock.seconds, last.train_loss
+        node = self._nodes.setdefault(
             name,
             {"runs": 0, "rounds": 0, "client_updates": 0, "bytes_down": 0, "bytes_up": 0},
         )
@@ -321,20 +324,6 @@ class HierarchicalClients:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _counted(
-    updates: Iterable[ClientUpdate], stats: _RoundStats, leaf: bool
-) -> Iterator[ClientUpdate]:
-    """Pass ``updates`` through, adding them up in ``stats``."""
-    for u in updates:
-        stats.updates += 1
-        stats.samples += u.num_samples
-        stats.loss += float(u.metrics.get("loss", 0.0)) * u.num_samples
-        stats.client_updates += 1 if leaf else int(u.metrics.get("client_updates", 0))
-        if not leaf:
-            stats.link_bytes += int(u.metrics.get("link_bytes", 0))
-        yield u
-
-
 def _pick_root(topology: Topology, root: str | None) -> str:
     if root is not None:
         if root not in topology.nodes:

@@ -27,6 +27,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import ClientError, FedloomError
 from ..params import flatten_module
 from ..task import Task
@@ -63,10 +64,11 @@ def _worker_main(
             if new_slots is not None:
                 slots = new_slots
             assert slots is not None
-            engine.distribute(rnd, RoundPlan([cid for _, cid in jobs], config), global_buf)
+            plan = RoundPlan.from_wire(config, [cid for _, cid in jobs])
+            engine.distribute(rnd, plan, global_buf)
             for pos, cid in jobs:
                 try:
-                    u = engine.train_client(rnd, cid, config)
+                    u = engine.train_client(rnd, cid, plan)
                     if u.extras.get("tensors"):
                         raise RuntimeError(
                             "the client part returns tensors, which ProcessPoolClients does "
@@ -82,7 +84,7 @@ def _worker_main(
             engine.load_state_dict(msg[1])
 
 
-class ProcessPoolClients:
+class ProcessPoolClients(BackendBase):
     """The simulation backend that trains a round's clients in ``workers`` forked processes.
 
     Args:
@@ -101,7 +103,7 @@ class ProcessPoolClients:
         self.task, self.seed, self.workers, self.threads = task, seed, workers, threads
         with torch.random.fork_rng(devices=[]):
             self.spec, flat = flatten_module(task.build_model(), task.personal_layers)
-        self._global = torch.zeros_like(flat).share_memory_()
+        self._global = _shared(torch.zeros_like(flat))
         self._slots = torch.empty(0, self.spec.numel, dtype=flat.dtype)
         self._slots_sent = [False] * workers
         self._ctx = tmp.get_context("fork")
@@ -111,7 +113,7 @@ class ProcessPoolClients:
         self._pending_state: dict[int, dict[str, Any]] = {}
         self._gen = 0
         self._waiting: set[int] = set()  # plan positions of the current round not yet reported
-        self._results: dict[int, tuple] = {}
+        self._results: dict[int, tuple[Any, ...]] = {}
         self._plan = RoundPlan([])
         self._round = 0
         self._closed = False
@@ -138,7 +140,7 @@ class ProcessPoolClients:
             self._send_state(self._pending_state)
             self._pending_state = {}
 
-    def _get(self) -> tuple:
+    def _get(self) -> tuple[Any, ...]:
         """The next message from any worker; raises if a worker died."""
         while True:
             try:
@@ -151,7 +153,7 @@ class ProcessPoolClients:
                 continue
             if msg[0] == "fatal":
                 raise RuntimeError(f"process-pool worker {msg[1]} failed to start:\n{msg[2]}")
-            return msg
+            return tuple(msg)
 
     def _drain(self) -> None:
         """Wait for the results of an unfinished round, so no worker still uses old buffers."""
@@ -217,15 +219,14 @@ class ProcessPoolClients:
         self._plan, self._round = plan, round
         clients = list(plan.clients)
         if len(clients) > self._slots.shape[0]:  # grow the output slots for a bigger cohort
-            self._slots = torch.empty(
-                len(clients), self.spec.numel, dtype=self._slots.dtype
-            ).share_memory_()
+            rows = torch.empty(len(clients), self.spec.numel, dtype=self._slots.dtype)
+            self._slots = _shared(rows)
             self._slots_sent = [False] * self.workers
         self._global.copy_(global_params)
         jobs: list[list[tuple[int, int]]] = [[] for _ in range(self.workers)]
         for pos, cid in enumerate(clients):
             jobs[int(cid) % self.workers].append((pos, int(cid)))
-        config = dict(plan.config)
+        config = plan.to_wire()
         for wid, mine in enumerate(jobs):
             if not mine:
                 continue
@@ -279,3 +280,9 @@ class ProcessPoolClients:
         for wid, inbox in enumerate(self._inboxes):
             mine = {str(c): s for c, s in states.items() if c % self.workers == wid}
             inbox.put(("set_state", {"clients": mine}))
+
+
+def _shared(t: torch.Tensor) -> torch.Tensor:
+    """``t`` moved to shared memory, so forked workers read and write the same buffer."""
+    t.share_memory_()  # type: ignore[no-untyped-call]
+    return t

@@ -140,7 +140,7 @@ class ClientStates(MutableMapping[int, dict[str, Any]]):
         self._size: dict[int, int] = {}  # tensor bytes of each state in memory
         self._disk: dict[int, int] = {}  # spilled client -> its tensor bytes
         self._dir: Path | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.spilled = self.loaded = 0
         self.bytes_in_memory = self.peak_bytes_in_memory = self.bytes_on_disk = 0
 
@@ -307,6 +307,7 @@ class ClientStates(MutableMapping[int, dict[str, Any]]):
 
     def _read(self, cid: int) -> dict[str, Any]:
         path = self._file(cid)
+        state: dict[str, Any]
         try:
             state = torch.load(path, weights_only=True)
         except Exception as e:

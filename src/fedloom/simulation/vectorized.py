@@ -72,6 +72,7 @@ from torch.func import functional_call
 
 from .. import optim
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..classification import ClassificationTask
 from ..params import ParamSpec, flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -100,7 +101,7 @@ StepFn = Callable[
 ]
 
 
-class VectorizedClients:
+class VectorizedClients(BackendBase):
     """A simulation backend that trains all clients of a round at once with ``torch.func``.
 
     Use it where :class:`~fedloom.simulation.InProcessClients` would go::
@@ -180,9 +181,9 @@ class VectorizedClients:
         """Remember the round's plan and snapshot the global model (once, not per client)."""
         self._plan, self._round = plan, round
         if self._fallback is None:
-            if plan.tensors or plan.config.get("algorithm"):
+            if plan.tensors or plan.client_algorithm:
                 self._fall_back("the strategy has a client-side part (hooks on every step)")
-            elif plan.config.get("client_epochs"):
+            elif plan.client_epochs:
                 self._fall_back("stragglers run their own number of epochs")
         if self._fallback is not None:
             self._fallback.distribute(round, plan, global_params)
@@ -197,7 +198,7 @@ class VectorizedClients:
             yield from self._fallback.collect()
             return
         clients = list(self._plan.clients)
-        epochs = int(self._plan.config.get("local_epochs", self.task.local_epochs))
+        epochs = self._plan.round_epochs(self.task.local_epochs)
         chunk = self._chunk_size()
         for start in range(0, len(clients), chunk):
             cids = clients[start : start + chunk]
@@ -325,7 +326,7 @@ class VectorizedClients:
 
         # autograd's gradient of the mean loss; SGD skips parameters that get none, and so do we
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        torch.autograd.backward(F.cross_entropy(model(x), y))
         expected = {
             n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
         }
@@ -395,12 +396,14 @@ class VectorizedClients:
         params = dict(self.model.named_parameters())
         for _ in range(2):
             self.model.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(x), y).backward()
+            torch.autograd.backward(F.cross_entropy(self.model(x), y))
             with torch.no_grad():
                 for i, (e, t) in enumerate(zip(entries, self._unflatten(self.flat))):
                     if i in hyper:
                         lr, wd = hyper[i]
-                        t.sub_(lr * (params[e.name].grad + wd * t))
+                        grad = params[e.name].grad
+                        assert grad is not None, e.name
+                        t.sub_(lr * (grad + wd * t))
                         want[i] = t.clone()
         self.model.zero_grad(set_to_none=True)
         work = [torch.empty((2, *e.shape), dtype=self.spec.dtype, device=x.device) for e in entries]
@@ -424,7 +427,8 @@ class VectorizedClients:
         """From now on delegate everything to the sequential engine (and say so once)."""
         self.fallback_reason = reason
         log.warning("VectorizedClients: using sequential InProcessClients instead: %s", reason)
-        device = getattr(self.task, "device", torch.device("cpu"))
+        task = self.task
+        device = task.device if isinstance(task, ClassificationTask) else torch.device("cpu")
         with _forked_rng(device):  # its model init must not move the caller's RNG
             self._fallback = InProcessClients(self.task, self.seed)
         if self._states:
