@@ -61,7 +61,8 @@ from fedloom.wire import EXTRA_SEP, bundle_spec, decode, decode_bundle, encode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_headlines, write_results  # noqa: E402
 
-CASE_SECONDS = 1.0  # a case slower than this is a hang
+CASE_SECONDS = 1.0  # a case slower than this is a hang (the benchmark's budget, on an idle machine)
+_limit = {"seconds": CASE_SECONDS}  # run_wire_fuzz(case_seconds=...) sets it for one run
 SLACK_BYTES = 1 << 20  # Python allocations allowed beyond the budget below
 ALLOC_FACTOR = 64  # ... which is ALLOC_FACTOR x the input bytes (JSON objects outweigh text)
 EXAMPLES_PER_CLASS = 5
@@ -786,7 +787,7 @@ def run_bulk(rng: random.Random, rec: dict[str, Any]) -> Result:
     a, b = socket.socketpair()
     try:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        b.settimeout(CASE_SECONDS)
+        b.settimeout(_limit["seconds"])
         a.sendall(msg)
         a.shutdown(socket.SHUT_WR)
         try:
@@ -878,7 +879,7 @@ class limits:  # noqa: N801 - used as a context manager, like a function
         self.alarm = threading.current_thread() is threading.main_thread()
         if self.alarm:
             self.old = signal.signal(signal.SIGALRM, _on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS)
+            signal.setitimer(signal.ITIMER_REAL, _limit["seconds"])
         tracemalloc.reset_peak()
         self.base = tracemalloc.get_traced_memory()[0]
         self.t0 = time.perf_counter()
@@ -890,14 +891,14 @@ class limits:  # noqa: N801 - used as a context manager, like a function
         if self.alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.old)
-        if elapsed > CASE_SECONDS and exc[0] is None:
+        if elapsed > _limit["seconds"] and exc[0] is None:
             raise Timeout(f"took {elapsed:.2f} s")
         if peak > self.budget and exc[0] is None:
             raise MemoryBlowUp(f"allocated {peak} bytes, budget {self.budget}")
 
 
 def _on_alarm(signum: int, frame: object) -> None:
-    raise Timeout(f"still running after {CASE_SECONDS} s")
+    raise Timeout(f"still running after {_limit['seconds']} s")
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -939,8 +940,13 @@ def run_case(seed: int, index: int) -> dict[str, Any]:
     return rec
 
 
-def run_wire_fuzz(cases: int, seed: int) -> dict[str, Any]:
-    """Run ``cases`` fuzz cases from ``seed``; counts per outcome, per target, and examples."""
+def run_wire_fuzz(cases: int, seed: int, case_seconds: float = CASE_SECONDS) -> dict[str, Any]:
+    """Run ``cases`` fuzz cases from ``seed``; counts per outcome, per target, and examples.
+
+    ``case_seconds`` is the wall time after which a case counts as a hang. Wall time grows with
+    the machine's load, so the tests give a wide bound (a real hang exceeds any bound).
+    """
+    _limit["seconds"] = case_seconds
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()

@@ -23,7 +23,9 @@ from chaos_fuzz import run_wire_fuzz
 
 
 def test_two_thousand_fuzz_cases_give_no_crash_and_no_wrong_accept() -> None:
-    result = run_wire_fuzz(2000, seed=11)
+    # a hang is unbounded, so a wide per-case bound still catches one; the benchmark's 1 s
+    # budget is for an idle machine, and this suite shares its cores with other work
+    result = run_wire_fuzz(2000, seed=11, case_seconds=30.0)
     assert result["crashes"] == 0 and result["wrong_accepts"] == 0, result["examples"]
     assert result["rejected"] + result["accepted_valid"] == 2000
     assert result["rejected"] > 500 and result["accepted_valid"] > 200  # both paths exercised
