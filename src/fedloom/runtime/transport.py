@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -55,6 +55,23 @@ class ModelHeader:
     def bulk(self, op: str, **more: Any) -> dict[str, Any]:
         """The bulk channel's JSON header for ``op`` ("download" or "upload")."""
         return {"op": op, **dataclasses.asdict(self), **more}
+
+
+class ModelTransport(Protocol):
+    """One channel a client moves models on (the bulk port, the gRPC stream).
+
+    Either method answers None when this channel cannot carry the transfer now (the bulk port
+    is not offered or failed): the client then uses the next one."""
+
+    name: str
+
+    def download(self, header: ModelHeader, limit: int) -> Bytes | None:
+        """The wire bytes of the model ``header`` names, at most ``limit`` of them."""
+        ...
+
+    def upload(self, header: ModelHeader, parts: tuple[bytes, memoryview]) -> pb.UploadReply | None:
+        """Send an update (its wire bytes in two parts); the aggregator's reply."""
+        ...
 
 
 def iter_chunks(data: Bytes, chunk_size: int = DEFAULT_CHUNK, **header: Any) -> Iterator[pb.Chunk]:
