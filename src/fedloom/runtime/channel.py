@@ -1,9 +1,10 @@
 """A data holder's connection to the aggregator: the transport every client API shares.
 
 :class:`ClientChannel` checks in (retrying with backoff until the aggregator answers), polls
-for work, downloads the round's model and uploads an update, over the bulk port when the
-aggregator offers one and over the gRPC stream otherwise (or when the bulk port fails), and
-sends heartbeats from a background thread while the data holder trains. Every call carries the
+for work, downloads the round's model and uploads an update through its
+:class:`~fedloom.runtime.transport.ModelTransport` s in turn (the bulk port when the aggregator
+offers one, :mod:`.bulk_client`; the gRPC stream otherwise or when it fails, :mod:`.grpc_client`),
+and sends heartbeats from a background thread while the data holder trains. Every call carries the
 identity metadata (:func:`~fedloom.runtime.gate.identity_metadata`) the aggregator checks
 before it reads a byte. If the aggregator restarts (``--resume``) the channel sees "not checked
 in", checks in again and carries on.
@@ -29,9 +30,10 @@ from ..errors import BulkRefused, FedloomError, RefusedError, UnreachableError
 from ..params import ParamSpec
 from .bulk_client import BulkTransport
 from .gate import identity_metadata
+from .grpc_client import GrpcTransport
 from .proto import fedloom_pb2 as pb
 from .security import TLSConfig, channel_credentials, client_ssl_context
-from .transport import GRPC_OPTIONS, Bytes, ModelHeader, ModelTransport, join_chunks
+from .transport import GRPC_OPTIONS, Bytes, ModelHeader, ModelTransport
 
 log = logging.getLogger("fedloom.client")
 
@@ -318,42 +320,3 @@ class ClientChannel:
         if self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return grpc.secure_channel(self.server, channel_credentials(self.tls), options=options)
-
-
-class GrpcTransport:
-    """Models over the gRPC stream, as raw serialised chunks (copied once each way); every
-    transfer is retried, and checks in again after an aggregator restart, through ``owner``."""
-
-    name = "grpc"
-
-    def __init__(self, channel: Any, owner: ClientChannel):
-        self.owner = owner
-        self._download = channel.unary_stream(
-            "/fedloom.v1.Aggregator/Download",
-            request_serializer=pb.DownloadRequest.SerializeToString,
-            response_deserializer=None,
-        )
-        self._upload = channel.stream_unary(
-            "/fedloom.v1.Aggregator/Upload",
-            request_serializer=None,
-            response_deserializer=pb.UploadReply.FromString,
-        )
-
-    def download(self, header: ModelHeader, limit: int) -> bytearray:
-        request = pb.DownloadRequest(
-            task_id=header.task_id,
-            client_id=header.client_id,
-            token=header.token,
-            round=header.round,
-            version=header.version,
-        )
-        md = self.owner._md
-        _, data = self.owner._call(lambda: join_chunks(self._download(request, metadata=md), limit))
-        return data
-
-    def upload(self, header: ModelHeader, parts: tuple[bytes, memoryview]) -> pb.UploadReply:
-        payload, md = b"".join(parts), self.owner._md
-        reply: pb.UploadReply = self.owner._call(  # the chunks are made anew for each retry
-            lambda: self._upload(header.chunks(payload, self.owner.chunk_size), metadata=md)
-        )
-        return reply
