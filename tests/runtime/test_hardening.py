@@ -121,7 +121,7 @@ def test_a_chunk_naming_another_client_is_refused(two_clients):
         reply = stub.Upload(chunks, metadata=md, timeout=10)
     assert not reply.accepted and server.tally.total["malformed"] == 1
     # private: no public view of a round's received updates short of collect(), which waits
-    assert 1 not in server._results and 0 not in server._results
+    assert not server.rounds.answered(1) and not server.rounds.answered(0)
 
 
 # -- buffers are owned per upload ----------------------------------------------------------------
@@ -215,17 +215,17 @@ def test_async_share_limit_makes_a_greedy_client_wait(servers):
             check_in(stub, cid)
         server.publish(torch.zeros(spec.numel), 0)
         # private: the share rule on a window set by hand; tests/adversarial drives it end to end
-        server._recent.extend([0, 0, 0, 0, 1, 2, 3, 1])  # 4 members: a window of 8 updates
-        assert not server._within_share(0)  # 4 of 8 = 2 x its fair share (2 of 8)
-        assert server._within_share(1)
-        server._recent.append(2)  # 3 of the last 8
-        assert server._within_share(0)
-        assert server._instruction(0, busy=False).kind == pb.Instruction.TRAIN
-        server._recent.extend([0] * 8)
-        assert server._instruction(1, busy=False) is not None  # others still get work
-        assert server._instruction(0, busy=False) is None  # busy now; and past its share
-        server._busy.discard(0)
-        assert server._instruction(0, busy=False) is None
+        server.rounds._recent.extend([0, 0, 0, 0, 1, 2, 3, 1])  # 4 members: a window of 8 updates
+        assert not server.rounds.within_share(0)  # 4 of 8 = 2 x its fair share (2 of 8)
+        assert server.rounds.within_share(1)
+        server.rounds._recent.append(2)  # 3 of the last 8
+        assert server.rounds.within_share(0)
+        assert server.service.instruction(0, busy=False).kind == pb.Instruction.TRAIN
+        server.rounds._recent.extend([0] * 8)
+        assert server.service.instruction(1, busy=False) is not None  # others still get work
+        assert server.service.instruction(0, busy=False) is None  # busy now; and past its share
+        server.rounds._busy.discard(0)
+        assert server.service.instruction(0, busy=False) is None
 
 
 def test_messages_that_do_not_parse_are_refused_and_counted_without_a_traceback(

@@ -13,8 +13,9 @@ from torch import nn
 from fedloom import FedAvg, Federation, ParamSpec, Task, WireError, encode
 from fedloom.algorithms.base import RoundPlan
 from fedloom.runtime import AggregatorServer, RuntimeClient
+from fedloom.runtime.fields import bulk_head
 from fedloom.runtime.proto import fedloom_pb2 as pb
-from fedloom.runtime.transport import iter_chunks, join_chunks
+from fedloom.runtime.transport import ModelHeader, encode_chunks, iter_chunks, join_chunks
 
 from .conftest import check_in, download, poll_for_train, stub_for, upload
 
@@ -42,6 +43,22 @@ def test_chunks_of_a_memoryview_and_of_nothing():
     head, got = join_chunks(chunks, max_bytes=0)
     assert bytes(got) == b"" and head.client_id == "1" and head.round == 2
 
+
+
+def test_a_model_header_reads_back_the_same_on_both_channels():
+    """One header for the gRPC chunks and the bulk port: the aggregator reads the same fields
+    from either, and the chunks are the bytes encode_chunks makes from those fields."""
+    header = ModelHeader("t", 3, 2, client_id="5", token="k", num_samples=7, metrics_json="{}")
+    chunks = list(header.chunks(DATA, 100))
+    assert chunks == list(
+        encode_chunks(DATA, 100, task_id="t", round=3, version=2, client_id="5", token="k",
+                      num_samples=7, metrics_json="{}")
+    )  # fmt: skip
+    head, data = join_chunks(chunks, len(DATA))
+    assert bytes(data) == DATA
+    from_bulk, op = bulk_head(header.bulk("upload", total_bytes=len(DATA)))
+    assert op == "upload" and from_bulk == head
+    assert from_bulk.num_samples == 7 and from_bulk.client_id == "5" and from_bulk.round == 3
 
 def test_iter_chunks_refuses_a_chunk_size_below_one():
     with pytest.raises(ValueError, match="chunk_size"):

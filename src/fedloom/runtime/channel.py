@@ -1,9 +1,10 @@
 """A data holder's connection to the aggregator: the transport every client API shares.
 
 :class:`ClientChannel` checks in (retrying with backoff until the aggregator answers), polls
-for work, downloads the round's model and uploads an update, over the bulk port when the
-aggregator offers one and over the gRPC stream otherwise (or when the bulk port fails), and
-sends heartbeats from a background thread while the data holder trains. Every call carries the
+for work, downloads the round's model and uploads an update through its
+:class:`~fedloom.runtime.transport.ModelTransport` s in turn (the bulk port when the aggregator
+offers one, :mod:`.bulk_client`; the gRPC stream otherwise or when it fails, :mod:`.grpc_client`),
+and sends heartbeats from a background thread while the data holder trains. Every call carries the
 identity metadata (:func:`~fedloom.runtime.gate.identity_metadata`) the aggregator checks
 before it reads a byte. If the aggregator restarts (``--resume``) the channel sees "not checked
 in", checks in again and carries on.
@@ -20,20 +21,25 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
-from ..errors import FedloomError, RefusedError, UnreachableError, WireError
+from ..errors import BulkRefused, FedloomError, RefusedError, UnreachableError
 from ..params import ParamSpec
-from . import bulk
+from .bulk_client import BulkTransport
 from .gate import identity_metadata
+from .grpc_client import GrpcTransport
 from .proto import fedloom_pb2 as pb
-from .proto import fedloom_pb2_grpc as pb_grpc
 from .security import TLSConfig, channel_credentials, client_ssl_context
-from .transport import GRPC_OPTIONS, encode_chunks, join_chunks
+from .transport import GRPC_OPTIONS, Bytes, ModelHeader, ModelTransport
 
 log = logging.getLogger("fedloom.client")
+
+__all__ = ["RETRYABLE", "ClientChannel", "GrpcTransport", "RefusedError", "UnreachableError"]
+
+T = TypeVar("T")
 
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -81,18 +87,28 @@ class ClientChannel:
         self.retry_for, self.backoff = retry_for, backoff
         self.chunk_size = 1 << 20
         self.heartbeat_s = 5.0
-        self.use_bulk, self.bulk_port = use_bulk, 0
+        self.use_bulk = use_bulk
         self.transfers = {"bulk": 0, "grpc": 0}
-        self._ssl = None if tls is None else client_ssl_context(tls)
-        self._recv = bytearray()  # reused for every download: no page faults per round
+        ssl_context = None if tls is None else client_ssl_context(tls)
+        host = server.rsplit(":", 1)[0]
+        name = tls.server_name if tls else None
+        self._bulk = BulkTransport(host, self.client_id, ssl_context, name)
         self._md = identity_metadata(task_id, self.client_id, token)  # sent with every call
+        self._rpc_check_in: Any = None  # gRPC's callables while connected (untyped)
+        self._rpc_poll: Any = None
+        self._grpc: GrpcTransport | None = None
+
+    @property
+    def bulk_port(self) -> int:
+        """The aggregator's bulk port while it is used (0: models move over gRPC)."""
+        return self._bulk.port
 
     # -- what a subclass decides ---------------------------------------------------------------
     def _announced_samples(self) -> int:
         """The weight announced at check-in (the aggregator bounds uploads by it)."""
         raise NotImplementedError
 
-    def _on_check_in(self, reply, spec: ParamSpec) -> None:
+    def _on_check_in(self, reply: pb.CheckInReply, spec: ParamSpec) -> None:
         """Called after every accepted check-in with the reply and the aggregator's spec."""
 
     # -- the connection ----------------------------------------------------------------------
@@ -103,72 +119,92 @@ class ClientChannel:
         :class:`FedloomError` line naming the aggregator's answer."""
         try:
             with self._channel() as channel:
-                self.stub = pb_grpc.AggregatorStub(channel)
-                self._download = channel.unary_stream(
-                    "/fedloom.v1.Aggregator/Download",
-                    request_serializer=pb.DownloadRequest.SerializeToString,
-                    response_deserializer=None,
+                self._rpc_check_in = channel.unary_unary(
+                    "/fedloom.v1.Aggregator/CheckIn",
+                    request_serializer=pb.CheckInRequest.SerializeToString,
+                    response_deserializer=pb.CheckInReply.FromString,
                 )
-                self._upload = channel.stream_unary(
-                    "/fedloom.v1.Aggregator/Upload",
-                    request_serializer=None,
-                    response_deserializer=pb.UploadReply.FromString,
+                self._rpc_poll = channel.unary_unary(
+                    "/fedloom.v1.Aggregator/Poll",
+                    request_serializer=pb.PollRequest.SerializeToString,
+                    response_deserializer=pb.Instruction.FromString,
                 )
+                self._grpc = GrpcTransport(channel, self)
                 yield
         except grpc.RpcError as e:
             raise self._unmendable(e) from None
 
-    def _unmendable(self, e: grpc.RpcError) -> FedloomError:
+    def _unmendable(self, e: Any) -> FedloomError:  # e: a grpc.RpcError (untyped)
         """A gRPC status no retry mends, as one line naming the aggregator's answer."""
         return FedloomError(
             f"client {self.client_id}: the aggregator at {self.server} answered "
             f"{e.code().name}: {e.details()}"
         )
 
-    def _next_instruction(self):
+    def _next_instruction(self) -> pb.Instruction:
         """Poll until the aggregator hands out work (TRAIN) or says STOP."""
+        request = self._poll()
         while True:
-            ins = self._call(self._poll_call, self._poll())
+            ins = self._call(lambda: self._poll_call(request))
             if ins.kind != pb.Instruction.WAIT:
                 return ins
             time.sleep(ins.wait_s or 0.05)
 
-    def _fetch(self, ins, limit: int) -> memoryview | bytes | None:
-        """The wire bytes of the model ``ins`` names (bulk port, else gRPC), or None when its
-        round closed before the download started (poll again)."""
-        request = pb.DownloadRequest(
-            task_id=self.task_id,
+    def _transports(self) -> list[ModelTransport]:
+        """The channels to try in order: the bulk port (when offered), then gRPC."""
+        assert self._grpc is not None, "not connected"
+        return [self._bulk, self._grpc]
+
+    def _header(
+        self, ins: pb.Instruction, num_samples: int = 0, metrics_json: str = ""
+    ) -> ModelHeader:
+        return ModelHeader(
+            self.task_id,
+            ins.round,
+            ins.version,
             client_id=str(self.client_id),
             token=self.token,
-            round=ins.round,
-            version=ins.version,
+            num_samples=num_samples,
+            metrics_json=metrics_json,
         )
+
+    def _fetch(self, ins: pb.Instruction, limit: int) -> Bytes | None:
+        """The wire bytes of the model ``ins`` names (bulk port, else gRPC), or None when its
+        round closed before the download started (poll again)."""
+        header = self._header(ins)
         try:
-            data = self._bulk_download(ins, limit)
-            if data is None:
-                _, data = self._call(
-                    lambda r: join_chunks(self._download(r, metadata=self._md), limit), request
-                )
-                self.transfers["grpc"] += 1
-        except (grpc.RpcError, bulk.BulkRefused) as e:
-            code = e.code if isinstance(e, bulk.BulkRefused) else e.code().name
+            for transport in self._transports():
+                data = transport.download(header, limit)
+                if data is not None:
+                    self.transfers[transport.name] += 1
+                    return data
+        except (grpc.RpcError, BulkRefused) as e:
+            code = e.code if isinstance(e, BulkRefused) else e.code().name
             if code != "FAILED_PRECONDITION":
                 raise
             log.info(
                 "client %d: round %d closed before we started (%s); polling again",
                 self.client_id,
                 ins.round,
-                e.reason if isinstance(e, bulk.BulkRefused) else e.details(),
+                e.reason if isinstance(e, BulkRefused) else e.details(),
             )
-            return None
-        return data
+        return None
 
-    def _send(self, ins, parts: tuple[bytes, memoryview], num_samples: int, metrics: dict):
+    def _send(
+        self,
+        ins: pb.Instruction,
+        parts: tuple[bytes, memoryview],
+        num_samples: int,
+        metrics: dict[str, float],
+    ) -> pb.UploadReply:
         """Upload an update (bulk port, else gRPC); the aggregator's UploadReply."""
-        reply = self._bulk_upload(ins, parts, num_samples, metrics)
-        if reply is None:
-            reply = self._grpc_upload(ins, b"".join(parts), num_samples, metrics)
-        return reply
+        header = self._header(ins, num_samples, json.dumps(metrics))
+        for transport in self._transports():
+            reply = transport.upload(header, parts)
+            if reply is not None:
+                self.transfers[transport.name] += 1
+                return reply
+        raise AssertionError("the gRPC transport always answers")
 
     @contextlib.contextmanager
     def _heartbeats(self) -> Iterator[None]:
@@ -182,102 +218,6 @@ class ClientChannel:
             stop.set()
             beat.join()
 
-    def _grpc_upload(self, ins, payload: bytes, num_samples: int, metrics: dict):
-        chunks = lambda: encode_chunks(  # noqa: E731 (rebuilt for each retry)
-            payload,
-            self.chunk_size,
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-            num_samples=num_samples,
-            metrics_json=json.dumps(metrics),
-        )
-        reply = self._call(lambda _: self._upload(chunks(), metadata=self._md), None)
-        self.transfers["grpc"] += 1
-        return reply
-
-    # -- the bulk channel ------------------------------------------------------------------
-    def _bulk_header(self, op: str, ins, **more) -> dict:
-        return dict(
-            op=op,
-            task_id=self.task_id,
-            client_id=str(self.client_id),
-            token=self.token,
-            round=ins.round,
-            version=ins.version,
-            **more,
-        )
-
-    def _bulk_fail(self, what: str, e: Exception) -> None:
-        """Fall back to gRPC until the next check-in offers the bulk port again."""
-        log.info("client %d: bulk %s failed (%s); using gRPC", self.client_id, what, e)
-        self.bulk_port = 0
-
-    def _bulk_connect(self):
-        host = self.server.rsplit(":", 1)[0]
-        name = self.tls.server_name if self.tls else None
-        return bulk.connect(host, self.bulk_port, self._ssl, name, timeout=60)
-
-    def _bulk_download(self, ins, limit: int) -> memoryview | None:
-        """The model's bytes over the bulk port, or None to use gRPC instead."""
-        if not self.bulk_port:
-            return None
-        try:
-            with self._bulk_connect() as sock:
-                bulk.send_header(sock, self._bulk_header("download", ins))
-                head = bulk.answer(bulk.recv_header(sock))
-                total = int(head["total_bytes"])
-                if not 0 <= total <= limit:
-                    raise WireError(f"bulk download announces {total} bytes; limit {limit}")
-                if len(self._recv) != total:
-                    self._recv = bytearray(total)
-                view = memoryview(self._recv)
-                bulk.recv_into(sock, view)
-        except bulk.BulkRefused as e:
-            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
-                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
-            if e.code == "FAILED_PRECONDITION":
-                raise
-            self._bulk_fail("download", e)  # NOT_FOUND: gRPC checks in again
-            return None
-        except (OSError, WireError, KeyError, ValueError) as e:
-            self._bulk_fail("download", e)
-            return None
-        self.transfers["bulk"] += 1
-        return view
-
-    def _bulk_upload(self, ins, parts: tuple[bytes, memoryview], num_samples: int, metrics: dict):
-        """Send an update over the bulk port; its UploadReply, or None to use gRPC."""
-        if not self.bulk_port:
-            return None
-        header = self._bulk_header(
-            "upload",
-            ins,
-            num_samples=num_samples,
-            metrics_json=json.dumps(metrics),
-            total_bytes=len(parts[0]) + len(parts[1]),
-        )
-        try:
-            with self._bulk_connect() as sock:
-                bulk.send_header(sock, header)
-                head = bulk.answer(bulk.recv_header(sock))
-                if head.get("go"):
-                    for part in parts:  # header, then values from the tensor's own memory
-                        sock.sendall(part)
-                    head = bulk.answer(bulk.recv_header(sock))
-        except bulk.BulkRefused as e:
-            if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
-                raise RefusedError(f"client {self.client_id}: {e.reason}") from None
-            self._bulk_fail("upload", e)
-            return None
-        except (OSError, WireError) as e:
-            self._bulk_fail("upload", e)
-            return None
-        self.transfers["bulk"] += 1
-        return pb.UploadReply(accepted=bool(head.get("accepted")), reason=head.get("reason", ""))
-
     # -- membership --------------------------------------------------------------------------
     def _check_in(self) -> None:
         request = pb.CheckInRequest(
@@ -286,11 +226,11 @@ class ClientChannel:
             token=self.token,
             num_samples=self._announced_samples(),
         )
-        reply = self._retry(lambda: self.stub.CheckIn(request, metadata=self._md))
+        reply: pb.CheckInReply = self._retry(lambda: self._rpc_check_in(request, metadata=self._md))
         if not reply.accepted:
             raise RefusedError(f"client {self.client_id}: check-in refused: {reply.reason}")
         self.chunk_size = reply.chunk_size or self.chunk_size
-        self.bulk_port = reply.bulk_port if self.use_bulk else 0
+        self._bulk.port = reply.bulk_port if self.use_bulk else 0
         self.heartbeat_s = reply.heartbeat_s or 5.0
         self._on_check_in(reply, ParamSpec.from_json(json.loads(reply.spec_json)))
         log.info("client %d checked in%s", self.client_id, " again" if reply.duplicate else "")
@@ -299,24 +239,25 @@ class ClientChannel:
         request = self._poll(busy=True)
         while not stop.wait(self.heartbeat_s):
             try:
-                self.stub.Poll(request, timeout=10, metadata=self._md)
+                self._rpc_poll(request, timeout=10, metadata=self._md)
             except grpc.RpcError as e:
                 log.debug("client %d: heartbeat failed: %s", self.client_id, e.code())
 
-    def _poll_call(self, request):
-        return self.stub.Poll(request, timeout=30, metadata=self._md)
+    def _poll_call(self, request: pb.PollRequest) -> pb.Instruction:
+        reply: pb.Instruction = self._rpc_poll(request, timeout=30, metadata=self._md)
+        return reply
 
-    def _poll(self, busy: bool = False):
+    def _poll(self, busy: bool = False) -> pb.PollRequest:
         return pb.PollRequest(
             task_id=self.task_id, client_id=str(self.client_id), token=self.token, busy=busy
         )
 
     # -- calls with retry --------------------------------------------------------------------
-    def _call(self, method, request):
-        """Call with retry; check in again if the aggregator no longer knows us (restart)."""
+    def _call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` with retry; check in again if the aggregator no longer knows us (restart)."""
         while True:
             try:
-                return self._retry(lambda: method(request))
+                return self._retry(fn)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     log.info(
@@ -326,7 +267,7 @@ class ClientChannel:
                     continue
                 raise
 
-    def _retry(self, fn):
+    def _retry(self, fn: Callable[[], T]) -> T:
         """``fn()``, retried with backoff while the aggregator is unavailable; each retry is
         logged (rate-limited by ``log_every``) and giving up after ``retry_for`` seconds is
         one :class:`UnreachableError` line naming the address and the last status."""
@@ -335,10 +276,7 @@ class ClientChannel:
         logged = -math.inf
         while True:
             try:
-                result = fn()
-                if hasattr(result, "__next__"):  # server stream: pull it now, inside the retry
-                    result = list(result)
-                return result
+                return fn()  # a server stream is read inside fn, so within the retry
             except grpc.RpcError as e:
                 code = e.code()
                 if code in (
@@ -370,8 +308,8 @@ class ClientChannel:
                 time.sleep(delay)
                 delay = min(delay * 2, cap)
 
-    def _channel(self) -> grpc.Channel:
-        options = [
+    def _channel(self) -> Any:  # a grpc.Channel (untyped)
+        options: list[tuple[str, int | str]] = [
             *GRPC_OPTIONS,  # reconnect quickly after an aggregator restart
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),

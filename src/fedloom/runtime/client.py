@@ -58,7 +58,7 @@ class RuntimeClient(ClientChannel):
         tls: TLSConfig | None = None,
         retry_for: float = 60.0,
         backoff: tuple[float, float] = (0.05, 2.0),
-        on_round: Callable[[int, dict], None] | None = None,
+        on_round: Callable[[int, dict[str, float]], None] | None = None,
         use_bulk: bool = True,
         engine: Any = None,
         num_samples: int | None = None,
@@ -95,7 +95,7 @@ class RuntimeClient(ClientChannel):
                     return self.rounds_done
                 self._train(ins)
 
-    def _train(self, ins) -> None:
+    def _train(self, ins: pb.Instruction) -> None:
         assert self.engine is not None
         limit = self.engine.spec.nbytes * (1 + MAX_EXTRAS) + (1 << 20)
         data = self._fetch(ins, limit)
@@ -137,7 +137,7 @@ class RuntimeClient(ClientChannel):
             return self.num_samples
         return self.task.num_samples(self.client_id)
 
-    def _on_check_in(self, reply, spec: ParamSpec) -> None:
+    def _on_check_in(self, reply: pb.CheckInReply, spec: ParamSpec) -> None:
         if self.engine is None:
             self.engine = InProcessClients(self.task, reply.seed)
         elif self.engine.seed != reply.seed:

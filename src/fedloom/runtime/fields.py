@@ -35,7 +35,7 @@ def parser(cls: Any) -> Any:
     return parse
 
 
-def bad_fields(head) -> str | None:
+def bad_fields(head: pb.Chunk) -> str | None:
     """Why an upload header's own fields are unusable, or None."""
     if head.num_samples < 1:
         return f"num_samples must be >= 1, got {head.num_samples}"
@@ -50,7 +50,7 @@ _BULK_INTS = ("round", "version", "num_samples", "total_bytes")
 _BULK_STRS = ("task_id", "client_id", "token", "metrics_json")
 
 
-def bulk_head(header: dict[str, Any]) -> tuple[Any, str]:
+def bulk_head(header: dict[str, Any]) -> tuple[pb.Chunk, str]:
     """(Chunk with the header's fields, op) with every field's type and range checked."""
     op = header.get("op")
     if op not in ("download", "upload"):

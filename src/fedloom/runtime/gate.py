@@ -160,7 +160,7 @@ class Watchdog:
         self._stop.set()
 
 
-class Gate(grpc.ServerInterceptor):
+class Gate(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Authenticates every call from its metadata and bounds calls per client and kind.
 
     Args:
@@ -183,7 +183,9 @@ class Gate(grpc.ServerInterceptor):
         self._open: Counter[tuple[int, str]] = Counter()
         self._lock = threading.Lock()
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
         handler = continuation(handler_call_details)
         method = handler_call_details.method.rsplit("/", 1)[-1]
         if handler is None or method not in self.limits:
@@ -230,15 +232,17 @@ def _refusal(handler: grpc.RpcMethodHandler, r: Refused) -> grpc.RpcMethodHandle
     # no request_deserializer: a refused call's body is never parsed (an outsider's garbage
     # body would otherwise make gRPC log a traceback per call before the abort)
     kind = _kind(handler)
-    return handler._replace(**{kind: abort, "request_deserializer": None})  # type: ignore[attr-defined]
+    return handler._replace(**{kind: abort, "request_deserializer": None})
 
 
-def _wrapped(handler, leave: Callable[[], None], guard) -> grpc.RpcMethodHandler:
+def _wrapped(
+    handler: Any, leave: Callable[[], None], guard: Callable[[Any], Any]
+) -> grpc.RpcMethodHandler:
     kind = _kind(handler)
     behaviour = getattr(handler, kind)
     if handler.response_streaming:
 
-        def streaming(request, context):
+        def streaming(request: Any, context: Any) -> Iterator[Any]:
             try:
                 with guard(context):
                     yield from behaviour(request, context)
@@ -247,7 +251,7 @@ def _wrapped(handler, leave: Callable[[], None], guard) -> grpc.RpcMethodHandler
 
         return handler._replace(**{kind: streaming})
 
-    def unary(request, context):
+    def unary(request: Any, context: Any) -> Any:
         try:
             with guard(context):
                 return behaviour(request, context)

@@ -26,7 +26,8 @@ class EdgeLoop:
         self.hierarchy, self.name, self.client_id = hierarchy, name, client_id
         self.seed = hierarchy.seed
         self.spec = hierarchy.engine.spec
-        self._round, self._params = -1, None
+        self._round = -1
+        self._params: torch.Tensor | None = None
 
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
         # a parent relay numbers its rounds g + j * ROUND_STRIDE; g is the root's round

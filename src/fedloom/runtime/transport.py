@@ -1,14 +1,21 @@
-"""Chunked model transfer over gRPC streams, with size limits checked as bytes arrive.
+"""How a model moves between aggregator and client, in both directions and on both channels.
 
-A model is sent as a stream of :class:`Chunk` messages; only the first carries the header
-fields (client, round, version, samples, metrics, total size). The receiver refuses a stream
-that claims or brings more than ``max_bytes`` before buffering it, so a hostile peer cannot
-make the aggregator allocate without limit. gRPC's own message cap never applies to a model.
+:class:`ModelHeader` is what travels beside a model's wire bytes (task, client, token, round,
+version, and for an update its sample count and metrics). Both sides use it: the aggregator to
+serialise a published model into chunks once, the client to send an update as chunks (gRPC)
+or as the bulk channel's JSON header; :func:`join_chunks` receives a chunk stream on either
+side. A model is sent as a stream of :class:`Chunk` messages; only the first carries the
+header fields and the total size. The receiver refuses a stream that claims or brings more
+than ``max_bytes`` before buffering it, so a hostile peer cannot make the aggregator allocate
+without limit. gRPC's own message cap never applies to a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -21,8 +28,53 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 16 << 20),
 ]
 
+Bytes = bytes | bytearray | memoryview
 
-def iter_chunks(data: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK, **header) -> Iterator:
+
+@dataclass(frozen=True)
+class ModelHeader:
+    """The fields sent beside a model: one definition for the gRPC chunks and the bulk
+    header, so the two channels cannot drift apart."""
+
+    task_id: str
+    round: int
+    version: int
+    client_id: str = ""
+    token: str = ""
+    num_samples: int = 0
+    metrics_json: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The header as keyword arguments, leaving out what is unset (as protobuf does)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", 0)}
+
+    def chunks(self, data: Bytes, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+        """``data`` as serialised Chunk messages (see :func:`encode_chunks`)."""
+        return encode_chunks(data, chunk_size, **self.fields())
+
+    def bulk(self, op: str, **more: Any) -> dict[str, Any]:
+        """The bulk channel's JSON header for ``op`` ("download" or "upload")."""
+        return {"op": op, **dataclasses.asdict(self), **more}
+
+
+class ModelTransport(Protocol):
+    """One channel a client moves models on (the bulk port, the gRPC stream).
+
+    Either method answers None when this channel cannot carry the transfer now (the bulk port
+    is not offered or failed): the client then uses the next one."""
+
+    name: str
+
+    def download(self, header: ModelHeader, limit: int) -> Bytes | None:
+        """The wire bytes of the model ``header`` names, at most ``limit`` of them."""
+        ...
+
+    def upload(self, header: ModelHeader, parts: tuple[bytes, memoryview]) -> pb.UploadReply | None:
+        """Send an update (its wire bytes in two parts); the aggregator's reply."""
+        ...
+
+
+def iter_chunks(data: Bytes, chunk_size: int = DEFAULT_CHUNK, **header: Any) -> Iterator[pb.Chunk]:
     """Split ``data`` into Chunk messages; the first carries ``header`` and the total size."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -41,7 +93,7 @@ def iter_chunks(data: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK, **hea
             yield pb.Chunk(data=piece)
 
 
-def encode_chunks(data: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK, **header) -> Iterator:
+def encode_chunks(data: Bytes, chunk_size: int = DEFAULT_CHUNK, **header: Any) -> Iterator[bytes]:
     """The Chunk messages of :func:`iter_chunks`, already serialised, with one copy of the data.
 
     Protobuf writes fields in number order and ``data`` (9) is last, so a chunk is its header
@@ -61,10 +113,11 @@ def encode_chunks(data: bytes | memoryview, chunk_size: int = DEFAULT_CHUNK, **h
         yield b"".join((prefix, _DATA_TAG, _varint(len(piece)), piece))
 
 
-def split_chunk(msg: bytes | memoryview) -> tuple[bytes, memoryview]:
+def split_chunk(msg: Bytes) -> tuple[bytes, memoryview]:
     """(header fields, data) of a serialised Chunk, without copying the data."""
     view = memoryview(msg)
-    pos, n, data, head = 0, len(view), view[0:0], []
+    pos, n, data = 0, len(view), view[0:0]
+    head: list[memoryview] = []
     while pos < n:
         start = pos
         key, pos = _read_varint(view, pos)
@@ -85,7 +138,7 @@ def split_chunk(msg: bytes | memoryview) -> tuple[bytes, memoryview]:
     return b"".join(head), data
 
 
-def join_chunks(chunks: Iterable, max_bytes: int) -> tuple[pb.Chunk, bytearray]:
+def join_chunks(chunks: Iterable[pb.Chunk | Bytes], max_bytes: int) -> tuple[pb.Chunk, bytearray]:
     """Collect a chunk stream into (header chunk, bytes), enforcing ``max_bytes``.
 
     Items are Chunk messages or their serialised bytes (read without an extra copy).
@@ -95,6 +148,7 @@ def join_chunks(chunks: Iterable, max_bytes: int) -> tuple[pb.Chunk, bytearray]:
         first = next(it)
     except StopIteration:
         raise WireError("empty stream: no chunk arrived") from None
+    first_data: Bytes
     if isinstance(first, bytes | bytearray | memoryview):
         raw_head, first_data = split_chunk(first)
         try:
@@ -119,7 +173,7 @@ def join_chunks(chunks: Iterable, max_bytes: int) -> tuple[pb.Chunk, bytearray]:
     return head, buf
 
 
-def _datas(first, rest: Iterator) -> Iterator:
+def _datas(first: Bytes, rest: Iterator[pb.Chunk | Bytes]) -> Iterator[Bytes]:
     yield first
     for item in rest:
         yield (
