@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("strategies", {"algorithms", "aggregation"}),
     ("engines", {"simulation", "runtime", "topology", "observe"}),
     ("round loop", {"federation"}),
-    ("composition", {"experiment", "build", "config", "cli", "deploy", "__init__", "__main__"}),
+    ("composition", {"experiment", "compose", "config", "cli", "deploy", "__init__", "__main__"}),
 ]
 # within the engines layer the topology is the graph alone: it imports the foundation only
 GRAPH_ONLY = {"topology": "foundation"}

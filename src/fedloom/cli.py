@@ -191,8 +191,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _engines() -> list[str]:
-    """The registered engines' names (:mod:`fedloom.build.engines` registers the built-in)."""
-    from .build import engines  # noqa: F401
+    """The registered engines' names (:mod:`fedloom.compose.engines` registers the built-in)."""
+    from .compose import engines  # noqa: F401
     from .registry import ENGINES
 
     return ENGINES.names()
@@ -278,7 +278,7 @@ def _runtime(args: argparse.Namespace) -> int:
 
 
 def _partition(args: argparse.Namespace) -> int:
-    from .build.data import load_dataset, partition
+    from .compose.data import load_dataset, partition
     from .config import load_config
     from .data.partition import format_report, partition_report, plot_partition
 

@@ -213,7 +213,7 @@ class SimulationConfig(_Section):
     torch threads each, bit-identical to sequential (:class:`~fedloom.ProcessPoolClients`).
     Under ``torchrun`` each rank trains its share sequentially."""
 
-    engine: str = "sequential"  # a name in the ENGINES registry (:mod:`fedloom.build.engines`)
+    engine: str = "sequential"  # a name in the ENGINES registry (:mod:`fedloom.compose.engines`)
     workers: int = Field(default=2, ge=1)
     threads: int = Field(default=1, ge=1)
 
@@ -221,7 +221,7 @@ class SimulationConfig(_Section):
     @classmethod
     def _known_engine(cls, value: str) -> str:
         from . import registry
-        from .build import engines  # noqa: F401  # registers the built-in engines
+        from .compose import engines  # noqa: F401  # registers the built-in engines
 
         if value not in registry.ENGINES:
             raise ValueError(f"unknown engine {value!r}; allowed: {registry.ENGINES.names()}")

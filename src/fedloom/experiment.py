@@ -1,4 +1,4 @@
-"""From a config to a finished run: each section builds its part (:mod:`fedloom.build`), and
+"""From a config to a finished run: each section builds its part (:mod:`fedloom.compose`), and
 :class:`Experiment` holds them.
 
     import fedloom
@@ -16,21 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from .build.attack import attack_task, attacked
-from .build.data import load_dataset, partition
-from .build.engines import EngineBuilder, build_engine, hierarchy
-from .build.factory import custom_task, import_factory
-from .build.loop import build_federation
-from .build.record import build_recorder, notifiers, open_run_dir, restore
-from .build.strategy import build_strategy
-from .build.task import build_task, load_task, task_parts
+from .compose.attack import attack_task, attacked
+from .compose.data import load_dataset, partition
+from .compose.engines import EngineBuilder, build_engine, hierarchy
+from .compose.factory import custom_task, import_factory
+from .compose.loop import build_federation
+from .compose.record import build_recorder, notifiers, open_run_dir, restore
+from .compose.strategy import build_strategy
+from .compose.task import build_task, load_task, task_parts
 from .config import Config, load_config
 from .data.base import TensorDataset
 from .federation import Callback, Federation, RunResult
 from .federation.recorder import RunRecorder
 from .task import Task
 
-__all__ = [  # the builders, published here before they moved to fedloom.build
+__all__ = [  # the builders, published here before they moved to fedloom.compose
     "Experiment",
     "build_strategy",
     "build_task",

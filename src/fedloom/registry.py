@@ -78,7 +78,7 @@ AGGREGATORS: Registry[Callable[..., Any]] = Registry("aggregator")
 # a Task factory by name, for ``[task] factory = "name"`` (as an import path names your own)
 TASKS: Registry[Callable[..., Any]] = Registry("task")
 # ``simulation.engine`` -> a builder ``(config, task) -> (ParamSpec -> backend)``; the built-in
-# engines are registered by :mod:`fedloom.build.engines`, which may import the config
+# engines are registered by :mod:`fedloom.compose.engines`, which may import the config
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 
 register_model = MODELS.register

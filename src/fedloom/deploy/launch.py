@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..build.factory import import_factory
+from ..compose.factory import import_factory
 from ..config import load_config
 from ..errors import ConfigError
 from ..topology import Topology

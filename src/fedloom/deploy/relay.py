@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..build.engines import hierarchy
-from ..build.task import load_task
+from ..compose.engines import hierarchy
+from ..compose.task import load_task
 from ..config import load_config
 from ..errors import ConfigError
 from ..params import flatten_module

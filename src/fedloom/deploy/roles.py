@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..algorithms.asynchronous import AsyncStrategy
-from ..build.engines import EngineBuilder
-from ..build.strategy import build_strategy
-from ..build.task import load_task
+from ..compose.engines import EngineBuilder
+from ..compose.strategy import build_strategy
+from ..compose.task import load_task
 from ..config import Config, RuntimeConfig, load_config
 from ..errors import ConfigError
 from ..experiment import Experiment
