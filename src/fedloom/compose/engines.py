@@ -5,7 +5,8 @@ ConfigError naming the key, what it cannot run, and returns the factory the roun
 with the model's spec. The built-in engines register here; a new one is one builder and one
 ``register_engine`` line (here, or in any module imported before the config is read), and
 ``simulation.engine`` and ``--engine`` take its name. The network runtime's aggregator
-(:func:`fedloom.deploy.roles.aggregator`) is a builder of the same shape.
+(:func:`fedloom.deploy.roles.aggregator`) is a builder of the same shape (one may also
+return a ready backend, as :class:`~fedloom.LocalFederation`'s does: the loop takes either).
 """
 
 from __future__ import annotations
