@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import fedloom
 from fedloom import Config, ConfigError, load_config
 from fedloom.cli import main
 from fedloom.config import from_asmallbit, parse_override
-from fedloom.registry import DATASETS, MODELS, PARTITIONERS, STRATEGIES
+from fedloom.registry import DATASETS, ENGINES, MODELS, PARTITIONERS, STRATEGIES
+from fedloom.simulation import InProcessClients
 
 SMALL_TOML = """\
 name = "{name}"
@@ -83,6 +85,7 @@ def test_unknown_key_in_a_section_lists_the_allowed_keys() -> None:
         ({"model": {"name": "resnet999"}}, "model.name", MODELS),
         ({"data": {"partition": "pathological"}}, "data.partition", PARTITIONERS),
         ({"strategy": {"name": "fedmagic"}}, "strategy.name", STRATEGIES),
+        ({"simulation": {"engine": "gpu"}}, "simulation.engine", ENGINES),
     ],
 )
 def test_unknown_names_list_the_registered_ones(source, key: str, registry) -> None:
@@ -417,3 +420,49 @@ def test_failed_run_notifies_and_exits_2(
     assert requests["/hook"]["title"] == "fedloom run doomed failed"
     assert "kaboom in forward" in requests["/hook"]["text"]
     assert "failed" in requests["/bot123:SECRET/sendMessage"]["text"]
+
+
+# -- engines: the ENGINES registry is what simulation.engine and --engine name -----------------
+def test_an_engine_registered_by_name_runs_from_config_and_command_line(
+    tmp_path: Path, capsys
+) -> None:
+    """One builder and one registration line make an engine: the config and ``--engine``
+    take its name, and the round loop trains through the backend it builds."""
+    built: list[InProcessClients] = []
+
+    def counting(cfg: Config, task):  # a builder: (config, task) -> (spec -> backend)
+        def make(spec) -> InProcessClients:
+            built.append(InProcessClients(task, cfg.seed))
+            return built[-1]
+
+        return make
+
+    ENGINES.register("counting", counting)
+    try:
+        exp = fedloom.Experiment.from_config(
+            None, run_overrides(tmp_path, "eng", rounds=1, **{"simulation.engine": "counting"})
+        )
+        assert exp.federation.backend is built[0]
+        assert exp.run().rounds == 1
+        argv = ["run", str(write_config(tmp_path, "cli-eng")), "--engine", "counting"]
+        assert main([*argv, "--set", "rounds=1"]) == 0, capsys.readouterr().err
+        assert len(built) == 2
+    finally:
+        ENGINES.unregister("counting")
+    assert "counting" in config_error({"simulation": {"engine": "counting"}})
+
+
+@pytest.mark.parametrize(
+    "engine,needle",
+    [
+        ("torchrun", "simulation.engine = 'torchrun': start the run under torchrun"),
+        ("hierarchy", "simulation.engine = 'hierarchy' needs a [topology] section"),
+    ],
+)
+def test_engines_the_run_chooses_itself_are_refused_elsewhere(
+    tmp_path: Path, engine: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        fedloom.Experiment.from_config(
+            None, run_overrides(tmp_path, engine, **{"simulation.engine": engine})
+        )

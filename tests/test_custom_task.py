@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+import fedloom
 from fedloom import Experiment
 from fedloom.cli import main
 from fedloom.federation.rundir import changed_keys
@@ -293,3 +294,24 @@ def test_the_cause_is_chained_for_verbose_tracebacks(tmp_path, at_root):
     with pytest.raises(ConfigError, match="raised while building the task: ValueError") as err:
         Experiment.from_config(cfg)
     assert isinstance(err.value.__cause__, ValueError)
+
+
+def test_a_task_registered_by_name_is_named_in_the_config(tmp_path, at_root):
+    """``register_task`` beside a factory makes it ``factory = "name"``: one file to add a
+    kind of task; the name goes through the same options, seed and checks as an import path."""
+    from examples.custom_task import make_task
+    from fedloom.registry import TASKS
+
+    TASKS.register("regression-example", make_task)
+    try:
+        cfg = task_config(tmp_path, "by-name", **{"task.factory": "regression-example"})
+        by_name = Experiment.from_config(cfg)
+        by_path = Experiment.from_config(task_config(tmp_path, "by-path"))
+        assert type(by_name.task).__name__ == "RegressionTask"
+        assert by_name.task.num_clients == 6 == by_path.task.num_clients
+        assert torch.equal(by_name.federation.params, by_path.federation.params)
+        assert by_name.run().rounds == 2
+    finally:
+        TASKS.unregister("regression-example")
+    with pytest.raises(fedloom.ConfigError, match="must be an import path"):
+        Experiment.from_config(task_config(tmp_path, "gone", **{"task.factory": "nothing"}))

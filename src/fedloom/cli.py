@@ -178,7 +178,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["sequential", "vectorized", "pool"],
+        choices=_engines(),
         help="how the simulation trains a round's clients (simulation.engine)",
     )
     p.add_argument(
@@ -188,6 +188,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="train clients in N worker processes (simulation.engine=pool, workers=N; "
         "asmallbit's main_mp.py --process_threshold)",
     )
+
+
+def _engines() -> list[str]:
+    """The registered engines' names (:mod:`fedloom.compose.engines` registers the built-in)."""
+    from .compose import engines  # noqa: F401
+    from .registry import ENGINES
+
+    return ENGINES.names()
 
 
 def _engine(args: argparse.Namespace) -> list[str]:
@@ -201,7 +209,9 @@ def _engine(args: argparse.Namespace) -> list[str]:
     return [f"simulation.engine='{args.engine}'"] if args.engine else []
 
 
-def _run(source, overrides: list[str], resume: bool, overwrite: bool, progress: bool | None) -> int:
+def _run(
+    source: Path | None, overrides: list[str], resume: bool, overwrite: bool, progress: bool | None
+) -> int:
     from .experiment import Experiment
 
     exp = Experiment.from_config(
@@ -268,9 +278,9 @@ def _runtime(args: argparse.Namespace) -> int:
 
 
 def _partition(args: argparse.Namespace) -> int:
+    from .compose.data import load_dataset, partition
     from .config import load_config
     from .data.partition import format_report, partition_report, plot_partition
-    from .experiment import load_dataset, partition
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task is not None:

@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,12 +63,12 @@ class DataConfig(_Section):
     dataset: str = "mnist5k"
     root: str | None = None
     download: bool = False
-    num_clients: int = Field(100, ge=1)
+    num_clients: int = Field(default=100, ge=1)
     partition: str = "dirichlet"
-    alpha: float = Field(0.5, gt=0)
-    shards_per_client: int = Field(2, ge=1)
-    exponent: float = Field(1.5, gt=0)
-    min_samples: int = Field(1, ge=1)
+    alpha: float = Field(default=0.5, gt=0)
+    shards_per_client: int = Field(default=2, ge=1)
+    exponent: float = Field(default=1.5, gt=0)
+    min_samples: int = Field(default=1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     _options = field_validator("options")(_finite_options)
@@ -81,18 +82,18 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    local_epochs: int = Field(5, ge=1)
-    batch_size: int = Field(10, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    local_epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=10, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     device: str = "cpu"
-    stragglers: float = Field(0.0, ge=0, le=1)  # share of clients doing 1..E epochs a round
+    stragglers: float = Field(default=0.0, ge=0, le=1)  # share of clients doing 1..E epochs a round
     # MiB of per-client state (SCAFFOLD c_i, FedDyn, Ditto, FedPer heads) kept in memory; the
     # least recently used clients' states past it are spilled to a temporary directory. None:
     # all in memory. Checkpoints still gather every state (output.checkpoint = false avoids it)
-    state_memory_mb: float | None = Field(None, gt=0)
+    state_memory_mb: float | None = Field(default=None, gt=0)
 
     @field_validator("device")
     @classmethod
@@ -111,10 +112,10 @@ class TrainConfig(_Section):
 
 class StrategyConfig(_Section):
     name: str = "fedavg"
-    clients_per_round: int | None = Field(10, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    clusters: int | None = Field(None, ge=1)
-    every_seconds: float | None = Field(None, gt=0)  # async: also aggregate every T seconds
+    clients_per_round: int | None = Field(default=10, ge=1)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    clusters: int | None = Field(default=None, ge=1)
+    every_seconds: float | None = Field(default=None, gt=0)  # async: also aggregate every T seconds
     options: dict[str, Any] = Field(default_factory=dict)
 
     _options = field_validator("options")(_finite_options)
@@ -137,8 +138,8 @@ class EvalConfig(_Section):
     :data:`BUILTIN_METRICS`; a ``[task]`` of your own reports whatever its ``evaluate`` returns,
     so a metric of its own other than ``accuracy`` must say its ``target_mode``."""
 
-    every: int = Field(1, ge=1)
-    target_metric: str | None = Field(None, min_length=1)
+    every: int = Field(default=1, ge=1)
+    target_metric: str | None = Field(default=None, min_length=1)
     target_value: float | None = None
     target_mode: Literal["min", "max"] | None = None
 
@@ -176,21 +177,21 @@ class RuntimeConfig(_Section):
 
     address: str = "127.0.0.1:50051"
     task_id: str = "fedloom"
-    min_clients: int = Field(1, ge=1)
-    start_timeout: float | None = Field(None, gt=0)
-    quorum: int = Field(1, ge=1)
-    heartbeat_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
-    round_timeout: float | None = Field(600.0, gt=0, allow_inf_nan=False)
+    min_clients: int = Field(default=1, ge=1)
+    start_timeout: float | None = Field(default=None, gt=0)
+    quorum: int = Field(default=1, ge=1)
+    heartbeat_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    round_timeout: float | None = Field(default=600.0, gt=0, allow_inf_nan=False)
     short_round: Literal["retry", "skip", "abort"] = "retry"  # a round short of quorum
-    round_retries: int = Field(3, ge=0)
-    max_samples: int = Field(1_000_000_000, ge=1)  # the most a client may declare at check-in
-    max_concurrent_uploads: int = Field(16, ge=1)  # receive memory: this x the update size
-    transfer_timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
-    async_max_share: float = Field(2.0, gt=1, allow_inf_nan=False)  # 1 can wedge a run
-    retry_for: float = Field(60.0, gt=0)
-    chunk_size: int = Field(1 << 20, ge=1)
+    round_retries: int = Field(default=3, ge=0)
+    max_samples: int = Field(default=1_000_000_000, ge=1)  # the most a client may declare
+    max_concurrent_uploads: int = Field(default=16, ge=1)  # receive memory: this x the update size
+    transfer_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    async_max_share: float = Field(default=2.0, gt=1, allow_inf_nan=False)  # 1 can wedge a run
+    retry_for: float = Field(default=60.0, gt=0)
+    chunk_size: int = Field(default=1 << 20, ge=1)
     bulk: bool = True  # models also on a raw bulk port beside gRPC (clients fall back to gRPC)
-    bulk_port: int = Field(0, ge=0, le=65535)  # 0: any free port, told to clients at check-in
+    bulk_port: int = Field(default=0, ge=0, le=65535)  # 0: any free port, told at check-in
     tokens: dict[str, str] = Field(default_factory=dict)
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -212,9 +213,19 @@ class SimulationConfig(_Section):
     torch threads each, bit-identical to sequential (:class:`~fedloom.ProcessPoolClients`).
     Under ``torchrun`` each rank trains its share sequentially."""
 
-    engine: Literal["sequential", "vectorized", "pool"] = "sequential"
-    workers: int = Field(2, ge=1)
-    threads: int = Field(1, ge=1)
+    engine: str = "sequential"  # a name in the ENGINES registry (:mod:`fedloom.compose.engines`)
+    workers: int = Field(default=2, ge=1)
+    threads: int = Field(default=1, ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from . import registry
+        from .compose import engines  # noqa: F401  # registers the built-in engines
+
+        if value not in registry.ENGINES:
+            raise ValueError(f"unknown engine {value!r}; allowed: {registry.ENGINES.names()}")
+        return value
 
 
 class AttackConfig(_Section):
@@ -224,8 +235,8 @@ class AttackConfig(_Section):
     (unused by the label flip). The attackers are listed in the run's report."""
 
     kind: Literal["sign_flip", "scaled_noise", "label_flip"] | None = None
-    fraction: float = Field(0.2, ge=0, le=1)
-    scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+    fraction: float = Field(default=0.2, ge=0, le=1)
+    scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class TaskConfig(_Section):
@@ -234,10 +245,11 @@ class TaskConfig(_Section):
 
     ``factory``: ``"module:callable"`` (``"pkg.mod:make_task"``; the attribute may be dotted,
     ``"pkg.mod:Task.create"``), imported from the working directory or ``PYTHONPATH`` as
-    ``python -m`` would, and called with ``options`` as keyword arguments (plus ``seed``, the
-    run seed, when it takes a ``seed`` parameter that ``options`` does not set). Every process
-    of a run (aggregator, clients, relays, torchrun ranks) builds the task this way, so the
-    factory must build the same clients from the same options in every process.
+    ``python -m`` would, or a name registered with :func:`fedloom.registry.register_task`;
+    called with ``options`` as keyword arguments (plus ``seed``, the run seed, when it takes a
+    ``seed`` parameter that ``options`` does not set). Every process of a run (aggregator,
+    clients, relays, torchrun ranks) builds the task this way, so the factory must build the
+    same clients from the same options in every process.
     ``train.stragglers`` and ``train.state_memory_mb`` still apply; the other ``[data]``,
     ``[model]`` and ``[train]`` keys configure only the built-in task and are refused here."""
 
@@ -249,11 +261,17 @@ class TaskConfig(_Section):
     @field_validator("factory")
     @classmethod
     def _import_path(cls, value: str) -> str:
+        from . import registry  # task factories registered by name
+
+        if value in registry.TASKS:
+            return value
         module, sep, attr = value.partition(":")
         names = [*module.split("."), *attr.split(".")]
         if not sep or not all(n.isidentifier() for n in names):
+            named = f" or a registered task ({registry.TASKS.names()})" if registry.TASKS else ""
             raise ValueError(
                 "must be an import path 'module:callable', e.g. 'examples.custom_task:make_task'"
+                + named
             )
         return value
 
@@ -272,7 +290,7 @@ class TopologyConfig(_Section):
 
     nodes: list[dict[str, Any]] = Field(default_factory=list)
     edges: list[list[str]] = Field(default_factory=list)
-    edge_rounds: int = Field(1, ge=1)
+    edge_rounds: int = Field(default=1, ge=1)
     edge_strategy: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("edge_strategy")
@@ -294,8 +312,8 @@ class Config(_Section):
     """A whole run. Every section has defaults, so ``Config()`` is the demo."""
 
     name: str = "fedloom"
-    seed: int = Field(0, ge=0, lt=1 << 63)  # torch and numpy take seeds in [0, 2**63)
-    rounds: int = Field(50, ge=1)
+    seed: int = Field(default=0, ge=0, lt=1 << 63)  # torch and numpy take seeds in [0, 2**63)
+    rounds: int = Field(default=50, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -522,7 +540,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def load_config(
-    source: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] = ()
+    source: str | Path | dict[str, Any] | Config | None = None, overrides: Sequence[str] = ()
 ) -> Config:
     """Load and validate a config from a file path, a dict or a Config, applying overrides."""
     if isinstance(source, Config):
@@ -584,7 +602,7 @@ def format_errors(e: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def _section_for(loc: tuple) -> type[BaseModel] | None:
+def _section_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
     for part in loc:
         field = model.model_fields.get(str(part))

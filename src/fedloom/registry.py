@@ -12,7 +12,7 @@ and then ``model = "tiny"`` in the config file works.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from .errors import ConfigError
 
@@ -26,7 +26,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
+    @overload
+    def register(self, name: str, obj: T, *, overwrite: bool = False) -> T: ...
+
+    @overload
+    def register(
+        self, name: str, obj: None = None, *, overwrite: bool = False
+    ) -> Callable[[T], T]: ...
+
+    def register(
+        self, name: str, obj: T | None = None, *, overwrite: bool = False
+    ) -> T | Callable[[T], T]:
         """Register ``obj`` under ``name``; without ``obj`` returns a decorator."""
         key = name.lower()
 
@@ -60,14 +70,21 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-MODELS: Registry[Callable] = Registry("model")
-DATASETS: Registry[Callable] = Registry("dataset")
-PARTITIONERS: Registry[Callable] = Registry("partitioner")
-STRATEGIES: Registry[Callable] = Registry("strategy")
-AGGREGATORS: Registry[Callable] = Registry("aggregator")
+MODELS: Registry[Callable[..., Any]] = Registry("model")
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+PARTITIONERS: Registry[Callable[..., Any]] = Registry("partitioner")
+STRATEGIES: Registry[Callable[..., Any]] = Registry("strategy")
+AGGREGATORS: Registry[Callable[..., Any]] = Registry("aggregator")
+# a Task factory by name, for ``[task] factory = "name"`` (as an import path names your own)
+TASKS: Registry[Callable[..., Any]] = Registry("task")
+# ``simulation.engine`` -> a builder ``(config, task) -> (ParamSpec -> backend)``; the built-in
+# engines are registered by :mod:`fedloom.compose.engines`, which may import the config
+ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 
 register_model = MODELS.register
 register_dataset = DATASETS.register
 register_partitioner = PARTITIONERS.register
 register_strategy = STRATEGIES.register
 register_aggregator = AGGREGATORS.register
+register_task = TASKS.register
+register_engine = ENGINES.register

@@ -10,8 +10,8 @@ how each is built and launched.
                round loop (``fedloom.LocalFederation``)
 
 Why a package of its own, at the top: every piece here reads a :class:`~fedloom.config.Config`
-and builds through :mod:`fedloom.experiment` (the task, the strategy, the hierarchy), so it
-is composition, beside ``experiment.py`` and ``cli.py``. The network runtime
+and builds through :mod:`fedloom.compose` (the task, the strategy, the hierarchy), so it is
+composition, beside ``experiment.py``, ``compose/`` and ``cli.py``. The network runtime
 (:mod:`fedloom.runtime`: server, client, transport, TLS, the relay's engine) stays below it
 and imports no config, so it can be driven by hand, or by any other composition.
 """

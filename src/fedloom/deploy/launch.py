@@ -16,17 +16,19 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
+from ..compose.factory import import_factory
 from ..config import load_config
 from ..errors import ConfigError
-from ..experiment import import_factory
 from ..topology import Topology
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def command_for(target: str, args: Sequence[str]) -> list[str]:
@@ -44,7 +46,7 @@ def launch(
     master_addr: str = "127.0.0.1",
     master_port: int | None = None,
     grace: float = 10.0,
-    out=None,
+    out: TextIO | None = None,
 ) -> int:
     """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded."""
     if nproc < 2:
@@ -75,7 +77,9 @@ def launch(
     return _run_all(commands, grace, out)
 
 
-def launch_topology(config: str, args: Sequence[str] = (), *, grace: float = 10.0, out=None) -> int:
+def launch_topology(
+    config: str, args: Sequence[str] = (), *, grace: float = 10.0, out: TextIO | None = None
+) -> int:
     """Start a config's whole ``[topology]`` here: the root (``fedloom server``), every relay
     (``fedloom node``) and every client under a relay (``fedloom client``), at the addresses
     the topology gives; logs prefixed by role, all ended together as :func:`launch` does."""
@@ -107,11 +111,13 @@ def _overrides(args: Sequence[str]) -> list[str]:
     return [v for k, v in zip(args, args[1:]) if k == "--set"]
 
 
-def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float, out) -> int:
+def _run_all(
+    commands: list[tuple[str, list[str], dict[str, str]]], grace: float, out: TextIO | None
+) -> int:
     """Start every ``(label, command, env)`` (the first is the aggregator), pump their output
     prefixed by label, and end them all together (Ctrl-C too)."""
     out = out or sys.stdout
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[str]] = []
     lock = threading.Lock()
     pumps = []
     for label, cmd, env in commands:
@@ -139,7 +145,11 @@ def _run_all(commands: list[tuple[str, list[str], dict[str, str]]], grace: float
 
 
 def _wait(
-    procs: list[subprocess.Popen], labels: list[str], grace: float, out, lock: threading.Lock
+    procs: list[subprocess.Popen[str]],
+    labels: list[str],
+    grace: float,
+    out: TextIO,
+    lock: threading.Lock,
 ) -> int:
     """0 when the aggregator succeeded and no client failed by itself.
 
@@ -170,7 +180,7 @@ def _wait(
     return 0 if all(p.returncode == 0 for p in clients if p not in running) else 1
 
 
-def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
+def _terminate(procs: list[subprocess.Popen[str]], grace: float) -> None:
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGINT)
@@ -183,7 +193,7 @@ def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
-def _pump(proc: subprocess.Popen, label: str, out, lock: threading.Lock) -> None:
+def _pump(proc: subprocess.Popen[str], label: str, out: TextIO, lock: threading.Lock) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         with lock:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from ..compose.engines import hierarchy
+from ..compose.task import load_task
 from ..config import load_config
 from ..errors import ConfigError
-from ..experiment import hierarchy, load_task
 from ..params import flatten_module
 from ..runtime.client import RuntimeClient
 from ..runtime.relay import EdgeLoop
@@ -37,7 +39,7 @@ from .roles import check_tokens, server_options
 log = logging.getLogger("fedloom.relay")
 
 
-def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
+def run_node(source: Any, overrides: Sequence[str] = (), *, name: str) -> int:
     """Run the relay ``name`` of a config's ``[topology]`` until its parent says STOP."""
     cfg = load_config(source, list(overrides))
     if cfg.topology is None:
@@ -67,7 +69,8 @@ def run_node(source: Any, overrides: list[str] = (), *, name: str) -> int:
         tokens={i: rt.tokens[k] for i, k in zip(ids, keys)} if rt.tokens else None,
         **server_options(rt),
     ).start()
-    tree._engine = server  # the node loop's clients (or child relays) train behind it
+    # the node loop's clients (or child relays) train behind it, the server in the engine's place
+    tree._engine = server  # type: ignore[assignment]  # duck-typed: it collects updates
     tree.served.add(name)
     tree._wire_bytes = spec.nbytes
     log.info("relay %s serves its group at %s", name, server.address)

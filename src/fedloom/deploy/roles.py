@@ -11,21 +11,27 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..algorithms.asynchronous import AsyncStrategy
+from ..compose.engines import EngineBuilder
+from ..compose.strategy import build_strategy
+from ..compose.task import load_task
 from ..config import Config, RuntimeConfig, load_config
 from ..errors import ConfigError
-from ..experiment import Experiment, build_strategy, load_task
+from ..experiment import Experiment
 from ..federation import RunResult
+from ..params import ParamSpec
 from ..registry import STRATEGIES
 from ..runtime.client import RuntimeClient
 from ..runtime.security import client_tls, server_tls
 from ..runtime.server import AggregatorServer
 from ..simulation.engine import MODEL_INIT_LOCK
+from ..task import Task
 from ..topology import Topology
 
 log = logging.getLogger("fedloom")
@@ -104,13 +110,14 @@ def server_options(rt: RuntimeConfig) -> dict[str, Any]:
     )
 
 
-def aggregator(address: str | None = None):
-    """A backend factory for :meth:`Experiment.from_config`: the gRPC aggregator."""
+def aggregator(address: str | None = None) -> EngineBuilder:
+    """An engine builder for :meth:`Experiment.from_config`: the gRPC aggregator."""
 
-    def make(cfg: Config, task: Any):
+    def make(cfg: Config, task: Task) -> Callable[[ParamSpec], AggregatorServer]:
         rt = cfg.runtime
         check_tokens(cfg, task.num_clients)
-        asynchronous = issubclass(STRATEGIES.get(cfg.strategy.name), AsyncStrategy)
+        cls = STRATEGIES.get(cfg.strategy.name)
+        asynchronous = isinstance(cls, type) and issubclass(cls, AsyncStrategy)
         where, wait_for = address or rt.address, rt.min_clients
         keys = [str(i) for i in range(task.num_clients)]
         if cfg.topology is not None:  # the root of a hierarchy: its clients are its relays
@@ -121,7 +128,7 @@ def aggregator(address: str | None = None):
             wait_for = max(wait_for, len(topology.children(root)) or 1)
             keys = topology.children(root)
 
-        def with_spec(spec):
+        def with_spec(spec: ParamSpec) -> AggregatorServer:
             return AggregatorServer(
                 spec,
                 seed=cfg.seed,
@@ -140,7 +147,7 @@ def aggregator(address: str | None = None):
 
 def run_server(
     source: Any,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     *,
     address: str | None = None,
     resume: bool = False,
@@ -169,7 +176,7 @@ def run_server(
 
 def run_client(
     source: Any,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     *,
     server: str | None = None,
     client_id: int,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ..errors import NotifyError
+from ..errors import NotifyError as NotifyError  # its published home
 
 log = logging.getLogger("fedloom")
 TELEGRAM_MAX_TEXT = 4096  # Bot API limit on sendMessage text
@@ -51,7 +51,8 @@ def _post_json(
     )
     try:
         with opener.open(req, timeout=timeout) as resp:
-            return resp.read()
+            answer: bytes = resp.read()
+            return answer
     except urllib.error.HTTPError as e:
         body = e.read()[:500].decode("utf-8", "replace")
         raise NotifyError(f"{where}: HTTP {e.code} {e.reason}: {body}".rstrip(": ")) from None

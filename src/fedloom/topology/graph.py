@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TopologyError
+from ..errors import TopologyError as TopologyError  # its published home
 
 NODE_KEYS = ("name", "address", "clients")
 
@@ -166,7 +166,10 @@ def _problems(topo: Topology, network: bool) -> list[str]:
     """Every structural problem of ``topo``, each naming its nodes (for TopologyError)."""
     if not topo.nodes:
         return ["it has no nodes"]
-    out, seen, parent_of, owner = [], set(), {}, {}
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    parent_of: dict[str, str] = {}
+    owner: dict[int, str] = {}
     for c, p in topo.edges:
         unknown = [n for n in dict.fromkeys((c, p)) if n not in topo.nodes]
         if unknown:
