@@ -44,15 +44,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chaos_attacks as attacks  # noqa: E402
-from chaos_fuzz import run_wire_fuzz  # noqa: E402
-from common import print_headlines, write_results  # noqa: E402
-from procs import Proc, free_port, read_metrics  # noqa: E402
+import chaos_attacks as attacks
+from chaos_fuzz import run_wire_fuzz
+from common import print_headlines, write_results
+from procs import Proc, free_port, read_metrics
 
-from fedloom import decode  # noqa: E402
-from fedloom.runtime.gate import TASK_KEY  # noqa: E402
-from fedloom.runtime.proto import fedloom_pb2 as pb  # noqa: E402
-from fedloom.update import ClientUpdate  # noqa: E402
+from fedloom import decode
+from fedloom.runtime.gate import TASK_KEY
+from fedloom.runtime.proto import fedloom_pb2 as pb
+from fedloom.update import ClientUpdate
 
 TASK_ID = "chaos"
 RUN_LIMIT = 240.0  # seconds one run may take before it counts as wedged

@@ -59,7 +59,7 @@ from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.wire import EXTRA_SEP, bundle_spec, decode, decode_bundle, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_headlines, write_results  # noqa: E402
+from common import print_headlines, write_results
 
 CASE_SECONDS = 1.0  # a case slower than this is a hang (the benchmark's budget, on an idle machine)
 _limit = {"seconds": CASE_SECONDS}  # run_wire_fuzz(case_seconds=...) sets it for one run
@@ -868,7 +868,7 @@ class MemoryBlowUp(Exception):
     pass
 
 
-class limits:  # noqa: N801 - used as a context manager, like a function
+class limits:
     """Bound one decoder call: an alarm after CASE_SECONDS (main thread only; elsewhere the
     elapsed time is checked afterwards), and the peak of Python allocations against a budget."""
 

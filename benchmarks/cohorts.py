@@ -147,7 +147,7 @@ def time_rounds(
     label: str, contenders: dict[str, Any], *, rounds: int, warmup: int
 ) -> dict[str, Any]:
     """Warm up, then ``rounds`` alternating rounds of each contender (order rotated per round)."""
-    counters = {name: 0 for name in contenders}
+    counters = dict.fromkeys(contenders, 0)
 
     def one_round(name: str) -> None:
         c = contenders[name]

@@ -552,7 +552,7 @@ class CountingServer(AggregatorServer):
 
     polls = 0
 
-    def Poll(self, request, context):  # noqa: N802 (gRPC's method names)
+    def Poll(self, request, context):
         self.polls += 1
         return super().Poll(request, context)
 

@@ -115,7 +115,7 @@ class RecordingServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((self.path, json.loads(body)))
                 data = json.dumps(outer.reply).encode()

@@ -36,7 +36,7 @@ from fedloom import (
 from fedloom.observe import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "algorithms"))
-from quadratic import QuadraticTask  # noqa: E402 (the hand-workable one-weight task)
+from quadratic import QuadraticTask
 
 NUM_CLIENTS = len(CLIENT_SIZES)
 

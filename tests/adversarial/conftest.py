@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 # procs: the runtime tests' fixture (processes killed, whole sessions, in teardown)
-from runtime.conftest import base_config, procs, with_changes  # noqa: E402, F401
+from runtime.conftest import base_config, procs, with_changes  # noqa: F401
 
 TRACEBACK = "Traceback (most recent call last)"
 

@@ -52,7 +52,7 @@ def test_client_part_in_the_own_loop_equals_the_simulation(tmp_path, strategy):
     assert torch.equal(fl.result.params, sim.params)
     assert [r["clients"] for r in fl.result.history] == [3] * cfg["rounds"]  # FedNova's norm
     if strategy != "fednova":  # equal steps everywhere (iid): FedNova is FedAvg here
-        avg = with_changes(cfg, name="avg", **{"strategy": {"name": "fedavg"}})
+        avg = with_changes(cfg, name="avg", strategy={"name": "fedavg"})
         fedavg, _ = simulate(with_changes(avg, **{"strategy.clients_per_round": 3}), tmp_path)
         assert not torch.equal(fedavg.params, sim.params)  # the part changed the training
 

@@ -464,7 +464,7 @@ def test_fused_chunks_fit_the_cache_on_a_cpu() -> None:
     fused, plain = VectorizedClients(big(), SEED), VectorizedClients(big(), SEED, fuse=False)
     assert fused.path == "fused" and plain.path == "vmap"
     assert fused._chunk_size() == 1  # private: the chunking is a memory bound, not a result
-    assert plain._chunk_size() == int(512 * 2**20) // (3 * plain.spec.nbytes) > 1
+    assert plain._chunk_size() == (512 * 2**20) // (3 * plain.spec.nbytes) > 1
 
 
 def test_low_rank_and_dense_weights_agree(monkeypatch: pytest.MonkeyPatch) -> None:

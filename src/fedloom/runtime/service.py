@@ -90,7 +90,7 @@ class AggregatorService:
         }
         return grpc.method_handlers_generic_handler("fedloom.v1.Aggregator", h)
 
-    def CheckIn(self, request: Any, context: Any) -> pb.CheckInReply:  # noqa: N802 (gRPC's)
+    def CheckIn(self, request: Any, context: Any) -> pb.CheckInReply:
         cid = self._same_client(request, context)
         n = request.num_samples
         if not 1 <= n <= self.max_samples:
@@ -114,7 +114,7 @@ class AggregatorService:
             bulk_port=self.bulk_port,
         )
 
-    def Poll(self, request: Any, context: Any) -> pb.Instruction:  # noqa: N802
+    def Poll(self, request: Any, context: Any) -> pb.Instruction:
         """Hand out work, or hold the call (long poll) until there is some, up to a second.
 
         Holding the call means a sampled client starts at once and idle clients cost no
@@ -152,7 +152,7 @@ class AggregatorService:
             task_id=self.task_id,
         )
 
-    def Download(self, request: Any, context: Any) -> Iterator[bytes]:  # noqa: N802
+    def Download(self, request: Any, context: Any) -> Iterator[bytes]:
         cid = self._member(request, context)
         try:
             with self.cv:
@@ -162,7 +162,7 @@ class AggregatorService:
         log.debug("client %d downloads round %d", cid, rnd)
         yield from published.chunks  # serialised once per version, sent as is to every client
 
-    def Upload(self, request_iterator: Iterable[bytes], context: Any) -> pb.UploadReply:  # noqa: N802
+    def Upload(self, request_iterator: Iterable[bytes], context: Any) -> pb.UploadReply:
         cid = self._member(None, context, stream=True)  # the gate checked the metadata
         return self.uploads.over_grpc(cid, request_iterator)
 

@@ -19,6 +19,7 @@ from .vectorized import VectorizedClients
 
 __all__ = [
     "ATTACKS",
+    "ROUND_STRIDE",
     "AttackedClients",
     "ClientStates",
     "DistributedClients",
@@ -26,7 +27,6 @@ __all__ = [
     "InProcessClients",
     "LabelFlip",
     "ProcessPoolClients",
-    "ROUND_STRIDE",
     "ScaledNoise",
     "SignFlip",
     "UpdateAttack",

@@ -368,7 +368,7 @@ def _op_of(
     index: dict[str, int],
     first: bool,
     seen: set[str],
-) -> Op | None | str:
+) -> Op | str | None:
     """The :class:`Op` of one traced node; ``None`` for a no-op; a string says why not."""
     if node.op == "call_module":
         module = modules[str(node.target)]
@@ -425,7 +425,7 @@ def _is_flatten(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.target is torch.flatten or (node.op == "call_method" and node.target == "flatten")
 
 
-def _flatten(first: bool, start: object, end: object) -> None | str:
+def _flatten(first: bool, start: object, end: object) -> str | None:
     """A flatten of every dim but the batch's, before the first op (the step flattens anyway)."""
     if not first or start != 1 or end != -1:
         return f"flatten({start}, {end}) other than a leading flatten(1, -1)"

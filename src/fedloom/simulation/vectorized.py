@@ -204,7 +204,7 @@ class VectorizedClients(BackendBase):
             cids = clients[start : start + chunk]
             try:
                 updates = self._train_chunk(self._round, cids, epochs)
-            except Exception as e:  # noqa: BLE001 - any failure of the batched step
+            except Exception as e:
                 if start:  # updates already yielded: a restart would train them twice
                     raise
                 self._fall_back(f"the vectorised step failed in round {self._round}: {_why(e)}")

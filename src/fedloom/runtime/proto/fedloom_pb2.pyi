@@ -3,9 +3,9 @@
 from typing import ClassVar, Self
 
 class Message:  # google.protobuf is untyped here: the methods fedloom calls
-    def SerializeToString(self) -> bytes: ...  # noqa: N802
+    def SerializeToString(self) -> bytes: ...
     @classmethod
-    def FromString(cls, s: bytes) -> Self: ...  # noqa: N802
+    def FromString(cls, s: bytes) -> Self: ...
 
 class CheckInRequest(Message):
     task_id: str
