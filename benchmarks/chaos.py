@@ -264,7 +264,7 @@ def outcome(run: Run, spec, reference: torch.Tensor, t0: float, all_exited: bool
                 if r.get(k) is not None
             }
             for r in records
-        ],  # fmt: skip
+        ],
         "refused": refused,
     }
 

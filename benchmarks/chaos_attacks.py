@@ -783,7 +783,7 @@ class Insider:
         "total_bytes 2^40",
     )
     UNCOUNTED = ("chunks name client 0", "metrics 20 kB long", "num_samples 0")
-    VIA_BULK = {"loss a string", "total_bytes 2^40", "huge_model"}
+    VIA_BULK = frozenset({"loss a string", "total_bytes 2^40", "huge_model"})
 
     def __init__(self, address: str, task_id: str, client_id: int, token: str, samples: int):
         self.address, self.task_id, self.token = address, task_id, token

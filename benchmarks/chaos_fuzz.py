@@ -348,7 +348,7 @@ def make_model_case(rng: random.Random, bundle: bool) -> tuple[str, ParamSpec, b
         if how == "missing":
             del header[name]
         elif how == "unknown":
-            header[rng.choice(UNICODE_NAMES + ["extra.weight"])] = dict(header[name])
+            header[rng.choice([*UNICODE_NAMES, "extra.weight"])] = dict(header[name])
         else:  # unicode / rename: the entry moves to a look-alike name
             header[rng.choice(UNICODE_NAMES)] = header.pop(name)
         return f"names:{how}", spec, assemble(header, resized(rng, header, data))

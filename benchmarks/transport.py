@@ -526,7 +526,7 @@ def worker_main(address: str, ids: list[int], num_clients: int) -> None:
     def run(cid: int) -> None:
         try:
             rounds[cid] = RuntimeClient(task, address, cid, task_id=TASK_ID, retry_for=30).run()
-        except Exception as e:  # reported to the parent, which decides
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
             errors.append(f"client {cid}: {type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=run, args=(cid,), daemon=True) for cid in ids]
@@ -667,9 +667,11 @@ def run_rounds(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 text, _ = p.communicate(timeout=10)
-            for line in text.splitlines():
-                if line.startswith("WORKER "):
-                    workers.append(json.loads(line[len("WORKER ") :]))
+            workers += [
+                json.loads(line[len("WORKER ") :])
+                for line in text.splitlines()
+                if line.startswith("WORKER ")
+            ]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -278,7 +278,7 @@ def test_a_checkpoint_without_its_config_still_names_a_changed_model(finished, t
 
 
 def test_resume_accepts_more_rounds_and_equals_an_uninterrupted_run(finished, tmp_path) -> None:
-    config, run_dir = finished
+    _config, run_dir = finished
     work = tmp_path / "runs"
     shutil.copytree(run_dir, work / NAME)
     more = tiny_config(work, rounds=3, **{"output.tensorboard": True, "eval.every": 1})

@@ -245,7 +245,7 @@ CASES: list[Bad] = [
         "client:data-missing",
         (*CLIENT, "--data", "/nonexistent/d", "--set", "data.dataset='mnist'"),
         "/nonexistent/d",
-    ),  # fmt: skip
+    ),
     sets("runtime.tls_ca='/nonexistent/ca.pem'", needle="runtime.tls_ca", cmd="client"),
     sets("runtime.tls_ca='{tmp}'", needle="runtime.tls_ca", cmd="client"),
     sets("runtime.tls_client_ca='/nonexistent/ca.pem'", needle="runtime.tls", cmd="server"),
@@ -256,7 +256,7 @@ CASES: list[Bad] = [
         "runtime.tls_key='/nonexistent/k.pem'",
         needle="runtime.tls_cert",
         cmd="server",
-    ),  # fmt: skip
+    ),
     Bad("server:address-no-port", (*SERVER, "--address", "x"), "--address"),
     Bad("server:address-port-big", (*SERVER, "--address", "127.0.0.1:99999"), "--address"),
     Bad("server:bad-config", (*SERVER, "--set", "strategy.fraction=2"), "strategy.fraction"),

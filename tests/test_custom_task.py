@@ -276,7 +276,7 @@ def test_a_module_that_cannot_be_imported_is_one_error_naming_the_path(
     mod = f"usertask_{uuid.uuid4().hex[:8]}"
     if source is not None:
         (tmp_path / f"{mod}.py").write_text(source)
-    monkeypatch.setattr(sys, "path", list(sys.path) + [str(ROOT)])
+    monkeypatch.setattr(sys, "path", [*list(sys.path), str(ROOT)])
     monkeypatch.chdir(tmp_path)
     factory = factory.format(mod=mod)
     config = tmp_path / "cfg.json"

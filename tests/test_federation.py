@@ -512,7 +512,7 @@ class InterruptAfter(Callback):
 
 def test_resume_equals_uninterrupted(uninterrupted, tmp_path: Path) -> None:
     exp_a, result_a = uninterrupted
-    overrides = resume_overrides(tmp_path) + ["output.figures=false"]
+    overrides = [*resume_overrides(tmp_path), "output.figures=false"]
     exp_b = Experiment.from_config(None, overrides)
     assert exp_b.federation.callbacks[-1] is exp_b.recorder
     exp_b.federation.callbacks.append(InterruptAfter(2))

@@ -437,11 +437,11 @@ class Config(_Section):
         meet; ``where`` names the count (``"data.num_clients = 8"``, ``"the task's 8"``).
         Checked at load for the built-in task, once it is built for a ``[task]``."""
         per_round = self.strategy.clients_per_round
-        if per_round is not None and "clients_per_round" in self.strategy.model_fields_set:
-            if per_round > k:
-                raise ValueError(
-                    f"strategy.clients_per_round: {per_round} is more than {where} clients"
-                )
+        given = "clients_per_round" in self.strategy.model_fields_set
+        if per_round is not None and given and per_round > k:
+            raise ValueError(
+                f"strategy.clients_per_round: {per_round} is more than {where} clients"
+            )
         if self.topology is None:  # a hierarchy's root counts its relays instead
             for key in ("min_clients", "quorum"):
                 if (n := getattr(self.runtime, key)) > k:

@@ -111,9 +111,7 @@ class Experiment:
         try:
             return self.federation.run()
         finally:
-            close = getattr(self.federation.backend, "close", None)
-            if callable(close):
-                close()
+            self.federation.backend.close()
             if self.config.output.figures and self.recorder is not None:
                 self.write_partition_figure()
 

@@ -53,11 +53,12 @@ def test_outsider_streams_and_bulk_slowloris_leave_the_model_bit_identical(tmp_p
     no_token = [identity(task, "0")]  # a real client id, no token at all
 
     def wave_at_round_2() -> None:
-        if wait_until(lambda: stop.is_set() or "downloads round 2" in server.output(), 120, "r2"):
-            if not stop.is_set():
-                held_upload_streams(
-                    address, STREAMS, HOLD_S, identities=no_token, stop=stop, report=mid
-                )
+        at_2 = lambda: stop.is_set() or "downloads round 2" in server.output()  # noqa: E731
+        reached = wait_until(at_2, 120, "r2")
+        if reached and not stop.is_set():
+            held_upload_streams(
+                address, STREAMS, HOLD_S, identities=no_token, stop=stop, report=mid
+            )
 
     def attack(target, *args, **kwargs) -> threading.Thread:
         t = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)

@@ -156,9 +156,9 @@ def test_krum_needs_n_minus_f_minus_2_at_least_1():
         aggregate(Krum(num_byzantine=1), [[0.0], [1.0], [2.0]])
     with pytest.raises(ValueError, match="multi=5"):
         aggregate(MultiKrum(0, multi=5), KRUM_ROWS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_byzantine"):
         Krum(num_byzantine=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multi"):
         MultiKrum(multi=0)
 
 

@@ -22,7 +22,7 @@ from .test_bulk import request
 
 
 # -- identities ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", [" 3 ", "٣", "03", "+3", "3.0", "1e3", "", "-1", "3\n", "𝟑"])
+@pytest.mark.parametrize("text", [" 3 ", "٣", "03", "+3", "3.0", "1e3", "", "-1", "3\n", "𝟑"])  # noqa: RUF001
 def test_only_canonical_ascii_ids_are_taken(text):
     auth = Authenticator("t", range(10), None)
     assert auth.check("t", "3", "") == 3
@@ -64,7 +64,7 @@ def test_ids_outside_the_run_and_missing_tokens_are_refused():
     ],
 )
 def test_bad_metrics_are_refused_with_a_reason(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # noqa: PT011 - each input has its own message
         parse_metrics(text)
 
 
@@ -239,7 +239,7 @@ def test_messages_that_do_not_parse_are_refused_and_counted_without_a_traceback(
         call = channel.unary_unary(f"/fedloom.v1.Aggregator/{method}")
         if method == "Download":
             call = channel.unary_stream(f"/fedloom.v1.Aggregator/{method}")
-        with pytest.raises(grpc.RpcError) as e:
+        with pytest.raises(grpc.RpcError) as e:  # noqa: PT012 - a stream fails when read
             reply = call(garbage, metadata=md, timeout=10)
             list(reply) if method == "Download" else None
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method

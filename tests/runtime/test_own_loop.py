@@ -156,7 +156,7 @@ def test_a_job_refuses_what_does_not_fit_and_sends_nothing():
         job.upload(model, num_samples=10**6)
     with pytest.raises(JobError, match="not finite"):
         job.upload(model, num_samples=1, metrics={"loss": math.inf})
-    with pytest.raises(JobError, match="1.weight"):
+    with pytest.raises(JobError, match=r"1\.weight"):
         job.upload(wrong, num_samples=1)
     assert not job.uploaded
     assert job.upload(state, num_samples=1, metrics={"loss": 0.5})  # a state dict works too

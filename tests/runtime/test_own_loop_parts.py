@@ -131,7 +131,7 @@ def test_a_client_part_that_needs_the_task_is_refused_before_training(
     if strategy == "ifca":
         cfg = with_changes(cfg, **{"strategy.clusters": 2})
     fl = LocalFederation.from_config(cfg)
-    with pytest.raises(JobError, match=named):
+    with pytest.raises(JobError, match=named):  # noqa: PT012 - the loop's first step raises
         for _ in fl.jobs():
             raise AssertionError("a job reached the loop")
     assert fl.result is None and not fl._thread.is_alive()

@@ -477,7 +477,7 @@ def test_too_few_updates_fail_the_round_with_a_quorum_error(
             assert not reply.accepted
         # "round_timeout": client 1 stays a member but never uploads;
         # "silent": it sends no heartbeat either and is dropped after 1 s
-        with pytest.raises(QuorumError, match="round 1: 1 of 2 clients .* the quorum is 2"):
+        with pytest.raises(QuorumError, match=r"round 1: 1 of 2 clients .* the quorum is 2"):
             run.result(timeout=30)
     assert fed.history == []
     assert (1 in server.members) == (how != "silent")

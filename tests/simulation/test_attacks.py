@@ -163,7 +163,7 @@ def test_attack_config_round_trip_and_wiring(tmp_path):
     assert Config.model_validate(json.loads(cfg.model_dump_json())) == cfg
     assert Config().attack == AttackConfig() and Config().attack.kind is None
     for bad in ({"kind": "bit_flip"}, {"fraction": 2.0}, {"scale": 0}, {"extra": 1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="attack"):
             Config.model_validate({"attack": bad})
     over = run_overrides(tmp_path, **{"attack.kind": "sign_flip", "attack.fraction": 0.3})
     exp = Experiment.from_config(None, over)

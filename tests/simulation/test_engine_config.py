@@ -116,7 +116,7 @@ def test_the_vectorized_engine_trains_the_mlp_fused(
 
 def test_engine_flags_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--engine", "vectorized", "--processes", "2"]
-    assert main(argv + ["--set", f"output.dir='{tmp_path.as_posix()}'"]) == 2
+    assert main([*argv, "--set", f"output.dir='{tmp_path.as_posix()}'"]) == 2
     assert "--processes runs the 'pool' engine" in capsys.readouterr().err
     assert main(["demo", "--processes", "0"]) == 2
     assert "--processes must be >= 1" in capsys.readouterr().err
@@ -138,5 +138,5 @@ def test_engines_that_the_config_cannot_run_are_refused(tmp_path: Path, monkeypa
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(ConfigError, match="under torchrun"):
         Experiment.from_config(pool)
-    with pytest.raises(ConfigError, match="simulation.engine"):
+    with pytest.raises(ConfigError, match=r"simulation\.engine"):
         fedloom.run(None, run_overrides(tmp_path, "x", **{"simulation.engine": "gpu"}))

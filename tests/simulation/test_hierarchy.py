@@ -272,7 +272,7 @@ def test_invalid_structure_and_arguments() -> None:
     with pytest.raises(ValueError, match="2 roots"):
         HierarchicalClients(task, two_roots)
     assert HierarchicalClients(task, two_roots, root="r2").available_clients(1) == [1]
-    with pytest.raises(ValueError, match="'a'.*edge_rounds"):
+    with pytest.raises(ValueError, match=r"'a'.*edge_rounds"):
         HierarchicalClients(task, tree(TWO_LEVEL), edge_rounds={"a": 0})
     with pytest.raises(ValueError, match="'zz'"):
         HierarchicalClients(task, tree(TWO_LEVEL), edge_rounds={"zz": 2})

@@ -61,7 +61,9 @@ def test_cycle_names_its_nodes_in_order_once() -> None:
 
 def test_every_problem_is_listed() -> None:
     topo = build([Node("a"), Node("b")], [("a", "a"), ("b", "zed")])
-    err = pytest.raises(TopologyError, topo.validate).value
+    with pytest.raises(TopologyError) as info:
+        topo.validate()
+    err = info.value
     assert len(err.problems) == 2 and "'zed'" in err.problems[1]
 
 
@@ -165,5 +167,7 @@ def test_config_clients_must_exist() -> None:
 
 def test_a_long_list_of_problems_is_cut_short_in_the_message() -> None:
     topo = build([Node("r")], [(f"n{i}", "r") for i in range(25)])
-    err = pytest.raises(TopologyError, topo.validate).value
+    with pytest.raises(TopologyError) as info:
+        topo.validate()
+    err = info.value
     assert len(err.problems) == 25 and str(err).endswith("'n9'; ... and 15 more")

@@ -7,6 +7,7 @@ lines are prefixed with the process's role; Ctrl-C (or any process failing) ends
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -108,7 +109,7 @@ def launch_topology(
 
 def _overrides(args: Sequence[str]) -> list[str]:
     """The ``--set K=V`` values among the arguments passed on to every process."""
-    return [v for k, v in zip(args, args[1:]) if k == "--set"]
+    return [v for k, v in itertools.pairwise(args) if k == "--set"]
 
 
 def _run_all(

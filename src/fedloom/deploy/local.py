@@ -44,6 +44,7 @@ from ..errors import ConfigError, FedloomError
 from ..experiment import Experiment
 from ..federation import Federation, RunResult
 from ..federation.async_loop import AsyncFederation
+from ..params import ParamSpec
 from ..registry import STRATEGIES
 from ..runtime.clientpart import check_supported
 from ..runtime.ownloop import Job
@@ -127,10 +128,11 @@ class LocalFederation:
             task = _LoopTask(model, num_samples, evaluate)
         federation: Federation
         if isinstance(strategy, AsyncStrategy):
-            backend: Handoff = AsyncHandoff(task, seed, manual_client_part)
+            handoff = AsyncHandoff(task, seed, manual_client_part)
             federation = AsyncFederation(
-                task, strategy, backend, rounds=rounds, seed=seed, **options
+                task, strategy, handoff, rounds=rounds, seed=seed, **options
             )
+            backend: Handoff = handoff
         else:
             if "every_seconds" in options:
                 raise ValueError("every_seconds applies to an asynchronous strategy only")
@@ -154,14 +156,14 @@ class LocalFederation:
         self = cls.__new__(cls)
         made: list[Handoff] = []
 
-        def backend(cfg: Any, task: Task) -> Handoff:
+        def backend(cfg: Any, task: Task) -> Callable[[ParamSpec], Handoff]:
             if cfg.topology is not None:
                 raise ConfigError("topology: a LocalFederation runs a flat federation")
             kind, made_by = Handoff, STRATEGIES.get(cfg.strategy.name)
             if isinstance(made_by, type) and issubclass(made_by, AsyncStrategy):
                 kind = AsyncHandoff
             made.append(kind(task, cfg.seed, manual_client_part))
-            return made[-1]
+            return lambda spec: made[-1]  # the loop hands it the model's spec (_attach keeps it)
 
         exp = Experiment.from_config(source, list(overrides), backend=backend, **kwargs)
         self.experiment = exp

@@ -89,7 +89,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     state: dict[str, Any]
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as e:  # a valid digest over bytes torch cannot read: not a state of ours
+    except Exception as e:  # noqa: BLE001 - a valid digest over bytes torch cannot read: not a state of ours
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(e).__name__}") from None
     _check_structure(path, state)
     return state

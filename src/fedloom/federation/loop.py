@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, cast
 
 import torch
 
@@ -60,14 +60,16 @@ class Backend(Protocol):
     def node_metrics(self) -> dict[str, dict[str, float]]: ...
 
 
-@runtime_checkable
-class ReportsRoundStats(Protocol):
-    """A backend with figures of its own for each round's record. Every
-    :class:`~fedloom.backend.BackendBase` is one; the check stays for backends that do not
-    inherit it yet (the network relay's, the deployment handoff)."""
-
-    def round_stats(self) -> dict[str, Any]: ...
-
+BACKEND_METHODS = (
+    "available_clients",
+    "distribute",
+    "collect",
+    "state_dict",
+    "load_state_dict",
+    "close",
+    "round_stats",
+    "node_metrics",
+)
 
 ShortRound = Literal["retry", "skip", "abort"]
 
@@ -167,6 +169,12 @@ class Federation:
             backend = InProcessClients(task, seed)
         elif callable(backend) and not hasattr(backend, "collect"):
             backend = backend(self.spec)  # a factory that needs the model spec (the server)
+        missing = [m for m in BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        if missing:  # checked once, here, so the loop calls the hooks without probing
+            raise TypeError(
+                f"backend {type(backend).__name__} lacks {missing}: a backend inherits "
+                "fedloom.backend.BackendBase for the optional hooks' no-op defaults"
+            )
         self.backend: Backend = cast(Backend, backend)
         self.round = 0
         self.plan = RoundPlan([])
@@ -249,8 +257,7 @@ class Federation:
 
     def _close(self, rnd: int, record: dict[str, Any], tally: RoundTally) -> dict[str, Any]:
         """Add the backend's figures and the evaluation to ``record``; keep it in history."""
-        if isinstance(self.backend, ReportsRoundStats):
-            record.update(self.backend.round_stats())
+        record.update(self.backend.round_stats())
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
         record["seconds"] = tally.seconds
@@ -295,7 +302,7 @@ class Federation:
         only complete work. Returns how many were dropped."""
         rng = sampling_rng(self.seed, "stragglers", rnd)
         full = plan.round_epochs(self.task.local_epochs)
-        k = int(round(self.stragglers * len(plan.clients)))
+        k = round(self.stragglers * len(plan.clients))
         chosen = sorted(int(c) for c in rng.choice(plan.clients, size=k, replace=False))
         epochs = {c: int(e) for c, e in zip(chosen, rng.integers(1, full + 1, size=k))}
         short = {c for c, e in epochs.items() if e < full}

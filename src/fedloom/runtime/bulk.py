@@ -19,6 +19,7 @@ nothing is ever unpickled and the receiver checks the model against its spec as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -130,10 +131,8 @@ class BulkServer:
                     oldest = min(self._waiting, key=self._waiting.__getitem__)
                     del self._waiting[oldest]
                     self.evicted += 1
-                    try:
+                    with contextlib.suppress(OSError):
                         oldest.shutdown(socket.SHUT_RDWR)  # its thread sees EOF and closes it
-                    except OSError:
-                        pass
                 elif self._open >= self.max_connections:
                     conn.close()
                     continue
@@ -164,10 +163,8 @@ class BulkServer:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
 
 

@@ -153,7 +153,7 @@ class Watchdog:
                 self.tally.count("deadline", f"{what} ran past its deadline; cancelled")
                 try:
                     cancel()
-                except Exception as e:  # a socket already closed, a call already over
+                except Exception as e:  # noqa: BLE001 - a socket already closed, a call over
                     log.debug("cancelling %s: %s", what, e)
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ import grpc
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..backend import BackendBase
 from ..errors import FedloomError, QuorumError
 from ..params import ParamSpec
 from ..update import ClientUpdate
@@ -50,7 +51,7 @@ log = logging.getLogger("fedloom.server")
 __all__ = ["AggregatorServer", "Member", "QuorumError", "Refused"]
 
 
-class AggregatorServer:
+class AggregatorServer(BackendBase):
     """gRPC aggregator and :class:`~fedloom.federation.Backend` in one object.
 
     Args:

@@ -18,6 +18,7 @@ pickled), so this backend is for CPU tasks on platforms with ``fork`` (Linux, ma
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import traceback
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def _worker_main(
     torch.set_num_threads(threads)
     try:
         engine = InProcessClients(task, seed)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the parent reports it and stops the run
         outbox.put(("fatal", wid, traceback.format_exc()))
         return
     slots: torch.Tensor | None = None
@@ -76,7 +77,7 @@ def _worker_main(
                         )
                     slots[pos].copy_(u.params)
                     outbox.put(("ok", gen, pos, cid, int(u.num_samples), dict(u.metrics)))
-                except BaseException:
+                except BaseException:  # noqa: BLE001 - the parent reports it and stops the run
                     outbox.put(("error", gen, pos, cid, traceback.format_exc()))
         elif kind == "get_state":
             outbox.put(("state", msg[1], wid, engine.state_dict()))
@@ -168,10 +169,8 @@ class ProcessPoolClients(BackendBase):
         self._closed = True
         procs, self._procs = self._procs, []
         for inbox in self._inboxes:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 inbox.put(None)
-            except (OSError, ValueError):
-                pass
         for p in procs:
             p.join(timeout=5)
         for p in procs:
@@ -192,10 +191,8 @@ class ProcessPoolClients(BackendBase):
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     @property
     def processes(self) -> list[Any]:
@@ -284,5 +281,5 @@ class ProcessPoolClients(BackendBase):
 
 def _shared(t: torch.Tensor) -> torch.Tensor:
     """``t`` moved to shared memory, so forked workers read and write the same buffer."""
-    t.share_memory_()  # type: ignore[no-untyped-call]
+    t.share_memory_()
     return t

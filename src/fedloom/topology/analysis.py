@@ -75,9 +75,8 @@ def levels(topology: Topology) -> list[list[str]]:
 
 
 def _groups_of(topology: Topology, name: str) -> list[FederatedGroup]:
-    out = []
-    for parent in topology.parents(name):  # at most one in a valid topology
-        out.append(_group(topology, parent, name, "collaborator"))
+    # at most one parent in a valid topology
+    out = [_group(topology, parent, name, "collaborator") for parent in topology.parents(name)]
     if topology.is_aggregator(name):
         out.append(_group(topology, name, name, "aggregator"))
     return out
