@@ -33,6 +33,7 @@ from fedloom import (
     load_checkpoint,
     save_checkpoint,
 )
+from fedloom.backend import BackendBase
 from fedloom.observe import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "algorithms"))
@@ -230,7 +231,7 @@ def test_nan_update_is_rejected_logged_and_counted(caplog) -> None:
         assert a["train_loss"] == b["train_loss"] and a["accuracy"] == b["accuracy"]
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """A backend whose clients send the given buffers."""
 
     def __init__(self, spec, sends: list[tuple[torch.Tensor, int]]) -> None:
@@ -559,3 +560,24 @@ def test_run_directory_contents(uninterrupted) -> None:
     # the model learned something on real data (logreg on mnist5k, 4 short rounds)
     assert result.final_metrics["accuracy"] > 0.3
     assert np.isfinite(result.final_metrics["test_loss"])
+
+
+def test_a_backend_without_the_optional_hooks_is_refused_naming_them():
+    class Bare:  # the five required methods only
+        def available_clients(self, round):
+            return [0]
+
+        def distribute(self, round, plan, global_params):
+            pass
+
+        def collect(self):
+            return iter(())
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(TypeError, match=r"\['close', 'round_stats', 'node_metrics'\].*BackendBase"):
+        federation(task=make_tiny_task(), backend=Bare())

@@ -12,12 +12,13 @@ from conftest import make_tiny_task
 
 from fedloom import Callback, FedAdam, FedAvg, Federation
 from fedloom.algorithms.base import RoundPlan
+from fedloom.backend import BackendBase
 from fedloom.errors import QuorumError
 from fedloom.simulation import InProcessClients
 from fedloom.update import ClientUpdate
 
 
-class Tampered:
+class Tampered(BackendBase):
     """The in-process backend with ``change(round, update)`` applied to each update, and
     :class:`QuorumError` raised before the first update in the rounds of ``short``."""
 

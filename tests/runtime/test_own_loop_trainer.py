@@ -122,7 +122,7 @@ def test_connect_over_tls_with_tokens_and_a_wrong_ca_refused(tmp_path, procs, ce
             token=tokens["0"],
             task_id="rt-test",
             tls=TLSConfig(ca=certs.client_cert),  # not the CA that signed the server's
-            retry_for=3,
+            retry_for=600,  # a refused certificate is final: no retry waits it out
         )
 
     def client(cid: int) -> Callable[[], int]:

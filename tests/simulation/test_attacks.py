@@ -14,6 +14,7 @@ from conftest import make_tiny_task, run_overrides
 
 from fedloom import ClientUpdate, FedAvg, Federation, RoundPlan
 from fedloom.aggregation import CoordinateMedian
+from fedloom.backend import BackendBase
 from fedloom.config import AttackConfig, Config
 from fedloom.errors import ConfigError
 from fedloom.experiment import Experiment
@@ -60,7 +61,7 @@ def test_attackers_are_drawn_from_the_seed():
             SignFlip(bad)
 
 
-class Fake:
+class Fake(BackendBase):
     """A backend whose clients send known buffers through one shared buffer."""
 
     def __init__(self, rows: dict[int, list[float]]):

@@ -267,6 +267,16 @@ class ClientChannel:
                     continue
                 raise
 
+    def _handshake_failed(self, details: str) -> UnreachableError:
+        """The error of a TLS handshake our CA refused: final, as retrying cannot mend it."""
+        assert self.tls is not None
+        host = self.server.rsplit(":", 1)[0]
+        return UnreachableError(
+            f"client {self.client_id}: the TLS handshake with {self.server} failed: its "
+            f"certificate is not signed by the CA in tls.ca ({self.tls.ca}) or does not name "
+            f"{host} (tls.server_name overrides the name checked); {details}"
+        )
+
     def _retry(self, fn: Callable[[], T]) -> T:
         """``fn()``, retried with backoff while the aggregator is unavailable; each retry is
         logged (rate-limited by ``log_every``) and giving up after ``retry_for`` seconds is
@@ -287,6 +297,8 @@ class ClientChannel:
                     raise RefusedError(f"client {self.client_id}: {e.details()}") from None
                 if code not in RETRYABLE:
                     raise
+                if self.tls is not None and "CERTIFICATE_VERIFY_FAILED" in (e.details() or ""):
+                    raise self._handshake_failed(e.details()) from None  # no retry mends it
                 now = time.monotonic()
                 if now - start > self.retry_for:
                     raise UnreachableError(

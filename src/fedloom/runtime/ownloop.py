@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..algorithms.client import local_epochs
-from ..errors import FedloomError, JobError, UnreachableError
+from ..errors import FedloomError, JobError
 from ..params import ParamSpec
 from ..seeding import derive_seed
 from ..task import ClientContext
@@ -489,17 +489,7 @@ def connect(
         backoff=backoff,
         use_bulk=use_bulk,
     )
-    try:
-        conn.open()
-    except UnreachableError as e:
-        if tls is None or "handshake" not in str(e).lower():
-            raise
-        host = server.rsplit(":", 1)[0]
-        raise UnreachableError(
-            f"client {client_id}: the TLS handshake with {server} failed: its certificate is "
-            f"not signed by the CA in tls.ca ({tls.ca}) or does not name {host} "
-            f"(tls.server_name overrides the name checked); {e}"
-        ) from None
+    conn.open()
     if model is not None:
         assert conn.spec is not None
         try:
