@@ -298,7 +298,7 @@ class ClientChannel:
                 if code not in RETRYABLE:
                     raise
                 if self.tls is not None and "CERTIFICATE_VERIFY_FAILED" in (e.details() or ""):
-                    raise self._handshake_failed(e.details()) from None  # no retry mends it
+                    raise self._handshake_failed(f"{code.name}: {e.details()}") from None  # no retry mends it
                 now = time.monotonic()
                 if now - start > self.retry_for:
                     raise UnreachableError(
