@@ -298,7 +298,8 @@ class ClientChannel:
                 if code not in RETRYABLE:
                     raise
                 if self.tls is not None and "CERTIFICATE_VERIFY_FAILED" in (e.details() or ""):
-                    raise self._handshake_failed(f"{code.name}: {e.details()}") from None  # no retry mends it
+                    # no retry mends a refused certificate: say so now, not after retry_for
+                    raise self._handshake_failed(f"{code.name}: {e.details()}") from None
                 now = time.monotonic()
                 if now - start > self.retry_for:
                     raise UnreachableError(
