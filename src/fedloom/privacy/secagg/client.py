@@ -144,8 +144,7 @@ class SecAggClient:
                 self.config.round, "masked_input",
                 f"client {self.id} holds shares of {len(self._held)} clients, {t} needed",
             )
-        rounding = np.random.default_rng(prg.seed_int(prg.derive(self._seed, "rounding")))
-        vector = quantize(update, self.config, rounding)
+        vector = self.quantize(update)
         np.add(vector, prg.mask(self._self_mask_seed, d), out=vector)
         masked_with = tuple(sorted(set(self._held) - {self.id}))
         for j in masked_with:
@@ -157,6 +156,11 @@ class SecAggClient:
         np.bitwise_and(vector, np.uint32(self.config.modulus - 1), out=vector)
         self.stage = "unmask"
         return MaskedInput(self.config.round, self.id, masked_with, vector)
+
+    def quantize(self, update: NDArray[np.floating]) -> NDArray[np.uint32]:
+        """``update`` as this client quantises it before masking (same seed, same rounding)."""
+        rounding = np.random.default_rng(prg.seed_int(prg.derive(self._seed, "rounding")))
+        return quantize(update, self.config, rounding)
 
     def _accept_share(self, share: EncryptedShare) -> None:
         try:
