@@ -19,9 +19,12 @@ from fedloom.privacy.secagg import (
     SecAggConfig,
     SecAggServer,
     SimulatedRound,
+    UnmaskShares,
+    shamir,
     simulate_round,
 )
 from fedloom.privacy.secagg.graph import neighbours
+from fedloom.privacy.secagg.prg import mask
 
 SEED = b"secagg test seed"
 
@@ -71,22 +74,37 @@ def test_clipping_range_bounds_each_input() -> None:
 
 
 class CuriousServer(SecAggServer):
-    """An honest-but-curious aggregator: keeps a copy of every vector it receives."""
+    """An honest-but-curious aggregator: keeps a copy of every vector and share it receives."""
 
     def __init__(self, cfg: SecAggConfig):
         super().__init__(cfg)
         self.seen: list[NDArray[np.uint32]] = []
+        self.inputs: dict[int, NDArray[np.uint32]] = {}
+        self.seed_shares: dict[int, dict[int, bytes]] = {}  # owner -> {x: share}
 
     def receive(self, message: ClientMessage) -> None:
+        super().receive(message)
         if isinstance(message, MaskedInput):
             self.seen.append(np.array(message.vector))
-        super().receive(message)
+            self.inputs[message.sender] = self.seen[-1]
+        if isinstance(message, UnmaskShares):
+            for owner, share in message.seed_shares:
+                self.seed_shares.setdefault(owner, {})[message.sender + 1] = share
+
+    def without_self_masks(self) -> dict[int, NDArray[np.uint32]]:
+        """What it can compute after the round: each input less its (revealed) self-mask."""
+        t, d = self.config.reconstruction_threshold, self.config.vector_length
+        return {
+            i: v - mask(shamir.combine(self.seed_shares[i], t), d) for i, v in self.inputs.items()
+        }
 
 
 def test_a_curious_server_never_holds_a_vector_correlated_with_one_client() -> None:
     """With d = 20,000 the correlation of two independent vectors has std 1/sqrt(d) = 0.0071:
     0.05 is 7 standard deviations, so 400 pairs all stay below it unless something leaks
-    (an unmasked input has correlation > 0.99 with the update: checked too)."""
+    (an unmasked input has correlation > 0.99 with the update: checked too). It also holds the
+    survivors' self-mask seeds after the round; without their self-masks, the inputs are
+    still hidden by the pairwise masks."""
     n, d = 20, 20_000
     cfg = config(n=n, d=d)
     ups = updates(n, d, seed=1)
@@ -95,6 +113,10 @@ def test_a_curious_server_never_holds_a_vector_correlated_with_one_client() -> N
     check_sum(run, ups, set(range(n)))
     assert len(server.seen) == n
     for vector in server.seen:
+        for i in range(n):
+            assert abs(np.corrcoef(vector.astype(np.float64), ups[i])[0, 1]) < 0.05
+    # the self-masks are revealed at the unmask stage: the pairwise masks still hide each input
+    for vector in server.without_self_masks().values():
         for i in range(n):
             assert abs(np.corrcoef(vector.astype(np.float64), ups[i])[0, 1]) < 0.05
     quantized = run.clients[0].quantize(ups[0]).astype(np.float64)
