@@ -137,15 +137,18 @@ def test_a_share_replayed_from_another_round_or_twice_is_refused() -> None:
 def test_share_encryption_is_bound_to_round_sender_and_receiver() -> None:
     """Even under the same keys (a client that reused its seed), another round or other ids
     fail authentication."""
-    a, b = b"\x01" * 32, b"\x02" * 32
-    pa, pb = crypto.public_bytes(a), crypto.public_bytes(b)
+    a, b = crypto.private_key(b"\x01" * 32), crypto.private_key(b"\x02" * 32)
+    ab = crypto.shared_secret(a, crypto.public_bytes(b))
+    assert ab == crypto.shared_secret(b, crypto.public_bytes(a))
     nonce, text = bytes(12), b"secret share"
-    sealed = crypto.encrypt_share(a, pb, 5, 0, 1, nonce, text)
-    assert crypto.decrypt_share(b, pa, 5, 0, 1, nonce, sealed) == text
-    assert crypto.decrypt_share(b, pa, 4, 0, 1, nonce, sealed) is None  # other round
-    assert crypto.decrypt_share(b, pa, 5, 1, 0, nonce, sealed) is None  # reversed direction
-    assert crypto.decrypt_share(b, pa, 5, 0, 2, nonce, sealed) is None  # other receiver
-    assert crypto.decrypt_share(b"\x03" * 32, pa, 5, 0, 1, nonce, sealed) is None  # wrong key
+    sealed = crypto.encrypt_share(ab, 5, 0, 1, nonce, text)
+    assert crypto.decrypt_share(ab, 5, 0, 1, nonce, sealed) == text
+    assert crypto.decrypt_share(ab, 4, 0, 1, nonce, sealed) is None  # other round
+    assert crypto.decrypt_share(ab, 5, 1, 0, nonce, sealed) is None  # reversed direction
+    assert crypto.decrypt_share(ab, 5, 0, 2, nonce, sealed) is None  # other receiver
+    c = crypto.private_key(b"\x03" * 32)
+    wrong = crypto.shared_secret(c, crypto.public_bytes(a))  # another client's key
+    assert crypto.decrypt_share(wrong, 5, 0, 1, nonce, sealed) is None
 
 
 def test_the_server_refuses_and_counts_bad_client_messages() -> None:

@@ -56,14 +56,16 @@ class SecAggClient:
         self.refused: Counter[str] = Counter()
         self.stage = STAGES[0]
         self._seed = os.urandom(32) if seed is None else seed
-        self._cipher_key = prg.derive(self._seed, "cipher key")
-        self._mask_key = prg.derive(self._seed, "mask key")
+        self._cipher_key = crypto.private_key(prg.derive(self._seed, "cipher key"))
+        self._mask_secret = prg.derive(self._seed, "mask key")  # shared among the neighbours
+        self._mask_key = crypto.private_key(self._mask_secret)
         self._self_mask_seed = prg.derive(self._seed, "self mask")
         self._graph = neighbours(config.num_clients, config.num_shares, config.graph_seed)[
             client_id
         ]
         self._peers: dict[int, PublicKeys] = {}  # neighbours that advertised
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (key share, seed share)
+        self._channel: dict[int, bytes] = {}  # neighbour -> shared secret of the cipher keys
 
     # -- stage 1 ---------------------------------------------------------------------------
     def advertise(self) -> AdvertiseKeys:
@@ -106,7 +108,7 @@ class SecAggClient:
         xs = [h + 1 for h in holders]
         need = shamir.randomness_needed(t)
         key_shares = shamir.split(
-            self._mask_key, xs, t, prg.keystream(prg.derive(self._seed, "shamir key"), need)
+            self._mask_secret, xs, t, prg.keystream(prg.derive(self._seed, "shamir key"), need)
         )
         seed_shares = shamir.split(
             self._self_mask_seed, xs, t, prg.keystream(prg.derive(self._seed, "shamir seed"), need)
@@ -117,9 +119,10 @@ class SecAggClient:
         for j in sorted(peers):
             nonce = prg.derive(self._seed, f"nonce {j}")[: crypto.NONCE_BYTES]
             plaintext = pack_share_plaintext(self.id, j, key_shares[j + 1], seed_shares[j + 1])
+            channel = crypto.shared_secret(self._cipher_key, peers[j].cipher_public_key)
+            self._channel[j] = channel
             ciphertext = crypto.encrypt_share(
-                self._cipher_key, peers[j].cipher_public_key, self.config.round, self.id, j,
-                nonce, plaintext,
+                channel, self.config.round, self.id, j, nonce, plaintext
             )
             shares.append(EncryptedShare(self.config.round, self.id, j, nonce, ciphertext))
         self.stage = "masked_input"
@@ -148,9 +151,8 @@ class SecAggClient:
         np.add(vector, prg.mask(self._self_mask_seed, d), out=vector)
         masked_with = tuple(sorted(set(self._held) - {self.id}))
         for j in masked_with:
-            key = crypto.mask_key(
-                self._mask_key, self._peers[j].mask_public_key, self.config.round, self.id, j
-            )
+            shared = crypto.shared_secret(self._mask_key, self._peers[j].mask_public_key)
+            key = crypto.mask_key(shared, self.config.round, self.id, j)
             # the lower id adds, the higher subtracts: the pair cancels in the sum
             (np.add if self.id < j else np.subtract)(vector, prg.mask(key, d), out=vector)
         np.bitwise_and(vector, np.uint32(self.config.modulus - 1), out=vector)
@@ -172,8 +174,8 @@ class SecAggClient:
             refuse_unless(share.sender in self._peers, "unknown_sender", f"from {share.sender}")
             refuse_unless(share.sender not in self._held, "duplicate", f"from {share.sender}")
             plaintext = crypto.decrypt_share(
-                self._cipher_key, self._peers[share.sender].cipher_public_key,
-                self.config.round, share.sender, self.id, share.nonce, share.ciphertext,
+                self._channel[share.sender], self.config.round, share.sender, self.id,
+                share.nonce, share.ciphertext,
             )
             refuse_unless(plaintext is not None, "decrypt", f"share from {share.sender}")
             assert plaintext is not None

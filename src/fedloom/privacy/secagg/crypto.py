@@ -20,22 +20,29 @@ TAG_BYTES = 16
 _DOMAIN = b"fedloom-secagg/v1"
 
 
-def public_bytes(private: bytes) -> bytes:
-    """The raw X25519 public key of the raw 32-byte private key ``private``."""
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+def private_key(raw: bytes) -> X25519PrivateKey:
+    """The X25519 key of 32 raw bytes (any 32 bytes are a valid key)."""
+    return X25519PrivateKey.from_private_bytes(raw)
 
 
-def _agree(private: bytes, peer_public: bytes, purpose: bytes, info: bytes) -> bytes:
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(peer_public)
-    )
+def public_bytes(private: X25519PrivateKey) -> bytes:
+    """The raw 32-byte public key of ``private``."""
+    return private.public_key().public_bytes_raw()
+
+
+def shared_secret(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """The X25519 shared secret with a peer: the same from both ends, computed once per pair."""
+    return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+def _derive(shared: bytes, purpose: bytes, info: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=_DOMAIN + purpose + info).derive(shared)
 
 
-def mask_key(private: bytes, peer_public: bytes, round: int, a: int, b: int) -> bytes:
+def mask_key(shared: bytes, round: int, a: int, b: int) -> bytes:
     """The pairwise mask seed of clients ``a`` and ``b`` (symmetric in them) for ``round``."""
     lo, hi = min(a, b), max(a, b)
-    return _agree(private, peer_public, b" mask", struct.pack(">QII", round, lo, hi))
+    return _derive(shared, b" mask", struct.pack(">QII", round, lo, hi))
 
 
 def associated_data(round: int, sender: int, receiver: int) -> bytes:
@@ -43,26 +50,24 @@ def associated_data(round: int, sender: int, receiver: int) -> bytes:
     return _DOMAIN + b" share" + struct.pack(">QII", round, sender, receiver)
 
 
-def _share_key(private: bytes, peer_public: bytes, round: int, sender: int, receiver: int) -> bytes:
+def _share_key(shared: bytes, round: int, sender: int, receiver: int) -> bytes:
     # directional: the key from a to b differs from the key from b to a
-    return _agree(private, peer_public, b" share-key", struct.pack(">QII", round, sender, receiver))
+    return _derive(shared, b" share-key", struct.pack(">QII", round, sender, receiver))
 
 
 def encrypt_share(
-    private: bytes, peer_public: bytes, round: int, sender: int, receiver: int,
-    nonce: bytes, plaintext: bytes,
+    shared: bytes, round: int, sender: int, receiver: int, nonce: bytes, plaintext: bytes
 ) -> bytes:
     """AES-GCM ciphertext (with tag) of ``plaintext`` from ``sender`` to ``receiver``."""
-    key = _share_key(private, peer_public, round, sender, receiver)
+    key = _share_key(shared, round, sender, receiver)
     return AESGCM(key).encrypt(nonce, plaintext, associated_data(round, sender, receiver))
 
 
 def decrypt_share(
-    private: bytes, peer_public: bytes, round: int, sender: int, receiver: int,
-    nonce: bytes, ciphertext: bytes,
+    shared: bytes, round: int, sender: int, receiver: int, nonce: bytes, ciphertext: bytes
 ) -> bytes | None:
     """The plaintext, or None when the ciphertext is not authentic for these ids and round."""
-    key = _share_key(private, peer_public, round, sender, receiver)
+    key = _share_key(shared, round, sender, receiver)
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, associated_data(round, sender, receiver))
     except InvalidTag:

@@ -221,16 +221,18 @@ class SecAggServer:
         total = np.zeros(d, dtype=np.uint32)
         for m in self._inputs.values():
             np.add(total, m.vector, out=total)
+        seeds = [dict(m.seed_shares) for m in self._unmask.values()]
+        keys = [dict(m.key_shares) for m in self._unmask.values()]
         for i in sorted(self._inputs):
-            seeds = [dict(m.seed_shares) for m in self._unmask.values()]
             seed = self._reconstruct(i, "seed", seeds)
             np.subtract(total, prg.mask(seed, d), out=total)
         for j in sorted(self._shares.keys() - self._inputs.keys()):
-            key = self._reconstruct(j, "key", [dict(m.key_shares) for m in self._unmask.values()])
+            key = crypto.private_key(self._reconstruct(j, "key", keys))
             if crypto.public_bytes(key) != self._keys[j].mask_public_key:
                 self._abort(f"the key shares of client {j} do not match its public key")
             for i in sorted(self._graph[j] & self._inputs.keys()):
-                pair = crypto.mask_key(key, self._keys[i].mask_public_key, cfg.round, j, i)
+                shared = crypto.shared_secret(key, self._keys[i].mask_public_key)
+                pair = crypto.mask_key(shared, cfg.round, j, i)
                 # client i added the mask if i < j, subtracted it otherwise: undo that
                 (np.subtract if i < j else np.add)(total, prg.mask(pair, d), out=total)
         np.bitwise_and(total, np.uint32(cfg.modulus - 1), out=total)
