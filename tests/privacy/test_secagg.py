@@ -127,7 +127,9 @@ def _pick(rng: np.random.Generator, pool: set[int], k: int) -> frozenset[int]:
     return frozenset(int(i) for i in rng.choice(sorted(pool), k, replace=False))
 
 
-@pytest.mark.parametrize("stage", ["after_advertise", "after_share_keys", "after_masked_input"])
+@pytest.mark.parametrize(
+    "stage", ["before_advertise", "after_advertise", "after_share_keys", "after_masked_input"]
+)
 def test_five_of_twenty_drop_at_one_stage(stage: str) -> None:
     """k = 11, t = 6: any 5 dropouts leave every secret at least 6 share holders."""
     cfg, ups = config(), updates(20, 1000, seed=2)

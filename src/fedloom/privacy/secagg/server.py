@@ -34,6 +34,7 @@ from .messages import (
     UnmaskRequest,
     UnmaskShares,
     is_bytes,
+    is_id_tuple,
     refuse_unless,
     well_formed_share,
 )
@@ -151,6 +152,9 @@ class SecAggServer:
         )
         if self.config.modulus < 2**32:
             refuse_unless(bool((v < self.config.modulus).all()), "malformed", "value >= modulus")
+        refuse_unless(
+            is_id_tuple(m.masked_with, self.config.num_clients), "malformed", "masked_with ids"
+        )
         expected = tuple(sorted(self._graph[m.sender] & self._shares.keys()))
         refuse_unless(
             m.masked_with == expected,
