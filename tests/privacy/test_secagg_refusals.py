@@ -161,6 +161,7 @@ def test_the_server_refuses_and_counts_bad_client_messages() -> None:
         (dataclasses.replace(adverts[0], sender=99), "unknown_sender"),
         (dataclasses.replace(adverts[0], sender="0"), "malformed"),  # type: ignore[arg-type]
         (dataclasses.replace(adverts[0], mask_public_key=b"short"), "malformed"),
+        (dataclasses.replace(adverts[0], cipher_public_key=bytes(32)), "malformed"),  # low order
         (MaskedInput(0, 0, (), np.zeros(500, np.uint32)), "out_of_order"),
         ("not a message", "malformed"),
     ]
@@ -171,7 +172,7 @@ def test_the_server_refuses_and_counts_bad_client_messages() -> None:
         server.receive(a)
     with pytest.raises(SecAggRefused, match="duplicate"):
         server.receive(adverts[1])  # replayed within the round
-    assert server.refused == {"stale_round": 1, "unknown_sender": 1, "malformed": 3,
+    assert server.refused == {"stale_round": 1, "unknown_sender": 1, "malformed": 4,
                               "out_of_order": 1, "duplicate": 1}  # fmt: skip
     keys = server.broadcast_keys()
     shares = {i: c.share_keys(keys[i]) for i, c in enumerate(clients)}
@@ -199,7 +200,7 @@ def test_the_server_refuses_and_counts_bad_client_messages() -> None:
     for answer in answers.values():
         server.receive(answer)
     assert_sum_of(server.unmask(), ups, set(range(8)))
-    assert server.refused.total() == 7 + 2 + 1 + 4
+    assert server.refused.total() == 8 + 2 + 1 + 4
 
 
 def test_clients_refuse_out_of_order_and_misaddressed_messages() -> None:
@@ -223,9 +224,12 @@ def test_clients_refuse_out_of_order_and_misaddressed_messages() -> None:
         c.share_keys(dataclasses.replace(keys[0], keys=keys[0].keys + keys[0].keys[:1]))
     with pytest.raises(SecAggRefused, match="malformed"):
         c.share_keys(ForwardedShares(0, 0, ()))  # type: ignore[arg-type]
+    zero = dataclasses.replace(keys[0].keys[0], mask_public_key=bytes(32))
+    with pytest.raises(SecAggRefused, match="malformed"):  # a key no exchange can use
+        c.share_keys(dataclasses.replace(keys[0], keys=(zero, *keys[0].keys[1:])))
     c.share_keys(keys[0])  # the right one still works
     assert c.refused == {"out_of_order": 2, "misrouted": 1, "stale_round": 1, "duplicate": 1,
-                         "malformed": 1}  # fmt: skip
+                         "malformed": 2}  # fmt: skip
 
 
 def test_clients_refuse_to_unmask_when_the_server_claims_too_few_survivors() -> None:

@@ -29,7 +29,7 @@ from .messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskShares,
-    is_bytes,
+    is_id,
     is_id_tuple,
     pack_share_plaintext,
     refuse_unless,
@@ -89,13 +89,13 @@ class SecAggClient:
         peers: dict[int, PublicKeys] = {}
         for k in keys:
             self._check(isinstance(k, PublicKeys), "malformed", "not a PublicKeys")
+            self._check(is_id(k.client, self.config.num_clients), "malformed", "client id")
             self._check(k.client in self._graph, "unknown_sender", f"{k.client} not a neighbour")
             self._check(k.client not in peers, "duplicate", f"keys of {k.client} twice")
             self._check(
-                is_bytes(k.cipher_public_key, crypto.PUBLIC_KEY_BYTES)
-                and is_bytes(k.mask_public_key, crypto.PUBLIC_KEY_BYTES),
-                "malformed",
-                f"public keys of {k.client} are not {crypto.PUBLIC_KEY_BYTES} bytes",
+                crypto.valid_public_key(k.cipher_public_key)
+                and crypto.valid_public_key(k.mask_public_key),
+                "malformed", f"public keys of {k.client}",
             )
             peers[k.client] = k
         holders = sorted([self.id, *peers])

@@ -30,6 +30,21 @@ def public_bytes(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes_raw()
 
 
+_PROBE = X25519PrivateKey.from_private_bytes(b"fedloom-secagg public key probe!")
+
+
+def valid_public_key(raw: object) -> bool:
+    """32 bytes that make a usable X25519 key: a low-order point (all zeros, say) gives an
+    all-zero shared secret, which OpenSSL refuses, so another client could not use it."""
+    if type(raw) is not bytes or len(raw) != PUBLIC_KEY_BYTES:
+        return False
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return False
+    return True
+
+
 def shared_secret(private: X25519PrivateKey, peer_public: bytes) -> bytes:
     """The X25519 shared secret with a peer: the same from both ends, computed once per pair."""
     return private.exchange(X25519PublicKey.from_public_bytes(peer_public))

@@ -33,7 +33,6 @@ from .messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskShares,
-    is_bytes,
     is_id_tuple,
     refuse_unless,
     well_formed_share,
@@ -123,10 +122,10 @@ class SecAggServer:
             self._unmask[sender] = message
 
     def _check_keys(self, m: AdvertiseKeys) -> None:
-        size = crypto.PUBLIC_KEY_BYTES
         refuse_unless(
-            is_bytes(m.cipher_public_key, size) and is_bytes(m.mask_public_key, size),
-            "malformed", f"public keys of {m.sender} are not {size} bytes",
+            crypto.valid_public_key(m.cipher_public_key)
+            and crypto.valid_public_key(m.mask_public_key),
+            "malformed", f"public keys of {m.sender}: not 32-byte X25519 keys of full order",
         )
 
     def _check_shares(self, m: ShareKeys) -> None:
@@ -172,7 +171,9 @@ class SecAggServer:
             for pair in pairs:
                 refuse_unless(type(pair) is tuple and len(pair) == 2, "malformed", "a pair")
                 owner, share = pair
-                refuse_unless(owner in owners, "malformed", f"{what} share of {owner}")
+                refuse_unless(
+                    type(owner) is int and owner in owners, "malformed", f"{what} share of {owner}"
+                )
                 refuse_unless(
                     m.sender == owner or m.sender in self._graph[owner],
                     "malformed", f"{m.sender} holds no share of {owner}",
