@@ -1,0 +1,1 @@
+"""Privacy: differential privacy and secure aggregation."""
