@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     # strategies.py and aggregators.py are the user-facing namespaces of these two packages
-    ("strategies", {"algorithms", "aggregation", "strategies", "aggregators"}),
+    ("strategies", {"algorithms", "aggregation", "privacy", "strategies", "aggregators"}),
     # engines.py is the user-facing namespace of the simulation engines
     ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),
