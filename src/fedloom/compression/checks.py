@@ -24,7 +24,7 @@ def integer(header: dict[str, Any], key: str, lo: int, hi: int, where: str) -> i
     """An int (not a bool, not a float) with ``lo <= value <= hi``."""
     value = header[key]
     if type(value) is not int:
-        raise WireError(f"{where}: {key} = {str(value)[:40]!r} is not an integer")
+        raise WireError(f"{where}: {key} = {show(value)} is not an integer")
     if not lo <= value <= hi:
         raise WireError(f"{where}: {key} = {value} is outside [{lo}, {hi}]")
     return value
@@ -34,10 +34,16 @@ def equal(header: dict[str, Any], key: str, want: object, where: str) -> None:
     """A field that must repeat what the receiver's own chain says (a parameter)."""
     value = header[key]
     if type(value) is not type(want) or value != want:
-        raise WireError(f"{where}: {key} = {str(value)[:40]!r}, this chain expects {want!r}")
+        raise WireError(f"{where}: {key} = {show(value)}, this chain expects {want!r}")
 
 
 def length(got: int, want: int, what: str) -> None:
     if got != want:
         kind = "truncated" if got < want else "trailing bytes in"
         raise WireError(f"{kind} {what}: {got} bytes, the header implies {want}")
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A header value for a message: its repr, cut short (a header may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
