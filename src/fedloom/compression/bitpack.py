@@ -24,6 +24,15 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
         return codes.astype("<u1").tobytes()
     if bits == 16:
         return codes.astype("<u2").tobytes()
+    if 8 % bits == 0:  # 1, 2, 4: whole codes to a byte, by shifts
+        per = 8 // bits
+        c = np.zeros(-(-codes.size // per) * per, dtype=np.uint8)
+        c[: codes.size] = codes
+        c = c.reshape(-1, per)
+        out = c[:, 0].copy()
+        for j in range(1, per):
+            out |= c[:, j] << np.uint8(j * bits)
+        return out.tobytes()
     # each code as its 16 bits, keep the low ``bits``, then 8 bits to a byte
     as_bits = np.unpackbits(codes.astype("<u2").view(np.uint8), bitorder="little")
     kept = as_bits.reshape(-1, 16)[:, :bits]
@@ -31,12 +40,18 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
 
 
 def unpack(data: bytes, count: int, bits: int) -> np.ndarray:
-    """``count`` codes from exactly ``packed_size(count, bits)`` bytes (checked by the caller)."""
+    """``count`` codes (an unsigned integer array) from exactly ``packed_size(count, bits)`` bytes (checked by the caller)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
-        return buf.astype(np.int64)
+        return buf
     if bits == 16:
-        return buf.view("<u2").astype(np.int64)
+        return buf.view("<u2")
+    if 8 % bits == 0:
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        all_codes = ((buf[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)
+        if all_codes[count:].any():
+            raise WireError(f"quantised codes: padding bits after {count} codes are not zero")
+        return all_codes[:count]
     as_bits = np.unpackbits(buf, bitorder="little")
     if as_bits[count * bits :].any():
         raise WireError(f"quantised codes: padding bits after {count} codes are not zero")
