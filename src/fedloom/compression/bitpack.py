@@ -26,9 +26,9 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
         return codes.astype("<u2").tobytes()
     if 8 % bits == 0:  # 1, 2, 4: whole codes to a byte, by shifts
         per = 8 // bits
-        c = np.zeros(-(-codes.size // per) * per, dtype=np.uint8)
-        c[: codes.size] = codes
-        c = c.reshape(-1, per)
+        flat = np.zeros(-(-codes.size // per) * per, dtype=np.uint8)
+        flat[: codes.size] = codes
+        c = flat.reshape(-1, per)
         out = c[:, 0].copy()
         for j in range(1, per):
             out |= c[:, j] << np.uint8(j * bits)
@@ -40,7 +40,8 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
 
 
 def unpack(data: bytes, count: int, bits: int) -> np.ndarray:
-    """``count`` codes (an unsigned integer array) from exactly ``packed_size(count, bits)`` bytes (checked by the caller)."""
+    """``count`` codes (unsigned integers) from ``packed_size(count, bits)`` bytes (the caller
+    checked the length)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
         return buf
