@@ -11,7 +11,7 @@ import pytest
 import torch
 import zstandard
 
-from fedloom.compression import Chain, CodecState, Encoded
+from fedloom.compression import CODECS, Chain, CodecState, Encoded, Fp16, register_codec
 from fedloom.compression.encoded import MAGIC, MAX_HEADER_BYTES
 from fedloom.errors import WireError
 
@@ -193,3 +193,27 @@ def test_zstd_frames_are_bounded_before_decompressing() -> None:
     flipped[len(flipped) // 2] ^= 0x10
     with pytest.raises(WireError, match="zstd"):  # the frame checksum catches it
         chain.decode(Encoded(good.header, bytes(flipped)), 100)
+
+
+def test_a_codec_registered_by_name_joins_chains_and_the_error_list() -> None:
+    class Half(Fp16):
+        """fp16 under a name of its own, as a user's codec would be."""
+
+        name = "half"
+        usage = "half"
+
+        def spec(self) -> str:
+            return "half"
+
+    register_codec("half", lambda args: Half())
+    try:
+        x = torch.randn(100)
+        chain = Chain.parse(["topk:0.5", "half", "zstd"])
+        y = chain.decode(chain.encode(x, CodecState(), gen(0)).to_bytes(), 100)
+        assert int((y != 0).sum()) == 50
+        with pytest.raises(ValueError, match=r"valid items: .*zstd\[:<level>\], half"):
+            Chain.parse(["halve"])
+    finally:
+        CODECS.unregister("half")
+    with pytest.raises(ValueError, match="unknown codec 'half'"):
+        Chain.parse(["half"])
