@@ -77,3 +77,12 @@ def test_an_empty_and_a_one_value_vector_round_trip(items: list[str]) -> None:
     for x in (torch.zeros(0), torch.tensor([0.75])):
         y = round_trip(items, x)
         assert y.shape == x.shape and torch.allclose(y, x)
+
+
+@pytest.mark.parametrize("items", [["q8"], ["fp16"], ["topk:0.1", "q4"], ["randk:0.2"]])
+def test_a_strided_view_encodes_as_its_values(items: list[str]) -> None:
+    base = torch.randn(4000)
+    view, copy = base[::2], base[::2].clone()
+    chain = Chain.parse(items)
+    a = chain.encode(view, CodecState(), gen(0)).to_bytes()
+    assert a == chain.encode(copy, CodecState(), gen(0)).to_bytes()

@@ -91,7 +91,7 @@ class Chain:
             raise ValueError("encode takes a 1-D float32 tensor")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("the update has NaN or infinite values; nothing to encode")
-        x = x.detach().cpu()
+        x = x.detach().cpu().contiguous()
         headers, side = [], b""
         if self.sparsifier is not None:
             if state is None:

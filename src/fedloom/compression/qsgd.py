@@ -59,7 +59,7 @@ class QSGD(ValueCodec):
         if n == 0:
             return Encoded(header, b"")
         pad = m * self.chunk - n
-        grid = (torch.cat([values, values[-1:].expand(pad)]) if pad else values).view(m, -1)
+        grid = (torch.cat([values, values[-1:].expand(pad)]) if pad else values).reshape(m, -1)
         lo = grid.amin(dim=1)
         scale = _range_up(grid.amax(dim=1).double() - lo.double())
         if float((lo.double() + scale.double()).abs().max()) > FLOAT32_MAX:
