@@ -36,15 +36,29 @@ LAYERS: list[tuple[str, set[str]]] = [
             "personal",
         },
     ),
-    # strategies.py and aggregators.py are the user-facing namespaces of these two packages
-    ("strategies", {"algorithms", "aggregation", "privacy", "strategies", "aggregators"}),
+    # strategies.py and aggregators.py are the user-facing namespaces of these two packages;
+    # stages.py: update stages around a strategy (privacy, compression); compression (the
+    # update codecs) sits beside them: engines and the runtime encode with it
+    (
+        "strategies",
+        {
+            "algorithms",
+            "aggregation",
+            "strategies",
+            "aggregators",
+            "stages",
+            "privacy",
+            "compression",
+        },
+    ),
     # engines.py is the user-facing namespace of the simulation engines
     ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),
     ("composition", {"experiment", "compose", "config", "cli", "deploy", "__init__", "__main__"}),
 ]
-# within the engines layer the topology is the graph alone: it imports the foundation only
-GRAPH_ONLY = {"topology": "foundation"}
+# parts that import the foundation only, though their layer is higher: the topology is the
+# graph alone; the codecs turn tensors into bytes and back and need no strategy
+GRAPH_ONLY = {"topology": "foundation", "compression": "foundation"}
 
 LEVEL = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 NAMES = [name for name, _ in LAYERS]
@@ -171,4 +185,9 @@ def test_the_scan_sees_every_kind_of_import() -> None:
     assert graph == [
         "line 1: imports fedloom.simulation.engine (engines layer); topology imports only "
         "the foundation layer"
+    ]
+    codec = upward(SRC / "compression" / "chain.py", "from ..algorithms import fedavg\n")
+    assert codec == [
+        "line 1: imports fedloom.algorithms.fedavg (strategies layer); compression imports "
+        "only the foundation layer"
     ]
