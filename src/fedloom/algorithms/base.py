@@ -213,3 +213,11 @@ class Strategy(Stateful, ModelHooks, ABC):
         Writes into ``global_params`` in place and returns it. Each update's buffer is valid
         only until the next one is drawn from the stream.
         """
+
+    def round_record(self) -> dict[str, Any]:
+        """Figures of the last round for its record (a privacy stage's epsilon); none here."""
+        return {}
+
+    def stop_reason(self) -> str | None:
+        """Why the run must stop before its next round (a spent privacy budget), or None."""
+        return None
