@@ -153,9 +153,7 @@ class Staged(Strategy):
                 u = stage.process_update(round, u, global_params)
             yield u
 
-    def _sum(
-        self, like: torch.Tensor, updates: Iterable[ClientUpdate]
-    ) -> tuple[torch.Tensor, int]:
+    def _sum(self, like: torch.Tensor, updates: Iterable[ClientUpdate]) -> tuple[torch.Tensor, int]:
         """The uniform sum of ``update.params - like`` (one buffer, kept across rounds)."""
         if self._total is None or self._total.shape != like.shape:
             self._total = torch.zeros_like(like)
