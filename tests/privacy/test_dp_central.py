@@ -173,6 +173,7 @@ def test_combinations_that_break_the_guarantee_are_refused(strategy, keys):
         ({"target_epsilon": -1.0}, "target_epsilon"),
         ({"noise_multiplier": 0.0, "target_epsilon": 1.0}, "target_epsilon"),
         ({"sampling_rate": 1.5}, "sampling_rate"),
+        ({"target_quantile": 0.5, "clip_count_stddev": 0.4}, "clip_count_stddev"),
         ({"accountant": "moments"}, "accountant"),
     ],
 )

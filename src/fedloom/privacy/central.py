@@ -79,6 +79,8 @@ class CentralDP(Stage):
             if target_quantile is None
             else AdaptiveClip(clip_norm, target_quantile, clip_learning_rate, clip_count_stddev)
         )
+        if self._adaptive is not None and clip_count_stddev is not None:
+            self._adaptive.delta_noise_multiplier(self.noise_multiplier, 1)  # refused early
         self.accountant = Accountant(self.delta, accountant)
         self._seed: int | None = None
         self._cohort = 0
