@@ -16,7 +16,7 @@ from fedloom import FedAdam, FedAvg, Federation
 from fedloom.aggregation import CoordinateMedian, Krum, TrimmedMean
 from fedloom.algorithms.fedavgm import FedAvgM
 from fedloom.algorithms.scaffold import Scaffold
-from fedloom.privacy import Accountant, CentralDP, Staged
+from fedloom.privacy import Accountant, CentralDP, Staged, privacy_stage
 from fedloom.strategies import FedProx
 from fedloom.update import ClientUpdate
 
@@ -191,3 +191,21 @@ def test_staged_state_needs_its_stages_and_a_seed():
         s.aggregate(1, torch.zeros(3), [])
     with pytest.raises(ValueError, match="already Staged"):
         Staged(s, [])
+
+
+def test_the_config_section_builds_the_stage_and_calibrates_for_a_budget():
+    stage = privacy_stage(
+        "central", rounds=20, sampling_rate=0.5, target_epsilon=6.0, clip_norm=0.5
+    )
+    assert isinstance(stage, CentralDP) and stage.sampling_rate == 0.5
+    acc = Accountant(1e-5)
+    acc.step(0.5, stage.noise_multiplier, 20)
+    assert 6.0 * 0.99 <= acc.epsilon() <= 6.0
+    result = federation(Staged(FedAvg(clients_per_round=3), [stage]), rounds=20).run()
+    assert result.rounds == 20 and result.history[-1]["epsilon"] <= 6.0  # the whole budget
+    with pytest.raises(ValueError, match=r"privacy\.mode"):
+        privacy_stage("local", rounds=5, sampling_rate=0.5, noise_multiplier=1.0)
+    with pytest.raises(ValueError, match=r"privacy\.clip"):
+        privacy_stage("central", rounds=5, sampling_rate=0.5, noise_multiplier=1.0, clip=1.0)
+    with pytest.raises(ValueError, match="target_epsilon"):
+        privacy_stage("central", rounds=5, sampling_rate=0.5)

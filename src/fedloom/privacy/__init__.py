@@ -11,8 +11,10 @@ from .accountant import Accountant, calibrate_noise_multiplier
 from .central import CentralDP
 from .clipping import AdaptiveClip, clip_
 from .compat import check_central
+from .modes import MODES, privacy_stage
 
 __all__ = [
+    "MODES",
     "Accountant",
     "AdaptiveClip",
     "CentralDP",
@@ -21,4 +23,5 @@ __all__ = [
     "calibrate_noise_multiplier",
     "check_central",
     "clip_",
+    "privacy_stage",
 ]
