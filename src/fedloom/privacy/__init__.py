@@ -4,6 +4,15 @@ Differential privacy comes as stages around any averaging strategy:
 ``Staged(FedAvg(...), [CentralDP(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)])`` trains
 with client-level central DP (DP-FedAvg); each round's record carries the epsilon spent so
 far, and ``target_epsilon`` stops the run before it would be exceeded.
+:func:`privacy_stage` builds the stage from the ``[privacy]`` section's plain values.
+
+Threat model of ``mode = "central"``: the aggregator is trusted; it sees every client's
+update in the clear, as without DP. What is protected is what the trained model (every
+released global model, to clients and to whoever gets the final one) reveals about any one
+client's participation and data: with probability 1 - delta, at most a factor e^epsilon
+changes in the odds of any conclusion. Clients see only global models, so the same bound
+holds against a curious client; an eavesdropper on the links sees updates unless the
+transport is encrypted (TLS) or secure aggregation hides them.
 """
 
 from ..stages import Stage, Staged
