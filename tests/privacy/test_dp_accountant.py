@@ -1,5 +1,6 @@
-"""The accountant against independent computations: the analytic Gaussian mechanism (Balle &
-Wang 2018) and the Gaussian's closed-form RDP, implemented here; calibration; its state."""
+"""The accountant against independent computations implemented here: the analytic Gaussian
+mechanism (Balle & Wang 2018), the Gaussian's closed-form RDP, and one subsampled Gaussian
+round integrated numerically; calibration; its state."""
 
 from __future__ import annotations
 
@@ -63,6 +64,40 @@ def test_rdp_epsilon_equals_the_closed_form_and_bounds_the_exact_one(
         acc.step(1.0, z)
     assert acc.epsilon() == pytest.approx(rdp_gaussian_epsilon(z, rounds, delta), rel=0.01)
     assert acc.epsilon() >= analytic_gaussian_epsilon(z / math.sqrt(rounds), delta)
+
+
+def subsampled_gaussian_epsilon(q: float, z: float, delta: float) -> float:
+    """The exact epsilon of one Poisson-subsampled Gaussian round (add or remove one
+    client): P = (1 - q) N(0, z^2) + q N(1, z^2) against Q = N(0, z^2), delta(eps) the larger
+    hockey-stick divergence of the two directions, integrated on a fine grid."""
+    x, dx = np.linspace(-30 * z, 30 * z + 1, 400_001, retstep=True)
+    c = 1 / (z * math.sqrt(2 * math.pi))
+    q_pdf = c * np.exp(-(x**2) / (2 * z * z))
+    p_pdf = (1 - q) * q_pdf + q * c * np.exp(-((x - 1) ** 2) / (2 * z * z))
+
+    def delta_at(eps: float) -> float:
+        add = np.maximum(p_pdf - math.exp(eps) * q_pdf, 0).sum() * dx
+        remove = np.maximum(q_pdf - math.exp(eps) * p_pdf, 0).sum() * dx
+        return float(max(add, remove))
+
+    lo, hi = 0.0, 1.0
+    while delta_at(hi) > delta:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_at(mid) > delta else (lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize(("q", "z"), [(0.1, 0.8), (0.3, 1.0), (0.05, 0.6)])
+def test_pld_epsilon_equals_the_exact_subsampled_gaussian(q: float, z: float):
+    acc = Accountant(1e-5, "pld")
+    acc.step(q, z)
+    exact = subsampled_gaussian_epsilon(q, z, 1e-5)
+    assert acc.epsilon() == pytest.approx(exact, rel=0.01)
+    rdp = Accountant(1e-5, "rdp")
+    rdp.step(q, z)
+    assert rdp.epsilon() >= exact  # RDP is an upper bound, never below the truth
 
 
 def test_subsampled_rdp_bounds_pld_and_both_grow_with_rounds():
