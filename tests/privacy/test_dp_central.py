@@ -16,7 +16,9 @@ from fedloom import FedAdam, FedAvg, Federation
 from fedloom.aggregation import CoordinateMedian, Krum, TrimmedMean
 from fedloom.algorithms.fedavgm import FedAvgM
 from fedloom.algorithms.scaffold import Scaffold
+from fedloom.errors import QuorumError
 from fedloom.privacy import Accountant, CentralDP, Staged, privacy_stage
+from fedloom.simulation import InProcessClients
 from fedloom.strategies import FedProx
 from fedloom.update import ClientUpdate
 
@@ -209,3 +211,33 @@ def test_the_config_section_builds_the_stage_and_calibrates_for_a_budget():
         privacy_stage("central", rounds=5, sampling_rate=0.5, noise_multiplier=1.0, clip=1.0)
     with pytest.raises(ValueError, match="target_epsilon"):
         privacy_stage("central", rounds=5, sampling_rate=0.5)
+
+
+class ShortIn(InProcessClients):
+    """The in-process clients, short of quorum in the rounds of ``short`` (as a network
+    round whose clients dropped out): nothing is released there."""
+
+    def __init__(self, task, short: set[int]):
+        super().__init__(task, 0)
+        self.short, self.now = short, 0
+
+    def distribute(self, round: int, plan, global_params: torch.Tensor) -> None:
+        self.now = round
+        super().distribute(round, plan, global_params)
+
+    def collect(self):
+        if self.now in self.short:
+            raise QuorumError(f"round {self.now}: short")
+        return super().collect()
+
+
+def test_a_round_short_of_quorum_spends_no_budget():
+    task = make_tiny_task()
+    fed = Federation(task, dp(), ShortIn(task, {2}), rounds=4, seed=0, short_round="skip")
+    result = fed.run()
+    assert "skipped" in result.history[1]
+    eps = [r["epsilon"] for r in result.history]
+    assert eps[1] == eps[0] and eps[2] > eps[1]
+    acc = Accountant(1e-5)
+    acc.step(0.5, 1.0, 3)  # three rounds released
+    assert eps[3] == acc.epsilon()
