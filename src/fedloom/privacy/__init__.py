@@ -10,9 +10,9 @@ Threat model of ``mode = "central"``: the aggregator is trusted; it sees every c
 update in the clear, as without DP. What is protected is what the trained model (every
 released global model, to clients and to whoever gets the final one) reveals about any one
 client's participation and data: whether a client took part or not, the probability of any
-outcome of training changes by at most a factor e^epsilon, plus delta. Clients see only global models, so the same bound
-holds against a curious client; an eavesdropper on the links sees updates unless the
-transport is encrypted (TLS) or secure aggregation hides them.
+outcome of training changes by at most a factor e^epsilon, plus delta. Clients see only
+global models, so the same bound holds against a curious client; an eavesdropper on the
+links sees updates unless the transport is encrypted (TLS) or secure aggregation hides them.
 """
 
 from ..stages import Stage, Staged
