@@ -37,7 +37,11 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     # strategies.py and aggregators.py are the user-facing namespaces of these two packages
-    ("strategies", {"algorithms", "aggregation", "privacy", "strategies", "aggregators"}),
+    # stages.py: update stages around a strategy (privacy, compression)
+    (
+        "strategies",
+        {"algorithms", "aggregation", "strategies", "aggregators", "stages", "privacy"},
+    ),
     # engines.py is the user-facing namespace of the simulation engines
     ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),

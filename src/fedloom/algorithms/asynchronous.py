@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..update import ClientUpdate
-from .base import ModelHooks, Stateful
+from .base import ModelHooks, RunHooks, Stateful
 
 
 def staleness_weight(staleness: int, kind: str = "polynomial", a: float = 0.5) -> float:
@@ -29,7 +29,7 @@ def staleness_weight(staleness: int, kind: str = "polynomial", a: float = 0.5) -
     raise ValueError(f"staleness kind must be constant, polynomial or hinge, got {kind!r}")
 
 
-class AsyncStrategy(Stateful, ModelHooks, ABC):
+class AsyncStrategy(Stateful, ModelHooks, RunHooks, ABC):
     """Base of asynchronous strategies.
 
     Args:

@@ -158,7 +158,24 @@ class ModelHooks:
         return type(self).prepare is not ModelHooks.prepare
 
 
-class Strategy(Stateful, ModelHooks, ABC):
+class RunHooks:
+    """What a strategy tells the round loop besides the model; the defaults say nothing.
+
+    ``round_record()`` adds figures to each round's record (``metrics.jsonl``), e.g. the
+    epsilon a privacy stage has spent; ``stop_reason()`` is asked before every round and
+    stops the run when it returns a reason (a privacy budget that the next round would
+    exceed)."""
+
+    def round_record(self) -> dict[str, Any]:
+        """Figures of the last round for its record (a privacy stage's epsilon); none here."""
+        return {}
+
+    def stop_reason(self) -> str | None:
+        """Why the run must stop before its next round (a spent privacy budget), or None."""
+        return None
+
+
+class Strategy(Stateful, ModelHooks, RunHooks, ABC):
     """Base class of every strategy.
 
     Args:

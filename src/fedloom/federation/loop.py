@@ -189,6 +189,10 @@ class Federation:
         try:
             reason = "max_rounds"
             while self.round < self.rounds:
+                if (why := self.strategy.stop_reason()) is not None:
+                    log.warning("stopping before round %d: %s", self.round + 1, why)
+                    reason = why
+                    break
                 record = self.run_round(self.round + 1)
                 stop = [bool(cb.on_round_end(self, record)) for cb in self.callbacks]
                 if self._target_reached(record):
@@ -258,6 +262,7 @@ class Federation:
     def _close(self, rnd: int, record: dict[str, Any], tally: RoundTally) -> dict[str, Any]:
         """Add the backend's figures and the evaluation to ``record``; keep it in history."""
         record.update(self.backend.round_stats())
+        record.update(self.strategy.round_record())
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             record.update(self.evaluate())
         record["seconds"] = tally.seconds
