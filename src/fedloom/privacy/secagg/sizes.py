@@ -11,20 +11,30 @@ import dataclasses
 
 import numpy as np
 
+from .messages import EncryptedShare
+
 INT_BYTES = 8
 COUNT_BYTES = 4
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def message_bytes(message: object) -> int:
     """The payload size of ``message`` (a message dataclass or one of its fields)."""
-    if isinstance(message, bool | int):
+    kind = type(message)
+    if kind is int or kind is bool:
         return INT_BYTES
     if isinstance(message, bytes):
         return len(message)
     if isinstance(message, np.ndarray):
         return int(message.nbytes)
+    if isinstance(message, EncryptedShare):  # the bulk of a round's messages: no recursion
+        return 3 * INT_BYTES + len(message.nonce) + len(message.ciphertext)
     if isinstance(message, tuple):
-        return COUNT_BYTES + sum(message_bytes(m) for m in message)
-    if dataclasses.is_dataclass(message) and not isinstance(message, type):
-        return sum(message_bytes(getattr(message, f.name)) for f in dataclasses.fields(message))
-    raise TypeError(f"no wire size for {type(message).__name__}")
+        if all(type(m) is int for m in message):
+            return COUNT_BYTES + INT_BYTES * len(message)
+        return COUNT_BYTES + sum(map(message_bytes, message))
+    if kind not in _FIELDS:
+        if not dataclasses.is_dataclass(kind):
+            raise TypeError(f"no wire size for {kind.__name__}")
+        _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return sum(message_bytes(getattr(message, n)) for n in _FIELDS[kind])
