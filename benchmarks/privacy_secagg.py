@@ -8,9 +8,11 @@ every party in this process, one after the other). Reported: both times, their r
 the protocol's bytes per client (up and down, from the message sizes) against the plain
 upload (4 d bytes). At n = 100 the distributed-DP variant (Skellam noise added by each
 client before masking) is timed too. The simulation runs the n clients' work serially: the
-time is the sum of all parties' compute, not a deployment's wall time.
+time is the sum of all parties' compute, not a deployment's wall time (there the clients
+work in parallel: ``secagg_seconds_per_client`` is the amortised share of one party).
 
-Writes ``benchmarks/results/privacy_secagg.json``; ends with ``name: value`` lines.
+Writes ``benchmarks/results/privacy_secagg.json`` (``privacy_secagg_quick.json`` with
+``--quick``); ends with ``name: value`` lines.
 
     .venv/bin/python benchmarks/privacy_secagg.py            # n = 100, 500 at d = 100k; 100 at 1M
     .venv/bin/python benchmarks/privacy_secagg.py --quick    # smaller d, ~20 s
@@ -59,7 +61,7 @@ def aggregate(stage: Stage | None, g: torch.Tensor, params: list[torch.Tensor]) 
 
 def measure(n: int, d: int, ddp: bool) -> dict[str, Any]:
     g, params = make_updates(n, d)
-    plain = aggregate(None, g, params)
+    plain = min(aggregate(None, g, params) for _ in range(3))  # cheap: the best of three
     stage = SecureAggregation(clipping_range=0.1)
     secure = aggregate(stage, g, params)
     rec = stage.round_record()
@@ -69,6 +71,7 @@ def measure(n: int, d: int, ddp: bool) -> dict[str, Any]:
         "plain_seconds": plain,
         "secagg_seconds": secure,
         "ratio": secure / plain,
+        "secagg_seconds_per_client": secure / n,
         "num_shares": rec["secagg_num_shares"],
         "threshold": rec["secagg_threshold"],
         "bytes_up_per_client": rec["secagg_bytes_up_per_client"],
@@ -94,13 +97,15 @@ def main() -> None:
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     rows = [measure(n, d, ddp=(i == 0)) for i, (n, d) in enumerate(sizes)]
-    write_results("privacy_secagg", {"quick": args.quick, "rows": rows})
+    name = "privacy_secagg_quick" if args.quick else "privacy_secagg"
+    write_results(name, {"quick": args.quick, "rows": rows})
     headlines: dict[str, Any] = {}
     for r in rows:
         tag = f"n{r['clients']}_d{r['parameters']}"
         headlines[f"secagg_seconds_{tag}"] = r["secagg_seconds"]
         headlines[f"plain_seconds_{tag}"] = r["plain_seconds"]
         headlines[f"secagg_ratio_{tag}"] = r["ratio"]
+        headlines[f"secagg_seconds_per_client_{tag}"] = r["secagg_seconds_per_client"]
         headlines[f"secagg_bytes_up_per_client_{tag}"] = int(r["bytes_up_per_client"])
         headlines[f"secagg_expansion_{tag}"] = r["bytes_up_per_client"] / (4 * r["parameters"])
     if "ddp_seconds" in rows[0]:

@@ -148,6 +148,9 @@ def test_strategies_that_need_more_than_the_sum_are_refused_by_key(strategy, key
         ({"quantization_range": 1}, "quantization_range"),
         ({"clipping_range": 0.0}, "clipping_range"),
         ({"dropout_rate": 1.5}, "dropout_rate"),
+        ({"num_shares": 0}, "num_shares"),
+        ({"num_shares": 5, "reconstruction_threshold": 6}, "reconstruction_threshold"),
+        ({"reconstruction_threshold": 0}, "reconstruction_threshold"),
     ],
 )
 def test_invalid_parameters_are_refused_by_name(kwargs, name):

@@ -79,6 +79,14 @@ class SecureAggregation(Stage):
     ):
         if not 0 <= dropout_rate <= 1:
             raise ValueError(f"{self.key}.dropout_rate must be in [0, 1], got {dropout_rate!r}")
+        if num_shares is not None and (type(num_shares) is not int or num_shares < 2):
+            raise ValueError(f"{self.key}.num_shares must be an integer >= 2, got {num_shares!r}")
+        t = reconstruction_threshold
+        if t is not None and (type(t) is not int or not 1 <= t <= (num_shares or t)):
+            raise ValueError(
+                f"{self.key}.reconstruction_threshold must be an integer in [1, num_shares], "
+                f"got {t!r}"
+            )
         self.num_shares, self.reconstruction_threshold = num_shares, reconstruction_threshold
         self.clipping_range, self.quantization_range = clipping_range, quantization_range
         self.modulus, self.dropout_rate, self.dropouts = modulus, dropout_rate, dropouts
