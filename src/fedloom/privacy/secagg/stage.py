@@ -92,7 +92,7 @@ class SecureAggregation(Stage):
         self.modulus, self.dropout_rate, self.dropouts = modulus, dropout_rate, dropouts
         self._seed: int | None = None
         self.protocol_config(2, 1)  # refuses bad values now, by name
-        self._attempts: Counter[int] = Counter()
+        self._attempt = (0, 0)  # (round, tries of it): a retried round gets fresh secrets
         self._deltas: dict[int, NDArray[np.float32]] = {}
         self._record: dict[str, Any] = {}
 
@@ -114,7 +114,8 @@ class SecureAggregation(Stage):
         )  # fmt: skip
 
     def configure(self, round: int, plan: RoundPlan, available: int) -> None:
-        self._attempts[round] += 1
+        last, tries = self._attempt
+        self._attempt = (round, tries + 1 if last == round else 1)
         self._deltas = {}
         self._record = {}
         if len(plan.clients) >= 2:
@@ -149,7 +150,7 @@ class SecureAggregation(Stage):
         """One protocol run over ``inputs`` (one per client); the float sum the server gets."""
         assert self._seed is not None
         m, started = len(inputs), time.perf_counter()
-        attempt = self._attempts[round]
+        attempt = self._attempt[1]
         self._record = {"secagg_clients": m, "secagg_aborted": False}
         if m < 2:
             self._abort(f"secure aggregation round {round}: {m} client update(s), a sum of "
