@@ -14,12 +14,16 @@ One round in one process, client 3 dropping out after sharing its keys::
     run.result.survivors    # the clients whose masked input arrived
     run.server.refused      # Counter of refused messages by kind
 
+In a federation, :class:`SecureAggregation` is the stage that runs a round of the protocol
+for every training round: ``Staged(FedAvg(...), [SecureAggregation(clipping_range=0.1)])``.
+
 Driving the parties by hand (one stage at a time, as a transport would) is the sequence in
 :func:`simulate_round`: ``client.advertise()`` -> ``server.receive`` ->
 ``server.broadcast_keys()`` -> ``client.share_keys`` -> ... -> ``server.unmask()``.
 """
 
 from .client import SecAggClient
+from .compat import check_secagg
 from .config import SecAggConfig, recommended_num_shares
 from .errors import REFUSAL_KINDS, SecAggAbort, SecAggRefused
 from .messages import (
@@ -35,8 +39,11 @@ from .messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from .quantize import decode_centred
 from .server import AggregateResult, SecAggServer
 from .simulate import Dropouts, SimulatedRound, client_seed, simulate_round
+from .sizes import message_bytes
+from .stage import SecAggRoundAborted, SecureAggregation
 
 __all__ = [
     "REFUSAL_KINDS",
@@ -53,13 +60,18 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggRefused",
+    "SecAggRoundAborted",
     "SecAggServer",
+    "SecureAggregation",
     "ServerMessage",
     "ShareKeys",
     "SimulatedRound",
     "UnmaskRequest",
     "UnmaskShares",
+    "check_secagg",
     "client_seed",
+    "decode_centred",
+    "message_bytes",
     "recommended_num_shares",
     "simulate_round",
 ]

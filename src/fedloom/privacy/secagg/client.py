@@ -129,8 +129,16 @@ class SecAggClient:
         return ShareKeys(self.config.round, self.id, tuple(shares))
 
     # -- stage 3 ---------------------------------------------------------------------------
-    def masked_input(self, message: ForwardedShares, update: NDArray[np.floating]) -> MaskedInput:
-        """Keep the neighbours' shares; send ``update`` quantised and masked."""
+    def masked_input(
+        self,
+        message: ForwardedShares,
+        update: NDArray[np.floating],
+        noise: NDArray[np.integer] | None = None,
+    ) -> MaskedInput:
+        """Keep the neighbours' shares; send ``update`` quantised and masked.
+
+        ``noise`` (integers, distributed DP's share of the noise) is added to the quantised
+        vector, modulo the modulus, before any mask: no party ever sees it un-noised."""
         self._enter("masked_input")
         self._guard(message, ForwardedShares)
         d = self.config.vector_length
@@ -148,6 +156,11 @@ class SecAggClient:
                 f"client {self.id} holds shares of {len(self._held)} clients, {t} needed",
             )
         vector = self.quantize(update)
+        if noise is not None:
+            if noise.shape != (d,) or not np.issubdtype(noise.dtype, np.integer):
+                raise ValueError(f"noise must be an integer vector of length {d}")
+            noisy = np.mod(vector.astype(np.int64) + noise.astype(np.int64), self.config.modulus)
+            vector = noisy.astype(np.uint32)
         np.add(vector, prg.mask(self._self_mask_seed, d), out=vector)
         masked_with = tuple(sorted(set(self._held) - {self.id}))
         for j in masked_with:

@@ -29,3 +29,20 @@ def quantize(
 def dequantize(total: NDArray[np.uint32], count: int, config: SecAggConfig) -> NDArray[np.float64]:
     """The float sum of ``count`` clients' values from the sum of their quantised values."""
     return total.astype(np.float64) * config.step - count * config.clipping_range
+
+
+def decode_centred(
+    total: NDArray[np.uint32], count: int, config: SecAggConfig
+) -> NDArray[np.float64]:
+    """The float sum of ``count`` clients from a quantised sum that may hold signed noise.
+
+    The integer sum is taken as the representative of ``total`` mod the modulus nearest to
+    the centre ``count * (L - 1) / 2``: right whenever the sum lies within half a modulus of
+    it (always without noise, as the modulus exceeds ``count * (L - 1)``; with noise, when
+    the modulus was sized for it)."""
+    m = config.modulus
+    centre = count * (config.quantization_range - 1) // 2
+    shifted = np.mod(total.astype(np.int64) - centre, m)
+    signed = np.where(shifted >= m // 2, shifted - m, shifted) + centre
+    decoded: NDArray[np.float64] = signed.astype(np.float64) * config.step
+    return decoded - count * config.clipping_range

@@ -59,8 +59,12 @@ def simulate_round(
     dropouts: Dropouts = Dropouts(),
     server: SecAggServer | None = None,
     transit: Transit | None = None,
+    noise: Callable[[int], NDArray[np.integer]] | None = None,
 ) -> SimulatedRound:
-    """Run one round; raises :class:`~.errors.SecAggAbort` if too few clients are left."""
+    """Run one round; raises :class:`~.errors.SecAggAbort` if too few clients are left.
+
+    ``noise(i)``, if given, is client i's integer noise (distributed DP), drawn when it
+    masks its input."""
     n = config.num_clients
     if len(updates) != n:
         raise ValueError(f"{len(updates)} updates for {n} clients")
@@ -98,7 +102,9 @@ def simulate_round(
     upload(
         answer(
             run.server.forward_shares(),
-            lambda c, m: c.masked_input(cast(Any, m), updates[c.id]),
+            lambda c, m: c.masked_input(
+                cast(Any, m), updates[c.id], None if noise is None else noise(c.id)
+            ),
         )
     )
     live -= dropouts.after_masked_input
