@@ -239,6 +239,26 @@ class AttackConfig(_Section):
     scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy around the strategy (:mod:`fedloom.privacy`). ``mode = "central"``:
+    DP-FedAvg, the aggregator clips each client's update to ``clip_norm`` (or a clip that
+    tracks ``target_quantile`` of the update norms) and adds Gaussian noise of std
+    ``noise_multiplier * clip_norm`` to their sum; without ``noise_multiplier`` it is
+    calibrated from ``target_epsilon``, the rounds and the sampling rate. Each round's record
+    carries the ``epsilon`` spent at ``delta``; ``target_epsilon`` stops the run before it
+    would be exceeded. ``accountant``: ``"rdp"`` (fast) or ``"pld"`` (tighter, slower)."""
+
+    mode: Literal["central"] = "central"
+    noise_multiplier: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    clip_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    target_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    target_quantile: float | None = Field(default=None, gt=0, lt=1)
+    clip_learning_rate: float = Field(default=0.2, gt=0, allow_inf_nan=False)
+    clip_count_stddev: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+
 class TaskConfig(_Section):
     """A Task of your own (:class:`fedloom.Task`), named by import path instead of the built-in
     classification task that ``[data]``, ``[model]`` and ``[train]`` describe.
@@ -326,6 +346,7 @@ class Config(_Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     topology: TopologyConfig | None = None  # None: the usual one-level federation
     task: TaskConfig | None = None  # None: the built-in classification task (data/model/train)
+    privacy: PrivacyConfig | None = None  # None: no differential privacy
 
     def effective(self) -> dict[str, Any]:
         """The config as the run applies it, for ``config.json``, the report and the

@@ -21,6 +21,7 @@ from .compose.data import load_dataset, partition
 from .compose.engines import EngineBuilder, build_engine, hierarchy
 from .compose.factory import custom_task, import_factory
 from .compose.loop import build_federation
+from .compose.privacy import with_privacy
 from .compose.record import build_recorder, notifiers, open_run_dir, restore
 from .compose.strategy import build_strategy
 from .compose.task import build_task, load_task, task_parts
@@ -76,7 +77,7 @@ class Experiment:
         parts = task_parts(cfg)
         attackers = attack_task(cfg, parts, networked=net)
         task = parts.task
-        strategy = build_strategy(cfg)
+        strategy = with_privacy(cfg, build_strategy(cfg), task.num_clients)
         engine = attacked(cfg, build_engine(cfg, task, backend), attackers)
         report = {"task": task.describe(), **parts.report}
         rec = build_recorder(

@@ -1,0 +1,67 @@
+"""The ``[privacy]`` section: a config run is DP-FedAvg with its epsilon recorded, the budget
+stops it, and combinations that would break the guarantee are refused naming the keys."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import run_overrides
+
+import fedloom
+from fedloom.errors import ConfigError
+from fedloom.observe import read_metrics
+from fedloom.privacy import Accountant, calibrate_noise_multiplier
+from fedloom.stages import Staged
+
+
+def test_a_config_run_with_privacy_records_the_accountants_epsilon(tmp_path):
+    over = run_overrides(
+        tmp_path, "dp", rounds=3, **{"privacy.noise_multiplier": 1.2, "privacy.clip_norm": 0.5}
+    )
+    exp = fedloom.Experiment.from_config(None, over)
+    assert isinstance(exp.federation.strategy, Staged)
+    result = exp.run()
+    eps = [r["epsilon"] for r in read_metrics(exp.run_dir / "metrics.jsonl") if "epsilon" in r]
+    # 3 of 10 clients a round: q = 0.3; an independent accountant over the same rounds
+    acc = Accountant(1e-5)
+    expected = []
+    for _ in range(3):
+        acc.step(0.3, 1.2)
+        expected.append(acc.epsilon())
+    assert eps == pytest.approx(expected, rel=1e-9) and result.history[-1]["clip_norm"] == 0.5
+
+
+def test_target_epsilon_alone_calibrates_the_noise_and_stops_within_budget(tmp_path):
+    over = run_overrides(tmp_path, "budget", rounds=4, **{"privacy.target_epsilon": 8.0})
+    exp = fedloom.Experiment.from_config(None, over)
+    z = calibrate_noise_multiplier(8.0, 1e-5, 4, 0.3)
+    stage = exp.federation.strategy.stages[0]  # type: ignore[attr-defined]
+    assert stage.noise_multiplier == pytest.approx(z)
+    result = exp.run()
+    assert len(result.history) == 4 and result.history[-1]["epsilon"] <= 8.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"strategy.options.aggregator": "median"}, "strategy.aggregator = 'median'"),
+        ({"strategy.name": "scaffold"}, "strategy.name = 'scaffold'"),
+        ({"strategy.name": "fedasync"}, "strategy.name = 'fedasync'"),
+        ({"privacy.mode": "local"}, "privacy.mode"),
+        ({"privacy.clip_norm": 0}, "privacy.clip_norm"),
+        ({"privacy.delta": 1.5}, "privacy.delta"),
+    ],
+)
+def test_combinations_that_break_the_guarantee_are_refused_naming_the_keys(
+    tmp_path, extra, named
+):
+    over = run_overrides(tmp_path, "bad", **{"privacy.noise_multiplier": 1.0, **extra})
+    with pytest.raises((ConfigError, ValueError), match=re.escape(named)):
+        fedloom.Experiment.from_config(None, over)
+
+
+def test_no_noise_multiplier_and_no_target_is_refused(tmp_path):
+    over = run_overrides(tmp_path, "x", **{"privacy.delta": 1e-5})
+    with pytest.raises(ConfigError, match=r"privacy\.noise_multiplier or privacy\.target_epsilon"):
+        fedloom.Experiment.from_config(None, over)
