@@ -246,9 +246,17 @@ class PrivacyConfig(_Section):
     ``noise_multiplier * clip_norm`` to their sum; without ``noise_multiplier`` it is
     calibrated from ``target_epsilon``, the rounds and the sampling rate. Each round's record
     carries the ``epsilon`` spent at ``delta``; ``target_epsilon`` stops the run before it
-    would be exceeded. ``accountant``: ``"rdp"`` (fast) or ``"pld"`` (tighter, slower)."""
+    would be exceeded. ``accountant``: ``"rdp"`` (fast) or ``"pld"`` (tighter, slower).
 
-    mode: Literal["central"] = "central"
+    ``secure_aggregation = true``: the round's sum comes from SecAgg+ (Bell et al. 2020), so
+    no single update is seen (in simulation the real protocol runs in-process), configured
+    by ``num_shares``, ``reconstruction_threshold``, ``clipping_range``,
+    ``quantization_range`` and ``modulus``. ``mode = "distributed"``: secure aggregation with
+    each client adding its share of the noise (Skellam) before masking, so the aggregator
+    never holds an un-noised sum; ``dropout_tolerance`` is the share of dropouts the noise
+    still covers."""
+
+    mode: Literal["central", "distributed"] = "central"
     noise_multiplier: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     clip_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -257,6 +265,13 @@ class PrivacyConfig(_Section):
     clip_learning_rate: float = Field(default=0.2, gt=0, allow_inf_nan=False)
     clip_count_stddev: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     accountant: Literal["rdp", "pld"] = "rdp"
+    secure_aggregation: bool = False
+    num_shares: int | None = Field(default=None, ge=2)
+    reconstruction_threshold: int | None = Field(default=None, ge=1)
+    clipping_range: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    quantization_range: int = Field(default=2**16, ge=2)
+    modulus: int = Field(default=2**32, ge=2)
+    dropout_tolerance: float = Field(default=0.0, ge=0, lt=1)
 
 
 class TaskConfig(_Section):

@@ -77,7 +77,7 @@ class Experiment:
         parts = task_parts(cfg)
         attackers = attack_task(cfg, parts, networked=net)
         task = parts.task
-        strategy = with_privacy(cfg, build_strategy(cfg), task.num_clients)
+        strategy = with_privacy(cfg, build_strategy(cfg), task.num_clients, networked=net)
         engine = attacked(cfg, build_engine(cfg, task, backend), attackers)
         report = {"task": task.describe(), **parts.report}
         rec = build_recorder(

@@ -65,3 +65,32 @@ def test_no_noise_multiplier_and_no_target_is_refused(tmp_path):
     over = run_overrides(tmp_path, "x", **{"privacy.delta": 1e-5})
     with pytest.raises(ConfigError, match=r"privacy\.noise_multiplier or privacy\.target_epsilon"):
         fedloom.Experiment.from_config(None, over)
+
+
+def test_secure_aggregation_and_distributed_dp_from_the_config(tmp_path):
+    """Central DP then SecAgg+ (last), or distributed DP: each a stage list from the config;
+    the secure runs record their protocol figures and the epsilon, and the network runtime
+    refuses the section until its SecAgg+ is wired to the config."""
+    from fedloom.privacy.distributed import DistributedDP
+    from fedloom.privacy.secagg import SecureAggregation
+
+    keys = {"privacy.noise_multiplier": 1.0, "privacy.secure_aggregation": True}
+    exp = fedloom.Experiment.from_config(None, run_overrides(tmp_path, "sa", **keys))
+    stages = exp.federation.strategy.stages  # type: ignore[attr-defined]
+    assert [type(s).__name__ for s in stages] == ["CentralDP", "SecureAggregation"]
+    assert isinstance(stages[1], SecureAggregation) and stages[1].clipping_range == 1.0
+    record = exp.run().history[-1]
+    assert record["secagg_survivors"] == 3 and "epsilon" in record
+
+    keys = {"privacy.mode": "distributed", "privacy.noise_multiplier": 1.0}
+    exp = fedloom.Experiment.from_config(None, run_overrides(tmp_path, "ddp", **keys))
+    (stage,) = exp.federation.strategy.stages  # type: ignore[attr-defined]
+    assert isinstance(stage, DistributedDP)
+    assert "epsilon" in exp.run().history[-1]
+
+    from fedloom.deploy.roles import aggregator
+
+    with pytest.raises(ConfigError, match="secure aggregation runs in simulation"):
+        fedloom.Experiment.from_config(
+            None, run_overrides(tmp_path, "net", **keys), backend=aggregator("127.0.0.1:0")
+        )

@@ -12,11 +12,15 @@ from ..algorithms.base import Strategy
 from ..config import Config
 from ..errors import ConfigError
 from ..privacy import privacy_stage
-from ..stages import Staged
+from ..privacy.distributed import DistributedDP
+from ..privacy.secagg import SecureAggregation
+from ..stages import Stage, Staged
+
+SECAGG_KEYS = ("num_shares", "reconstruction_threshold", "quantization_range", "modulus")
 
 
 def with_privacy(
-    cfg: Config, strategy: Strategy | AsyncStrategy, num_clients: int
+    cfg: Config, strategy: Strategy | AsyncStrategy, num_clients: int, *, networked: bool = False
 ) -> Strategy | AsyncStrategy:
     """``strategy`` wrapped in the ``[privacy]`` stage, or as it is without the section."""
     p = cfg.privacy
@@ -30,16 +34,50 @@ def with_privacy(
         )
     if cfg.topology is not None:
         raise ConfigError(f"{where} cannot be combined with [topology]: edges aggregate in clear")
-    rate = strategy.cohort_size(num_clients) / num_clients
-    options = p.model_dump(exclude={"mode", "noise_multiplier"}, exclude_none=True)
-    try:
-        stage = privacy_stage(
-            p.mode,
-            rounds=cfg.rounds,
-            sampling_rate=rate,
-            noise_multiplier=p.noise_multiplier,
-            **options,
+    if (p.secure_aggregation or p.mode == "distributed") and networked:
+        raise ConfigError(
+            f"{where} with secure aggregation runs in simulation here; the network "
+            "runtime's SecAgg+ is not wired to the config yet"
         )
-        return Staged(strategy, [stage])
+    rate = strategy.cohort_size(num_clients) / num_clients
+    try:
+        return Staged(strategy, _stages(cfg, rate))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _stages(cfg: Config, rate: float) -> list[Stage]:
+    """Central DP (then SecAgg+ last, if asked: it sees only zero deltas after it), or
+    distributed DP, which is secure aggregation with the clients' noise."""
+    p = cfg.privacy
+    assert p is not None
+    secagg = {k: getattr(p, k) for k in SECAGG_KEYS}
+    if p.mode == "distributed":
+        z = p.noise_multiplier
+        if z is None:
+            raise ValueError("privacy.mode = 'distributed' needs privacy.noise_multiplier")
+        return [
+            DistributedDP(
+                z,
+                p.clip_norm,
+                p.delta,
+                target_epsilon=p.target_epsilon,
+                sampling_rate=rate,
+                accountant=p.accountant,
+                dropout_tolerance=p.dropout_tolerance,
+                clipping_range=p.clipping_range,
+                **secagg,
+            )
+        ]
+    central = {"secure_aggregation", "clipping_range", "dropout_tolerance", *SECAGG_KEYS}
+    options = p.model_dump(exclude={"mode", "noise_multiplier", *central}, exclude_none=True)
+    stages = [
+        privacy_stage(
+            p.mode, rounds=cfg.rounds, sampling_rate=rate, noise_multiplier=p.noise_multiplier,
+            **options,
+        )
+    ]  # fmt: skip
+    if p.secure_aggregation:
+        clip = p.clip_norm if p.clipping_range is None else p.clipping_range
+        stages.append(SecureAggregation(clipping_range=clip, **secagg))
+    return stages
