@@ -63,6 +63,7 @@ class ClientDPPart(ClientAlgorithm):
     :meth:`account` with the round's (q, z, count) runs in their ``end``."""
 
     metric: ClassVar[str] = ""
+    mode: ClassVar[str] = ""  # privacy.mode, for messages
 
     def __init__(
         self,
@@ -78,7 +79,7 @@ class ClientDPPart(ClientAlgorithm):
         if accountant not in ("rdp", "pld"):
             raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}")
         self.accountant: Method = accountant
-        self.inner = check_inner(inner, self.name)
+        self.inner = check_inner(inner, self.mode)
         options = dict(self.inner or {})
         self._inner = build_client_algorithm(options.pop("name", None), options)
         self._local = _PerThread()
@@ -134,6 +135,7 @@ class ClientDPStage(Stage):
     key = "privacy"
     part: ClassVar[str] = ""
     metric: ClassVar[str] = ""
+    mode: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self._largest: float | None = None
@@ -148,7 +150,7 @@ class ClientDPStage(Stage):
             return
         config = strategy.client.to_config()
         try:
-            check_inner(config, self.part)
+            check_inner(config, self.mode)
         except ValueError as e:
             name = registered_name(STRATEGIES, strategy)
             raise ValueError(f"strategy.name = {name!r}: {e}") from None
@@ -160,7 +162,7 @@ class ClientDPStage(Stage):
             if plan.client_algorithm is None
             else {"name": plan.client_algorithm, **plan.client_options}
         )
-        check_inner(inner, self.part)
+        check_inner(inner, self.mode)
         plan.client_algorithm, plan.client_options = self.part, {**self.options(), "inner": inner}
         self._largest, self._missing = None, 0
 

@@ -159,6 +159,7 @@ class DPSGDPart(ClientDPPart):
 
     name = "dpsgd"
     metric: ClassVar[str] = "sample_epsilon"
+    mode: ClassVar[str] = "dpsgd"
 
     def __init__(
         self,
@@ -208,6 +209,7 @@ class DPSGD(ClientDPStage):
 
     part: ClassVar[str] = "dpsgd"
     metric: ClassVar[str] = "sample_epsilon"
+    mode: ClassVar[str] = "dpsgd"
 
     def __init__(
         self,

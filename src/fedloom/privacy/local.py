@@ -34,6 +34,7 @@ class LocalDPPart(ClientDPPart):
 
     name = "local_dp"
     metric: ClassVar[str] = "local_epsilon"
+    mode: ClassVar[str] = "local"
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class LocalDP(ClientDPStage):
 
     part: ClassVar[str] = "local_dp"
     metric: ClassVar[str] = "local_epsilon"
+    mode: ClassVar[str] = "local"
 
     def __init__(
         self,
