@@ -111,20 +111,27 @@ class PerSampleStep:
                 "forward on one batch since the last step"
             )
         batch = next(iter(used[0].values())).shape[0]
-        scale = float(batch) if self.part.loss_reduction == "mean" else 1.0
-        grads = {n: _summed(n, used, p).mul_(scale) for n, p in self.trainable.items()}
-        norms = torch.zeros(batch, dtype=torch.float64, device=_device(grads))
-        for g in grads.values():
-            norms.add_(g.flatten(1).double().pow(2).sum(1))
+        mean = self.part.loss_reduction == "mean"
+        # the copies hold (1/B) * each sample's gradient for a mean loss: scale it back
+        scale = float(batch) if mean else 1.0
+        grads = [_summed(n, used, p).view(batch, -1) for n, p in self.trainable.items()]
+        if not grads:
+            return
+        squares = torch.zeros(batch, dtype=torch.float64, device=grads[0].device)
+        for g in grads:
+            squares.add_(g.double().square().sum(1))
         clip, z = self.part.clip_norm, self.part.noise_multiplier
-        factor = (clip / norms.sqrt()).clamp_(max=1.0)
-        for n, p in self.trainable.items():
-            g = grads[n]
-            total = torch.einsum("b,b...->...", factor.to(g.dtype), g)
-            if z > 0:
-                noise = torch.randn(total.shape, generator=self.generator, dtype=total.dtype)
-                total.add_(noise.to(total.device), alpha=z * clip)
-            p.grad = total.div_(batch) if self.part.loss_reduction == "mean" else total
+        # weight of each sample in the sum: its clip factor, the scale, 1/B for a mean
+        weights = (clip / (squares.sqrt() * scale)).clamp_(max=1.0).mul_(scale / batch)
+        totals = [weights.to(g.dtype) @ g for g in grads]
+        if z > 0:
+            dtype = totals[0].dtype
+            numel = sum(t.numel() for t in totals)
+            noise = torch.randn(numel, generator=self.generator, dtype=dtype).to(grads[0].device)
+            sigma = z * clip / (batch if mean else 1)
+            torch._foreach_add_(totals, list(noise.split([t.numel() for t in totals])), alpha=sigma)
+        for p, total in zip(self.trainable.values(), totals):
+            p.grad = total.view_as(p)
         self.counts[batch] = self.counts.get(batch, 0) + 1
 
     def spent(self) -> list[tuple[float, float, int]]:
@@ -143,14 +150,10 @@ def _summed(name: str, used: list[dict[str, torch.Tensor]], like: torch.Tensor) 
     grads = [g for c in used if (g := c[name].grad) is not None]
     if not grads:
         return torch.zeros(used[0][name].shape, dtype=like.dtype, device=like.device)
-    total = grads[0].clone()
+    total = grads[0]  # the copies are dropped after the step: summed in place
     for g in grads[1:]:
         total.add_(g)
     return total
-
-
-def _device(grads: dict[str, torch.Tensor]) -> torch.device:
-    return next(iter(grads.values())).device if grads else torch.device("cpu")
 
 
 @register_client_algorithm
