@@ -78,6 +78,11 @@ class LocalRun:
 
         self._handles.append(self.optimizer.register_step_pre_hook(hook))
 
+    def on_close(self, handle: Any) -> None:
+        """Remove ``handle`` (a hook's ``RemovableHandle``) when the run closes: a part's own
+        hooks on the model or the optimizer live no longer than the local training."""
+        self._handles.append(handle)
+
     def _count_steps(self) -> None:
         def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self.steps += 1
