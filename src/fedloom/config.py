@@ -254,9 +254,12 @@ class PrivacyConfig(_Section):
     ``quantization_range`` and ``modulus``. ``mode = "distributed"``: secure aggregation with
     each client adding its share of the noise (Skellam) before masking, so the aggregator
     never holds an un-noised sum; ``dropout_tolerance`` is the share of dropouts the noise
-    still covers."""
+    still covers. ``mode = "local"``: each client clips and noises its own update (the
+    aggregator need not be trusted); ``mode = "dpsgd"``: DP-SGD on each client (per-sample
+    clipping and noise); both report each client's own epsilon (``local_epsilon``,
+    ``sample_epsilon``) and need ``noise_multiplier``."""
 
-    mode: Literal["central", "distributed"] = "central"
+    mode: Literal["central", "distributed", "local", "dpsgd"] = "central"
     noise_multiplier: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     clip_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     delta: float = Field(default=1e-5, gt=0, lt=1)

@@ -48,7 +48,8 @@ def test_target_epsilon_alone_calibrates_the_noise_and_stops_within_budget(tmp_p
         ({"strategy.options.aggregator": "median"}, "strategy.aggregator = 'median'"),
         ({"strategy.name": "scaffold"}, "strategy.name = 'scaffold'"),
         ({"strategy.name": "fedasync"}, "strategy.name = 'fedasync'"),
-        ({"privacy.mode": "local"}, "privacy.mode"),
+        ({"privacy.mode": "shuffle"}, "privacy.mode"),
+        ({"privacy.mode": "local", "privacy.target_epsilon": 2.0}, "privacy.target_epsilon"),
         ({"privacy.clip_norm": 0}, "privacy.clip_norm"),
         ({"privacy.delta": 1.5}, "privacy.delta"),
     ],
@@ -94,3 +95,16 @@ def test_secure_aggregation_and_distributed_dp_from_the_config(tmp_path):
         fedloom.Experiment.from_config(
             None, run_overrides(tmp_path, "net", **keys), backend=aggregator("127.0.0.1:0")
         )
+
+
+@pytest.mark.parametrize(
+    ("mode", "metric"), [("local", "local_epsilon"), ("dpsgd", "sample_epsilon")]
+)
+def test_local_and_sample_level_dp_from_the_config_report_each_clients_epsilon(
+    tmp_path, mode, metric
+):
+    keys = {"privacy.mode": mode, "privacy.noise_multiplier": 1.0, "rounds": 2}
+    exp = fedloom.Experiment.from_config(None, run_overrides(tmp_path, mode, **keys))
+    (stage,) = exp.federation.strategy.stages  # type: ignore[attr-defined]
+    assert stage.noise_multiplier == 1.0
+    assert exp.run().history[-1][f"{metric}_max"] > 0

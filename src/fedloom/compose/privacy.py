@@ -13,6 +13,8 @@ from ..config import Config
 from ..errors import ConfigError
 from ..privacy import privacy_stage
 from ..privacy.distributed import DistributedDP
+from ..privacy.dpsgd import DPSGD
+from ..privacy.local import LocalDP
 from ..privacy.secagg import SecureAggregation
 from ..stages import Stage, Staged
 
@@ -69,15 +71,33 @@ def _stages(cfg: Config, rate: float) -> list[Stage]:
                 **secagg,
             )
         ]
-    central = {"secure_aggregation", "clipping_range", "dropout_tolerance", *SECAGG_KEYS}
-    options = p.model_dump(exclude={"mode", "noise_multiplier", *central}, exclude_none=True)
-    stages = [
-        privacy_stage(
-            p.mode, rounds=cfg.rounds, sampling_rate=rate, noise_multiplier=p.noise_multiplier,
-            **options,
-        )
-    ]  # fmt: skip
+    if p.mode in ("local", "dpsgd"):
+        z = p.noise_multiplier
+        if z is None:
+            raise ValueError(f"privacy.mode = {p.mode!r} needs privacy.noise_multiplier")
+        for key in ("target_epsilon", "target_quantile"):
+            if getattr(p, key) is not None:
+                raise ValueError(
+                    f"privacy.{key} applies to mode 'central'; privacy.mode = {p.mode!r} "
+                    "reports each client's own epsilon"
+                )
+        kind = LocalDP if p.mode == "local" else DPSGD
+        stages: list[Stage] = [kind(z, p.clip_norm, p.delta, accountant=p.accountant)]
+    else:
+        stages = [_central(cfg, rate)]
     if p.secure_aggregation:
         clip = p.clip_norm if p.clipping_range is None else p.clipping_range
         stages.append(SecureAggregation(clipping_range=clip, **secagg))
     return stages
+
+
+def _central(cfg: Config, rate: float) -> Stage:
+    """Central DP's stage from the section's values (calibrated from a target epsilon)."""
+    p = cfg.privacy
+    assert p is not None
+    central = {"secure_aggregation", "clipping_range", "dropout_tolerance", *SECAGG_KEYS}
+    options = p.model_dump(exclude={"mode", "noise_multiplier", *central}, exclude_none=True)
+    return privacy_stage(
+        p.mode, rounds=cfg.rounds, sampling_rate=rate, noise_multiplier=p.noise_multiplier,
+        **options,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import privacy as _privacy  # noqa: F401 - registers the privacy client parts
 from ..algorithms.asynchronous import AsyncStrategy
 from ..compose.engines import EngineBuilder
 from ..compose.strategy import build_strategy

@@ -20,13 +20,21 @@ from .accountant import Accountant, calibrate_noise_multiplier
 from .central import CentralDP
 from .clipping import AdaptiveClip, clip_
 from .compat import check_central
+from .distributed import DistributedDP
+from .dpsgd import DPSGD
+from .local import LocalDP
 from .modes import MODES, privacy_stage
+from .secagg import SecureAggregation
 
 __all__ = [
+    "DPSGD",
     "MODES",
     "Accountant",
     "AdaptiveClip",
     "CentralDP",
+    "DistributedDP",
+    "LocalDP",
+    "SecureAggregation",
     "Stage",
     "Staged",
     "calibrate_noise_multiplier",
