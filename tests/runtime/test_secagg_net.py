@@ -26,7 +26,18 @@ from fedloom.runtime.secagg_client import SecAggSession
 from fedloom.runtime.secagg_round import SecAggSettings, quantisation_bound
 from fedloom.runtime.secagg_wire import STAGE_OF, request_payload, server_message
 
-from .conftest import check_in, stub_for
+from .conftest import (
+    base_config,
+    check_in,
+    free_port,
+    read_metrics,
+    run_dir,
+    saved_params,
+    simulate,
+    stub_for,
+    with_changes,
+    write_config,
+)
 
 EQUAL = (15,) * 6  # equal client sizes: FedAvg's weighted mean is the uniform mean
 
@@ -282,3 +293,33 @@ def test_a_plain_aggregator_refuses_secagg_calls(servers):
             stub.SecAgg(request, timeout=5)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert plain.tally.total["secagg_off"] == 1
+
+
+# -- processes -------------------------------------------------------------------------------
+def test_secure_rounds_over_processes_match_the_simulation_within_a_step(tmp_path, procs):
+    """``fedloom server`` with ``[runtime.secagg]`` and 4 ``fedloom client`` processes
+    (MNIST shards of equal size, 3 clients a round): one round's model is the simulation's
+    FedAvg model to one quantisation step; the record names the survivors."""
+    address = f"127.0.0.1:{free_port()}"
+    secagg = {"clipping_range": 1.0, "stage_timeout": 30}
+    cfg = base_config(tmp_path / "net", "secure", address=address, min_clients=4, secagg=secagg)
+    cfg = with_changes(cfg, rounds=1)
+    config = write_config(tmp_path / "secure.json", cfg)
+    server = procs.fedloom("aggregator", "server", str(config), "--address", address)
+    clients = {
+        i: procs.fedloom(
+            f"client {i}", "client", str(config), "--server", address, "--client-id", str(i)
+        )
+        for i in range(4)
+    }
+    sim, spec = simulate(cfg, tmp_path / "sim")
+    assert server.wait(180) == 0, procs.logs()
+    for c in clients.values():
+        assert c.wait(60) == 0, procs.logs()
+    net = saved_params(run_dir(cfg), spec)
+    step = quantisation_bound(SecAggSettings(clipping_range=1.0))
+    err = float((net.double() - sim.params.double()).abs().max())
+    assert 0 < err <= step + 1e-6, err
+    (record,) = read_metrics(run_dir(cfg))
+    assert record["clients"] == 1 and record["samples"] == sim.history[0]["samples"]
+    assert "securely aggregated 3 of 3 clients" in server.output()
