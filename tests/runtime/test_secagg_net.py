@@ -20,11 +20,11 @@ from torch import nn
 
 from fedloom import ClassificationTask, FedAvg, Federation, ParamSpec
 from fedloom.privacy.secagg import AdvertiseKeys, ClientMessage, MaskedInput, ServerMessage
-from fedloom.runtime import AggregatorServer, RuntimeClient
+from fedloom.runtime import AggregatorServer, RuntimeClient, secagg_wire
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.secagg_client import SecAggSession
 from fedloom.runtime.secagg_round import SecAggSettings, quantisation_bound
-from fedloom.runtime.secagg_wire import STAGE_OF, request_payload, server_message
+from fedloom.runtime.secagg_wire import STAGE_OF, request_payload, request_payloads, server_message
 
 from .conftest import (
     base_config,
@@ -152,9 +152,7 @@ def test_the_secure_model_equals_plaintext_fedavg_within_the_quantisation_step(
     assert not server.tally.total, server.tally.total
 
 
-def test_the_aggregator_never_receives_a_vector_correlated_with_one_client(
-    servers, client_threads
-):
+def test_the_aggregator_never_receives_a_vector_correlated_with_one_client(servers, client_threads):
     """d = 24,579 parameters: independent vectors correlate with std 1/sqrt(d) = 0.0064, so
     |corr| < 0.05 is a 7-sigma margin; an unmasked delta would correlate > 0.99."""
     task = task_of(hidden=2048)
@@ -174,6 +172,34 @@ def test_the_aggregator_never_receives_a_vector_correlated_with_one_client(
     assert np.abs(got - mean).max() <= quantisation_bound(settings) + 1e-6
     quantised = np.round((np.clip(mean, -1, 1) + 1) / (2 / (settings.quantization_range - 1)))
     assert np.corrcoef(quantised, mean)[0, 1] > 0.99  # what an unmasked upload would leak
+
+
+def test_a_long_masked_vector_travels_in_order_in_parts(servers, client_threads, monkeypatch):
+    """Parts of 100 values (771 parameters: 8 parts): the model is right; a part sent out of
+    order is refused and counted, and its client then sends them in order."""
+    monkeypatch.setattr(secagg_wire, "PART_VALUES", 100)
+    seen: dict[str, pb.SecAggReply] = {}
+    rec = Recorder()
+
+    class SkipsAPart(session_class(rec)):  # type: ignore[misc]
+        def exchange(self, message: ClientMessage) -> ServerMessage | None:
+            if isinstance(message, MaskedInput) and self.header["client_id"] == "2":
+                head = dict(self.header, session=self.config.round, index=self.index, stage=3)
+                second = request_payloads(message)[1]
+                seen["skip"] = self.call(pb.SecAggRequest(**head, **second))
+            return super().exchange(message)
+
+    settings = SecAggSettings(stage_timeout=20)
+    fed, server, _ = secure_run(
+        servers, client_threads, task_of(hidden=64), settings, session=SkipsAPart
+    )
+    assert len(request_payloads(MaskedInput(1, 0, (), np.zeros(771, np.uint32)))) == 8
+    assert max(float(np.abs(d).max()) for d in rec.deltas.values()) < 1.0
+    plain = plain_fedavg(task_of(hidden=64))
+    err = float((fed.params.double() - plain.double()).abs().max())
+    assert 0 < err <= quantisation_bound(settings) + 1e-6, err
+    assert seen["skip"].kind == pb.SecAggReply.REFUSED and "out_of_order" in seen["skip"].reason
+    assert server.tally.total == {"secagg_out_of_order": 1}
 
 
 # -- dropouts --------------------------------------------------------------------------------

@@ -213,8 +213,9 @@ class ClientChannel:
         raise AssertionError("the gRPC transport always answers")
 
     def _secagg_call(self, request: pb.SecAggRequest) -> pb.SecAggReply:
-        """One ``SecAgg`` call (a secure round's stage message), retried while unavailable."""
-        reply: pb.SecAggReply = self._retry(
+        """One ``SecAgg`` call (a secure round's stage message), retried while unavailable; an
+        aggregator that forgot us (restarted) gets a check-in, then refuses the old session."""
+        reply: pb.SecAggReply = self._call(
             lambda: self._rpc_secagg(request, timeout=60, metadata=self._md)
         )
         return reply

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,7 +32,7 @@ from ..privacy.secagg import (
     UnmaskRequest,
 )
 from .proto import fedloom_pb2 as pb
-from .secagg_wire import STAGE_OF, params_from_proto, request_payload, server_message
+from .secagg_wire import STAGE_OF, params_from_proto, request_payloads, server_message
 
 log = logging.getLogger("fedloom.client")
 
@@ -88,14 +89,22 @@ class SecAggSession:
         """Send ``message``; the server's next message for this client, or None when this
         client's part is over (``outcome`` says why)."""
         stage = STAGE_OF[type(message)]
-        fields = dict(self.header, session=self.config.round, index=self.index, stage=stage)
-        reply = self.call(pb.SecAggRequest(**fields, **request_payload(message)))  # type: ignore[arg-type]
+        fields: dict[str, Any] = dict(
+            self.header, session=self.config.round, index=self.index, stage=stage
+        )
+        for payload in request_payloads(message):  # a long masked vector goes in parts
+            reply = self.call(pb.SecAggRequest(**fields, **payload))
+            if reply.kind != pb.SecAggReply.WAIT:
+                break
         deadline = time.monotonic() + self.give_up
         while reply.kind == pb.SecAggReply.WAIT:
             if time.monotonic() > deadline:
                 self.outcome = f"no answer to stage {stage} for {self.give_up:.0f} s"
                 return None
-            reply = self.call(pb.SecAggRequest(**fields))  # type: ignore[arg-type]
+            asked = time.monotonic()
+            reply = self.call(pb.SecAggRequest(**fields))
+            if reply.kind == pb.SecAggReply.WAIT and time.monotonic() - asked < 0.05:
+                time.sleep(0.05)  # the aggregator could not hold the call: do not spin
         if reply.kind == pb.SecAggReply.NEXT:
             return server_message(reply, stage, self.config, self.index)
         if reply.kind == pb.SecAggReply.DONE:

@@ -35,6 +35,7 @@ from ..errors import QuorumError
 from ..privacy.secagg import (
     AggregateResult,
     ClientMessage,
+    MaskedInput,
     SecAggAbort,
     SecAggConfig,
     SecAggRefused,
@@ -47,7 +48,7 @@ from .gate import Tally
 from .membership import Membership
 from .proto import fedloom_pb2 as pb
 from .publish import Publisher
-from .secagg_wire import client_message, params_to_proto, reply_for
+from .secagg_wire import MaskedParts, client_message, params_to_proto, reply_for
 from .sync_round import SyncRounds
 
 log = logging.getLogger("fedloom.server")
@@ -131,6 +132,7 @@ class SecAggRounds(SyncRounds):
         self._closed = 0  # the last stage closed
         self._replies: dict[int, dict[int, ServerMessage]] = {}  # stage -> protocol id -> reply
         self._aborted = ""
+        self._parts = MaskedParts()
 
     # -- the round loop's side ------------------------------------------------------------
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
@@ -139,6 +141,7 @@ class SecAggRounds(SyncRounds):
             self.sessions += 1
             self._index = {cid: i for i, cid in enumerate(clients)}
             self._sent, self._closed, self._replies, self._aborted = {}, 0, {}, ""
+            self._parts = MaskedParts()
             self._global = global_params.detach().clone()
             self._server = None
             if len(clients) >= 2:  # fewer: collect says the round is short
@@ -184,14 +187,9 @@ class SecAggRounds(SyncRounds):
                 if self._index.get(cid) != request.index:
                     raise SecAggRefused("unknown_sender", f"client {cid} as {request.index}")
                 if request.WhichOneof("payload") is not None:
-                    message = client_message(request, server.config)
-                    server.receive(message)
-                    self._sent[request.index] = request.stage
-                    if self.on_message is not None:
-                        self.on_message(cid, message)
-                    self.cv.notify_all()
-                    if request.stage == 4:
-                        return pb.SecAggReply(kind=pb.SecAggReply.DONE)
+                    early = self._take(cid, request, server)
+                    if early is not None:
+                        return early
                 elif not 1 <= request.stage <= 3 or self._sent.get(request.index) != request.stage:
                     raise SecAggRefused("out_of_order", f"an answer to stage {request.stage}")
             except SecAggRefused as e:
@@ -206,6 +204,37 @@ class SecAggRounds(SyncRounds):
                 self.cv.wait(timeout=left)
             self.membership.touch(cid)
             return reply
+
+    def _take(
+        self, cid: int, request: pb.SecAggRequest, server: SecAggServer
+    ) -> pb.SecAggReply | None:
+        """Check and keep a stage message (raises SecAggRefused); a reply to send at once
+        (``WAIT`` for more parts, ``DONE`` after the last stage), or None to answer it."""
+        message: ClientMessage | None = (
+            self._masked_part(request)
+            if request.WhichOneof("payload") == "masked_input"
+            else client_message(request, server.config)
+        )
+        if message is None:  # more parts to come
+            return pb.SecAggReply(kind=pb.SecAggReply.WAIT)
+        server.receive(message)
+        self._sent[request.index] = request.stage
+        if self.on_message is not None:
+            self.on_message(cid, message)
+        self.cv.notify_all()
+        return pb.SecAggReply(kind=pb.SecAggReply.DONE) if request.stage == 4 else None
+
+    def _masked_part(self, request: pb.SecAggRequest) -> MaskedInput | None:
+        """A part of a masked input, from a client that shared keys and sent none yet."""
+        index = request.index
+        if self._sent.get(index, 0) >= 3:
+            raise SecAggRefused("duplicate", f"a second masked input from {index}")
+        if self._closed != 2:
+            raise SecAggRefused("out_of_order", f"a masked input after stage {self._closed}")
+        if index not in self._replies[2]:
+            raise SecAggRefused("unknown_sender", f"{index} shared no keys")
+        assert self._server is not None
+        return self._parts.add(request, self._server.config)
 
     def _answer(self, index: int, stage: int) -> pb.SecAggReply | None:
         if self._aborted:

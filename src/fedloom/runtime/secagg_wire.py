@@ -10,8 +10,10 @@ ever unpickled. The round id and sender of a message travel once, in the request
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import ConfigError
 from ..privacy.secagg import (
@@ -38,6 +40,9 @@ from .proto import fedloom_pb2 as pb
 STAGE_OF = {AdvertiseKeys: 1, ShareKeys: 2, MaskedInput: 3, UnmaskShares: 4}
 _PAYLOAD = {1: "advertise", 2: "share_keys", 3: "masked_input", 4: "unmask"}
 _VECTOR = np.dtype("<u4")
+#: values of a masked vector per message (8 MiB, half of gRPC's message limit): a longer
+#: vector travels in parts, in order
+PART_VALUES = 1 << 21
 
 
 def _malformed(detail: str) -> SecAggRefused:
@@ -100,8 +105,27 @@ def params_from_proto(p: pb.SecAggParams, vector_length: int) -> tuple[SecAggCon
 
 
 # -- client messages --------------------------------------------------------------------------
-def request_payload(message: ClientMessage) -> dict[str, object]:
-    """The ``SecAggRequest`` fields that carry ``message`` (header fields aside)."""
+def request_payloads(message: ClientMessage) -> list[dict[str, Any]]:
+    """The ``SecAggRequest`` payloads that carry ``message``, in order: one, or for a masked
+    vector longer than :data:`PART_VALUES`, one per part."""
+    if not isinstance(message, MaskedInput):
+        return [request_payload(message)]
+    vector = np.ascontiguousarray(message.vector, dtype=_VECTOR)
+    step = PART_VALUES
+    return [
+        {
+            "masked_input": pb.SecAggMasked(
+                masked_with=message.masked_with,
+                vector=vector[i : i + step].tobytes(),
+                offset=i,
+            )
+        }
+        for i in range(0, max(1, len(vector)), step)
+    ]
+
+
+def request_payload(message: ClientMessage) -> dict[str, Any]:
+    """The ``SecAggRequest`` fields that carry ``message`` whole (header fields aside)."""
     if isinstance(message, AdvertiseKeys):
         keys = pb.SecAggKeys(
             client=message.sender,
@@ -142,14 +166,48 @@ def client_message(request: pb.SecAggRequest, config: SecAggConfig) -> ClientMes
     if which == "share_keys":
         return ShareKeys(r, sender, _shares_from_proto(request.share_keys, r, n))
     if which == "masked_input":
+        raise _malformed("a masked input goes to MaskedParts, which assembles its parts")
+    u = request.unmask
+    return UnmaskShares(r, sender, _owned(u.seed_shares, n), _owned(u.key_shares, n))
+
+
+class MaskedParts:
+    """Masked inputs arriving in parts: each sender's parts in order into one buffer; the
+    part that fills it gives the :class:`MaskedInput`. The caller admits a sender (its stage,
+    its place in the round) before its first part allocates a buffer."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[tuple[int, ...], NDArray[np.uint32], int]] = {}
+
+    def add(self, request: pb.SecAggRequest, config: SecAggConfig) -> MaskedInput | None:
+        """The complete input, or None while parts are still to come."""
+        n, d = config.num_clients, config.vector_length
+        sender = _id(request.index, n, "sender")
+        if request.stage != 3 or request.WhichOneof("payload") != "masked_input":
+            raise _malformed(f"stage {request.stage} with a masked input")
         m = request.masked_input
         _count(m.masked_with, n, "mask partners")
         masked_with = tuple(_id(j, n, "mask partner") for j in m.masked_with)
-        raw = _bytes(m.vector, config.vector_length * _VECTOR.itemsize, "masked vector")
-        vector = np.frombuffer(raw, dtype=_VECTOR).astype(np.uint32)  # a copy, native order
-        return MaskedInput(r, sender, masked_with, vector)
-    u = request.unmask
-    return UnmaskShares(r, sender, _owned(u.seed_shares, n), _owned(u.key_shares, n))
+        raw = m.vector
+        count, rest = divmod(len(raw), _VECTOR.itemsize)
+        if rest or not count:
+            raise _malformed(f"a part of {len(raw)} bytes is not a whole number of values")
+        first, buffer, filled = self._open.get(sender, (masked_with, None, 0))
+        if m.offset != filled:
+            raise SecAggRefused("out_of_order", f"part at {m.offset}, expected {filled}")
+        if masked_with != first:
+            raise _malformed("the parts of one input name different mask partners")
+        if filled + count > d:
+            raise _malformed(f"{filled + count} values; the vector has {d}")
+        if buffer is None:
+            buffer = np.empty(d, dtype=np.uint32)
+        buffer[filled : filled + count] = np.frombuffer(raw, dtype=_VECTOR)
+        filled += count
+        if filled < d:
+            self._open[sender] = (masked_with, buffer, filled)
+            return None
+        self._open.pop(sender, None)
+        return MaskedInput(config.round, sender, masked_with, buffer)
 
 
 def _shares_to_proto(shares: Iterable[EncryptedShare]) -> pb.SecAggShares:

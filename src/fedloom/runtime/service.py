@@ -185,7 +185,14 @@ class AggregatorService:
                 f"client {cid}: this aggregator runs no secure aggregation",
             )
         assert self.secagg is not None
-        return self.secagg.exchange(cid, request, self.long_poll)
+        with self.cv:  # held calls share the bound of held polls
+            hold = self.long_poll if self._holding < self._max_holding else 0.0
+            self._holding += 1
+        try:
+            return self.secagg.exchange(cid, request, hold)
+        finally:
+            with self.cv:
+                self._holding -= 1
 
     def bulk_request(self, conn: socket.socket, header: dict[str, Any]) -> None:
         """One transfer on the bulk channel, checked exactly as the gRPC calls are."""

@@ -175,7 +175,10 @@ class SecAggShares(Message):
 class SecAggMasked(Message):
     masked_with: list[int]
     vector: bytes
-    def __init__(self, *, masked_with: Iterable[int] = ..., vector: bytes = ...) -> None: ...
+    offset: int
+    def __init__(
+        self, *, masked_with: Iterable[int] = ..., vector: bytes = ..., offset: int = ...
+    ) -> None: ...
 
 class SecAggIds(Message):
     survivors: list[int]
