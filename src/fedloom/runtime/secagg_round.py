@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..algorithms.base import RoundPlan
-from ..errors import QuorumError
+from ..errors import ConfigError, QuorumError
 from ..privacy.secagg import (
     AggregateResult,
     ClientMessage,
@@ -47,7 +47,7 @@ from ..update import ClientUpdate
 from .gate import Tally
 from .membership import Membership
 from .proto import fedloom_pb2 as pb
-from .publish import Publisher
+from .publish import Published, Publisher
 from .secagg_wire import MaskedParts, client_message, params_to_proto, reply_for
 from .sync_round import SyncRounds
 
@@ -73,6 +73,25 @@ class SecAggSettings:
     clipping_range: float = 1.0
     quantization_range: int = 2**16
     stage_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        bad = [
+            f"{name}={value}"
+            for name, value, ok in (
+                ("num_shares", self.num_shares, self.num_shares is None or self.num_shares >= 2),
+                (
+                    "reconstruction_threshold",
+                    self.reconstruction_threshold,
+                    self.reconstruction_threshold is None or self.reconstruction_threshold >= 1,
+                ),
+                ("clipping_range", self.clipping_range, self.clipping_range > 0),
+                ("quantization_range", self.quantization_range, self.quantization_range >= 2),
+                ("stage_timeout", self.stage_timeout, self.stage_timeout > 0),
+            )
+            if not ok
+        ]
+        if bad:
+            raise ConfigError("invalid secure aggregation settings: " + ", ".join(bad))
 
     def config(self, n: int, vector_length: int, session: int, graph_seed: int) -> SecAggConfig:
         """The protocol config of a round of ``n`` clients (raises ConfigError if invalid)."""
@@ -135,21 +154,22 @@ class SecAggRounds(SyncRounds):
         self._parts = MaskedParts()
 
     # -- the round loop's side ------------------------------------------------------------
-    def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
+    def _start(self, plan: RoundPlan, published: Published, global_params: torch.Tensor) -> None:
+        """Open the round and its protocol session at once (lock held), so no TRAIN
+        instruction pairs one round's model with another session."""
+        super()._start(plan, published, global_params)
         clients = sorted(plan.clients)
-        with self.cv:
-            self.sessions += 1
-            self._index = {cid: i for i, cid in enumerate(clients)}
-            self._sent, self._closed, self._replies, self._aborted = {}, 0, {}, ""
-            self._parts = MaskedParts()
-            self._global = global_params.detach().clone()
-            self._server = None
-            if len(clients) >= 2:  # fewer: collect says the round is short
-                config = self.settings.config(
-                    len(clients), self.vector_length, self.sessions, self.graph_seed
-                )
-                self._server = SecAggServer(config)
-        super().distribute(round, plan, global_params)
+        self.sessions += 1
+        self._index = {cid: i for i, cid in enumerate(clients)}
+        self._sent, self._closed, self._replies, self._aborted = {}, 0, {}, ""
+        self._parts = MaskedParts()
+        self._global = global_params.detach().clone()
+        self._server = None
+        if len(clients) >= 2:  # fewer: collect says the round is short
+            config = self.settings.config(
+                len(clients), self.vector_length, self.sessions, self.graph_seed
+            )
+            self._server = SecAggServer(config)
 
     def collect(self) -> Iterator[ClientUpdate]:
         """Run the stages, then yield the one aggregated update (see the module's text)."""
