@@ -162,6 +162,22 @@ class NotifyConfig(_Section):
     on_failure: bool = True
 
 
+class SecAggSection(_Section):
+    """Secure aggregation (SecAgg+) of the network runtime's sync rounds, ``[runtime.secagg]``:
+    clients send masked, quantised deltas and the aggregator learns only the mean of the
+    round's survivors (uniform, not sample-weighted). Each delta is clipped to
+    ``[-clipping_range, clipping_range]`` per coordinate and rounded to
+    ``quantization_range`` levels; ``num_shares`` (default about 3 log2 n) and
+    ``reconstruction_threshold`` (default a majority of the shares) set how many dropouts a
+    round survives; ``stage_timeout`` bounds each protocol stage after the first."""
+
+    num_shares: int | None = Field(default=None, ge=2)
+    reconstruction_threshold: int | None = Field(default=None, ge=1)
+    clipping_range: float = Field(default=1.0, gt=0)
+    quantization_range: int = Field(default=1 << 16, ge=2, le=1 << 20)
+    stage_timeout: float = Field(default=30.0, gt=0)
+
+
 class RuntimeConfig(_Section):
     """The network runtime (``fedloom server`` / ``client`` / ``start`` / ``launch``).
 
@@ -198,6 +214,7 @@ class RuntimeConfig(_Section):
     tls_ca: str | None = None
     tls_client_ca: str | None = None
     tls_server_name: str | None = None
+    secagg: SecAggSection | None = None  # None: updates travel in the clear (TLS aside)
 
     _address = field_validator("address")(check_address)
 

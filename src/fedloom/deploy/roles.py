@@ -29,6 +29,7 @@ from ..federation import RunResult
 from ..params import ParamSpec
 from ..registry import STRATEGIES
 from ..runtime.client import RuntimeClient
+from ..runtime.secagg_round import SecAggSettings
 from ..runtime.security import client_tls, server_tls
 from ..runtime.server import AggregatorServer
 from ..simulation.engine import MODEL_INIT_LOCK
@@ -111,6 +112,32 @@ def server_options(rt: RuntimeConfig) -> dict[str, Any]:
     )
 
 
+#: strategies whose aggregate is a mean of the clients' models and whose clients send nothing
+#: else: what secure aggregation, which hands the strategy one mean update, can serve
+SECAGG_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedprox")
+
+
+def secagg_settings(cfg: Config, asynchronous: bool) -> SecAggSettings | None:
+    """``[runtime.secagg]`` as the aggregator takes it; refuses what it cannot serve."""
+    sa = cfg.runtime.secagg
+    if sa is None:
+        return None
+    if asynchronous or cfg.strategy.name not in SECAGG_STRATEGIES or cfg.topology is not None:
+        raise ConfigError(
+            f"runtime.secagg needs a synchronous mean-of-models strategy without a topology "
+            f"(strategy.name one of {', '.join(SECAGG_STRATEGIES)}); got strategy.name = "
+            f"{cfg.strategy.name!r}{' with a topology' if cfg.topology is not None else ''}: "
+            "the aggregator sees only the mean, never one client's update"
+        )
+    return SecAggSettings(
+        num_shares=sa.num_shares,
+        reconstruction_threshold=sa.reconstruction_threshold,
+        clipping_range=sa.clipping_range,
+        quantization_range=sa.quantization_range,
+        stage_timeout=sa.stage_timeout,
+    )
+
+
 def aggregator(address: str | None = None) -> EngineBuilder:
     """An engine builder for :meth:`Experiment.from_config`: the gRPC aggregator."""
 
@@ -138,6 +165,7 @@ def aggregator(address: str | None = None) -> EngineBuilder:
                 min_clients=wait_for,
                 tokens=tokens_for(rt, keys),
                 mode="async" if asynchronous else "sync",
+                secagg=secagg_settings(cfg, asynchronous),
                 **server_options(rt),
             ).start()
 

@@ -3,6 +3,7 @@
 from .channel import ClientChannel, RefusedError, UnreachableError
 from .client import RuntimeClient
 from .ownloop import Connection, Job, JobError, connect
+from .secagg_round import SecAggSettings
 from .security import TLSConfig
 from .server import AggregatorServer, QuorumError
 from .trainer import ClientTrainer
@@ -17,6 +18,7 @@ __all__ = [
     "QuorumError",
     "RefusedError",
     "RuntimeClient",
+    "SecAggSettings",
     "TLSConfig",
     "UnreachableError",
     "connect",

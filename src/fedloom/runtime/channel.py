@@ -96,6 +96,7 @@ class ClientChannel:
         self._md = identity_metadata(task_id, self.client_id, token)  # sent with every call
         self._rpc_check_in: Any = None  # gRPC's callables while connected (untyped)
         self._rpc_poll: Any = None
+        self._rpc_secagg: Any = None
         self._grpc: GrpcTransport | None = None
 
     @property
@@ -128,6 +129,11 @@ class ClientChannel:
                     "/fedloom.v1.Aggregator/Poll",
                     request_serializer=pb.PollRequest.SerializeToString,
                     response_deserializer=pb.Instruction.FromString,
+                )
+                self._rpc_secagg = channel.unary_unary(
+                    "/fedloom.v1.Aggregator/SecAgg",
+                    request_serializer=pb.SecAggRequest.SerializeToString,
+                    response_deserializer=pb.SecAggReply.FromString,
                 )
                 self._grpc = GrpcTransport(channel, self)
                 yield
@@ -205,6 +211,18 @@ class ClientChannel:
                 self.transfers[transport.name] += 1
                 return reply
         raise AssertionError("the gRPC transport always answers")
+
+    def _secagg_call(self, request: pb.SecAggRequest) -> pb.SecAggReply:
+        """One ``SecAgg`` call (a secure round's stage message), retried while unavailable; an
+        aggregator that forgot us (restarted) gets a check-in, then refuses the old session."""
+        reply: pb.SecAggReply = self._call(
+            lambda: self._rpc_secagg(request, timeout=60, metadata=self._md)
+        )
+        return reply
+
+    def _identity(self) -> dict[str, str]:
+        """The identity fields every request message carries."""
+        return {"task_id": self.task_id, "client_id": str(self.client_id), "token": self.token}
 
     @contextlib.contextmanager
     def _heartbeats(self) -> Iterator[None]:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError
 from ..params import ParamSpec
@@ -24,6 +26,7 @@ from ..task import Task
 from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
 from .channel import RETRYABLE, ClientChannel, RefusedError, UnreachableError, log
 from .proto import fedloom_pb2 as pb
+from .secagg_client import SecAggSession
 from .security import TLSConfig
 
 __all__ = ["RETRYABLE", "RefusedError", "RuntimeClient", "UnreachableError"]
@@ -46,6 +49,9 @@ class RuntimeClient(ClientChannel):
         num_samples: the weight announced at check-in (default: the task's count for
             ``client_id``; a relay announces its whole population).
     """
+
+    #: what runs a secure round's stages (a test may stand in one that stops at a stage)
+    secagg_session = SecAggSession
 
     def __init__(
         self,
@@ -109,6 +115,10 @@ class RuntimeClient(ClientChannel):
         with self._heartbeats():
             update = next(self.engine.collect())
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
+        if ins.HasField("secagg"):
+            self._send_masked(ins, params, update.params, bool(update.extras.get("tensors")))
+            self._trained(ins, metrics)
+            return
         meta = {"round": ins.round}
         if update.extras.get("tensors"):  # e.g. SCAFFOLD's control-variate change
             bundle = encode_bundle(update.params, self.engine.spec, update.extras["tensors"], meta)
@@ -120,6 +130,35 @@ class RuntimeClient(ClientChannel):
             log.warning(
                 "client %d: round %d update refused: %s", self.client_id, ins.round, reply.reason
             )
+        self._trained(ins, metrics)
+
+    def _send_masked(
+        self, ins: pb.Instruction, before: torch.Tensor, after: torch.Tensor, extras: bool
+    ) -> None:
+        """Take part in the round's secure aggregation with the delta ``after - before``."""
+        if extras:  # e.g. SCAFFOLD's control variate: it would travel in the clear
+            log.warning(
+                "client %d: round %d: this strategy sends extra tensors, which secure "
+                "aggregation cannot carry; not taking part",
+                self.client_id,
+                ins.round,
+            )
+            return
+        delta = (after.double() - before.double()).numpy()
+        session = self.secagg_session(
+            self._secagg_call, self._identity(), ins.secagg, delta.shape[0]
+        )
+        with self._heartbeats():
+            done = session.run(delta)
+        if not done:
+            log.warning(
+                "client %d: round %d: left the secure aggregation: %s",
+                self.client_id,
+                ins.round,
+                session.outcome,
+            )
+
+    def _trained(self, ins: pb.Instruction, metrics: dict[str, float]) -> None:
         self.rounds_done += 1
         log.info(
             "client %d: round %d trained (loss %.4f, %.2f s)",

@@ -40,6 +40,7 @@ from .gate import Authenticator, Gate, Refused, Tally, Watchdog
 from .membership import Member, Membership, format_ids
 from .publish import Publisher
 from .rounds import RoundService
+from .secagg_round import SecAggRounds, SecAggSettings
 from .security import TLSConfig, server_credentials, server_ssl_context
 from .service import AggregatorService
 from .sync_round import SyncRounds
@@ -90,6 +91,8 @@ class AggregatorServer(BackendBase):
         mode: ``"sync"`` (rounds; :class:`SyncRounds`) or ``"async"`` (versions;
             :class:`AsyncRounds`); it picks the round service once, here.
         keep_versions: async: how many recent versions stale uploads may still name.
+        secagg: run sync rounds under secure aggregation (SecAgg+, :class:`SecAggRounds`):
+            clients send masked deltas and the aggregator learns only their sum.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class AggregatorServer(BackendBase):
         bulk: bool = True,
         bulk_port: int = 0,
         max_update_extras: int = 2,
+        secagg: SecAggSettings | None = None,
     ):
         if min_clients < 1 or quorum < 1 or max_concurrent_uploads < 1 or max_samples < 1:
             raise ValueError(
@@ -128,6 +132,8 @@ class AggregatorServer(BackendBase):
             )
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+        if secagg is not None and mode != "sync":
+            raise ValueError("secure aggregation runs synchronous rounds only (mode = 'sync')")
         if not async_max_share > 1:  # at exactly 1 every client can be at its cap, idle: a wedge
             raise ValueError(f"async_max_share must be > 1, got {async_max_share}")
         self.spec, self.task_id, self.seed = spec, task_id, seed
@@ -152,9 +158,25 @@ class AggregatorServer(BackendBase):
             on_drop=lambda cid: self.rounds.dropped(cid),
         )
         self.members = self.membership.members  # published: who is in
+        self.secagg: SecAggRounds | None = None
+        if secagg is not None:
+            self.secagg = SecAggRounds(
+                self._cv,
+                self.publisher,
+                self.membership,
+                self.tally,
+                secagg,
+                vector_length=spec.numel,
+                graph_seed=seed,
+                quorum=quorum,
+                round_timeout=round_timeout,
+                poll_interval=poll_interval,
+            )
         self.rounds: RoundService = (
             AsyncRounds(self._cv, self.publisher, self.membership, max_share=async_max_share)
             if mode == "async"
+            else self.secagg
+            if self.secagg is not None
             else SyncRounds(
                 self._cv,
                 self.publisher,
@@ -194,6 +216,7 @@ class AggregatorServer(BackendBase):
             poll_interval=poll_interval,
             max_holding=max(0, max_workers - 32),
             transfer_timeout=self.transfer_timeout,
+            secagg=self.secagg,
         )
         self._server = self._grpc_server(address, tls, long_poll, max_workers)
         self.host = address.rsplit(":", 1)[0]
@@ -217,12 +240,13 @@ class AggregatorServer(BackendBase):
         self, address: str, tls: TLSConfig | None, long_poll: float, max_workers: int
     ) -> Any:
         """The gRPC server behind the :class:`Gate`, bound to ``address`` (sets ``port``)."""
-        limits = {"CheckIn": 2, "Poll": 3, "Download": 2, "Upload": 2}
+        limits = {"CheckIn": 2, "Poll": 3, "Download": 2, "Upload": 2, "SecAgg": 2}
         deadlines = {
             "CheckIn": 30.0,
             "Poll": long_poll + 30.0,
             "Download": self.transfer_timeout,
             "Upload": self.transfer_timeout,
+            "SecAgg": long_poll + 30.0,
         }
         gate = Gate(self.auth, self.tally, self.watchdog, deadlines, limits)
         server = grpc.server(

@@ -1,6 +1,6 @@
-"""The aggregator's calls: gRPC's ``CheckIn``, ``Poll``, ``Download``, ``Upload``, and the bulk
-port's requests, each checked and answered from the parts (:mod:`.membership`,
-:mod:`.publish`, :mod:`.uploads`, the round service).
+"""The aggregator's calls: gRPC's ``CheckIn``, ``Poll``, ``Download``, ``Upload``, ``SecAgg``
+(secure rounds), and the bulk port's requests, each checked and answered from the parts
+(:mod:`.membership`, :mod:`.publish`, :mod:`.uploads`, the round service).
 
 Calls reach here authenticated by the :class:`~.gate.Gate` (the bulk port authenticates its
 header here); each handler further checks that the message names its caller and that the
@@ -28,6 +28,7 @@ from .membership import Membership
 from .proto import fedloom_pb2 as pb
 from .publish import Publisher
 from .rounds import RoundService
+from .secagg_round import SecAggRounds
 from .uploads import Uploads
 
 log = logging.getLogger("fedloom.server")
@@ -59,6 +60,7 @@ class AggregatorService:
         poll_interval: float,
         max_holding: int,
         transfer_timeout: float,
+        secagg: SecAggRounds | None = None,
     ):
         self.cv, self.spec, self.task_id, self.seed = cv, spec, task_id, seed
         self.auth, self.tally, self.membership = auth, tally, membership
@@ -66,6 +68,7 @@ class AggregatorService:
         self.chunk_size, self.heartbeat_timeout = chunk_size, heartbeat_timeout
         self.max_samples, self.long_poll, self.poll_interval = max_samples, long_poll, poll_interval
         self.transfer_timeout = transfer_timeout
+        self.secagg = secagg  # the round service, when rounds are securely aggregated
         self.bulk_port = 0  # offered at check-in once the bulk port is open
         self.finished = False
         self._holding, self._max_holding = 0, max_holding
@@ -86,6 +89,9 @@ class AggregatorService:
             ),
             "Upload": grpc.stream_unary_rpc_method_handler(  # raw chunks: data copied once
                 self.Upload, None, pb.UploadReply.SerializeToString
+            ),
+            "SecAgg": grpc.unary_unary_rpc_method_handler(
+                self.SecAgg, parser(pb.SecAggRequest), pb.SecAggReply.SerializeToString
             ),
         }
         return grpc.method_handlers_generic_handler("fedloom.v1.Aggregator", h)
@@ -150,6 +156,7 @@ class AggregatorService:
             version=self.publisher.current.version,
             config_json=self.rounds.config_json(),
             task_id=self.task_id,
+            secagg=None if self.secagg is None else self.secagg.params_for(cid),
         )
 
     def Download(self, request: Any, context: Any) -> Iterator[bytes]:
@@ -165,6 +172,27 @@ class AggregatorService:
     def Upload(self, request_iterator: Iterable[bytes], context: Any) -> pb.UploadReply:
         cid = self._member(None, context, stream=True)  # the gate checked the metadata
         return self.uploads.over_grpc(cid, request_iterator)
+
+    def SecAgg(self, request: Any, context: Any) -> pb.SecAggReply:
+        """One SecAgg+ stage message (or a request for the answer to it), relayed by the
+        secure round service (:mod:`.secagg_round`)."""
+        cid = self._member(request, context)
+        if self.secagg is None:
+            self._abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "secagg_off",
+                f"client {cid}: this aggregator runs no secure aggregation",
+            )
+        assert self.secagg is not None
+        with self.cv:  # held calls share the bound of held polls
+            hold = self.long_poll if self._holding < self._max_holding else 0.0
+            self._holding += 1
+        try:
+            return self.secagg.exchange(cid, request, hold)
+        finally:
+            with self.cv:
+                self._holding -= 1
 
     def bulk_request(self, conn: socket.socket, header: dict[str, Any]) -> None:
         """One transfer on the bulk channel, checked exactly as the gRPC calls are."""

@@ -26,7 +26,7 @@ from ..algorithms.base import RoundPlan
 from ..errors import FedloomError, QuorumError
 from ..update import ClientUpdate
 from .membership import Membership, format_ids
-from .publish import Publisher
+from .publish import Published, Publisher
 
 log = logging.getLogger("fedloom.server")
 
@@ -63,14 +63,18 @@ class SyncRounds:
     def distribute(self, round: int, plan: RoundPlan, global_params: torch.Tensor) -> None:
         published = self.publisher.serialize(global_params, round, round - 1, plan.tensors)
         with self.cv:
-            self.publisher.current = published
-            self._plan, self._config_json = plan, plan_config_json(plan)
-            self._handed, self._results = set(), {}
-            # the last round's updates are aggregated: their buffers are free (one per client)
-            self._free = [*self._held, *self._free][: len(plan.clients)]
-            self._held = []
-            self._round_started = time.monotonic()
-            self.cv.notify_all()
+            self._start(plan, published, global_params)
+
+    def _start(self, plan: RoundPlan, published: Published, global_params: torch.Tensor) -> None:
+        """Open the round (lock held): its model is served and its clients get work."""
+        self.publisher.current = published
+        self._plan, self._config_json = plan, plan_config_json(plan)
+        self._handed, self._results = set(), {}
+        # the last round's updates are aggregated: their buffers are free (one per client)
+        self._free = [*self._held, *self._free][: len(plan.clients)]
+        self._held = []
+        self._round_started = time.monotonic()
+        self.cv.notify_all()
 
     def collect(self) -> Iterator[ClientUpdate]:
         """Yield updates in client-id order. Nothing is yielded until ``quorum`` valid ones

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedloom.proto\x12\nfedloom.v1\"X\n\x0e\x43heckInRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\"\xa0\x01\n\x0c\x43heckInReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x01(\x05\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x11\n\tbulk_port\x18\x08 \x01(\x05\"N\n\x0bPollRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x08\"\xb6\x01\n\x0bInstruction\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedloom.v1.Instruction.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\x0f\n\x07task_id\x18\x06 \x01(\t\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04STOP\x10\x02\"d\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\xa8\x01\n\x05\x43hunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xfd\x01\n\nAggregator\x12?\n\x07\x43heckIn\x12\x1a.fedloom.v1.CheckInRequest\x1a\x18.fedloom.v1.CheckInReply\x12\x38\n\x04Poll\x12\x17.fedloom.v1.PollRequest\x1a\x17.fedloom.v1.Instruction\x12<\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x11.fedloom.v1.Chunk0\x01\x12\x36\n\x06Upload\x12\x11.fedloom.v1.Chunk\x1a\x17.fedloom.v1.UploadReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedloom.proto\x12\nfedloom.v1\"X\n\x0e\x43heckInRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\"\xa0\x01\n\x0c\x43heckInReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x12\n\nchunk_size\x18\x05 \x01(\x05\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x11\n\tbulk_port\x18\x08 \x01(\x05\"N\n\x0bPollRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x08\"\xe0\x01\n\x0bInstruction\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedloom.v1.Instruction.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x0e\n\x06wait_s\x18\x05 \x01(\x01\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12(\n\x06secagg\x18\x07 \x01(\x0b\x32\x18.fedloom.v1.SecAggParams\"%\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04STOP\x10\x02\"\x82\x02\n\x0cSecAggParams\x12\x0f\n\x07session\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x13\n\x0bnum_clients\x18\x03 \x01(\x03\x12\x15\n\rvector_length\x18\x04 \x01(\x03\x12\x12\n\nnum_shares\x18\x05 \x01(\x03\x12 \n\x18reconstruction_threshold\x18\x06 \x01(\x03\x12\x16\n\x0e\x63lipping_range\x18\x07 \x01(\x01\x12\x1a\n\x12quantization_range\x18\x08 \x01(\x03\x12\x0f\n\x07modulus\x18\t \x01(\x03\x12\x12\n\ngraph_seed\x18\n \x01(\x03\x12\x17\n\x0fstage_timeout_s\x18\x0b \x01(\x01\"P\n\nSecAggKeys\x12\x0e\n\x06\x63lient\x18\x01 \x01(\x03\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\"R\n\x0bSecAggShare\x12\x0e\n\x06sender\x18\x01 \x01(\x03\x12\x10\n\x08receiver\x18\x02 \x01(\x03\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"0\n\x10SecAggOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\x03\x12\r\n\x05share\x18\x02 \x01(\x0c\"7\n\x0cSecAggShares\x12\'\n\x06shares\x18\x01 \x03(\x0b\x32\x17.fedloom.v1.SecAggShare\"C\n\x0cSecAggMasked\x12\x13\n\x0bmasked_with\x18\x01 \x03(\x03\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"/\n\tSecAggIds\x12\x11\n\tsurvivors\x18\x01 \x03(\x03\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\x03\"s\n\x0cSecAggUnmask\x12\x31\n\x0bseed_shares\x18\x01 \x03(\x0b\x32\x1c.fedloom.v1.SecAggOwnedShare\x12\x30\n\nkey_shares\x18\x02 \x03(\x0b\x32\x1c.fedloom.v1.SecAggOwnedShare\"8\n\x10SecAggNeighbours\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.fedloom.v1.SecAggKeys\"\xb7\x02\n\rSecAggRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\x03\x12\r\n\x05index\x18\x05 \x01(\x03\x12\r\n\x05stage\x18\x06 \x01(\x03\x12+\n\tadvertise\x18\x07 \x01(\x0b\x32\x16.fedloom.v1.SecAggKeysH\x00\x12.\n\nshare_keys\x18\x08 \x01(\x0b\x32\x18.fedloom.v1.SecAggSharesH\x00\x12\x30\n\x0cmasked_input\x18\t \x01(\x0b\x32\x18.fedloom.v1.SecAggMaskedH\x00\x12*\n\x06unmask\x18\n \x01(\x0b\x32\x18.fedloom.v1.SecAggUnmaskH\x00\x42\t\n\x07payload\"\xb3\x02\n\x0bSecAggReply\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedloom.v1.SecAggReply.Kind\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x36\n\x0eneighbour_keys\x18\x03 \x01(\x0b\x32\x1c.fedloom.v1.SecAggNeighboursH\x00\x12\x34\n\x10\x66orwarded_shares\x18\x04 \x01(\x0b\x32\x18.fedloom.v1.SecAggSharesH\x00\x12/\n\x0eunmask_request\x18\x05 \x01(\x0b\x32\x15.fedloom.v1.SecAggIdsH\x00\">\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\x08\n\x04NEXT\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\x12\x0b\n\x07REFUSED\x10\x03\x12\x0b\n\x07\x41\x42ORTED\x10\x04\x42\t\n\x07payload\"d\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\xa8\x01\n\x05\x43hunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x03\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xbb\x02\n\nAggregator\x12?\n\x07\x43heckIn\x12\x1a.fedloom.v1.CheckInRequest\x1a\x18.fedloom.v1.CheckInReply\x12\x38\n\x04Poll\x12\x17.fedloom.v1.PollRequest\x1a\x17.fedloom.v1.Instruction\x12<\n\x08\x44ownload\x12\x1b.fedloom.v1.DownloadRequest\x1a\x11.fedloom.v1.Chunk0\x01\x12\x36\n\x06Upload\x12\x11.fedloom.v1.Chunk\x1a\x17.fedloom.v1.UploadReply(\x01\x12<\n\x06SecAgg\x12\x19.fedloom.v1.SecAggRequest\x1a\x17.fedloom.v1.SecAggReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLLREQUEST']._serialized_start=282
   _globals['_POLLREQUEST']._serialized_end=360
   _globals['_INSTRUCTION']._serialized_start=363
-  _globals['_INSTRUCTION']._serialized_end=545
-  _globals['_INSTRUCTION_KIND']._serialized_start=508
-  _globals['_INSTRUCTION_KIND']._serialized_end=545
-  _globals['_DOWNLOADREQUEST']._serialized_start=547
-  _globals['_DOWNLOADREQUEST']._serialized_end=647
-  _globals['_CHUNK']._serialized_start=650
-  _globals['_CHUNK']._serialized_end=818
-  _globals['_UPLOADREPLY']._serialized_start=820
-  _globals['_UPLOADREPLY']._serialized_end=867
-  _globals['_AGGREGATOR']._serialized_start=870
-  _globals['_AGGREGATOR']._serialized_end=1123
+  _globals['_INSTRUCTION']._serialized_end=587
+  _globals['_INSTRUCTION_KIND']._serialized_start=550
+  _globals['_INSTRUCTION_KIND']._serialized_end=587
+  _globals['_SECAGGPARAMS']._serialized_start=590
+  _globals['_SECAGGPARAMS']._serialized_end=848
+  _globals['_SECAGGKEYS']._serialized_start=850
+  _globals['_SECAGGKEYS']._serialized_end=930
+  _globals['_SECAGGSHARE']._serialized_start=932
+  _globals['_SECAGGSHARE']._serialized_end=1014
+  _globals['_SECAGGOWNEDSHARE']._serialized_start=1016
+  _globals['_SECAGGOWNEDSHARE']._serialized_end=1064
+  _globals['_SECAGGSHARES']._serialized_start=1066
+  _globals['_SECAGGSHARES']._serialized_end=1121
+  _globals['_SECAGGMASKED']._serialized_start=1123
+  _globals['_SECAGGMASKED']._serialized_end=1190
+  _globals['_SECAGGIDS']._serialized_start=1192
+  _globals['_SECAGGIDS']._serialized_end=1239
+  _globals['_SECAGGUNMASK']._serialized_start=1241
+  _globals['_SECAGGUNMASK']._serialized_end=1356
+  _globals['_SECAGGNEIGHBOURS']._serialized_start=1358
+  _globals['_SECAGGNEIGHBOURS']._serialized_end=1414
+  _globals['_SECAGGREQUEST']._serialized_start=1417
+  _globals['_SECAGGREQUEST']._serialized_end=1728
+  _globals['_SECAGGREPLY']._serialized_start=1731
+  _globals['_SECAGGREPLY']._serialized_end=2038
+  _globals['_SECAGGREPLY_KIND']._serialized_start=1965
+  _globals['_SECAGGREPLY_KIND']._serialized_end=2027
+  _globals['_DOWNLOADREQUEST']._serialized_start=2040
+  _globals['_DOWNLOADREQUEST']._serialized_end=2140
+  _globals['_CHUNK']._serialized_start=2143
+  _globals['_CHUNK']._serialized_end=2311
+  _globals['_UPLOADREPLY']._serialized_start=2313
+  _globals['_UPLOADREPLY']._serialized_end=2360
+  _globals['_AGGREGATOR']._serialized_start=2363
+  _globals['_AGGREGATOR']._serialized_end=2678
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,11 @@ class AggregatorStub:
                 request_serializer=fedloom__pb2.Chunk.SerializeToString,
                 response_deserializer=fedloom__pb2.UploadReply.FromString,
                 _registered_method=True)
+        self.SecAgg = channel.unary_unary(
+                '/fedloom.v1.Aggregator/SecAgg',
+                request_serializer=fedloom__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=fedloom__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class AggregatorServicer:
@@ -83,6 +88,12 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAgg(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=fedloom__pb2.Chunk.FromString,
                     response_serializer=fedloom__pb2.UploadReply.SerializeToString,
+            ),
+            'SecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAgg,
+                    request_deserializer=fedloom__pb2.SecAggRequest.FromString,
+                    response_serializer=fedloom__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Aggregator:
             '/fedloom.v1.Aggregator/Upload',
             fedloom__pb2.Chunk.SerializeToString,
             fedloom__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedloom.v1.Aggregator/SecAgg',
+            fedloom__pb2.SecAggRequest.SerializeToString,
+            fedloom__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

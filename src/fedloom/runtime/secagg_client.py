@@ -1,0 +1,120 @@
+"""A data holder's part in a secure round: the SecAgg+ stages over the ``SecAgg`` call.
+
+After training, a client whose TRAIN instruction carries SecAgg+ parameters sends its delta
+(trained model minus the round's model) masked instead of uploading its model:
+:class:`SecAggSession` drives a :class:`~fedloom.privacy.secagg.SecAggClient` through the
+four stages, sending each stage's message and asking again (``WAIT``) until the aggregator
+answers with the next stage's message. Every answer is checked field by field
+(:mod:`.secagg_wire`) and by the protocol's client before use. A refused message, an aborted
+round or a stage that closed without this client ends its part: the round goes on without it.
+Its secrets come from ``os.urandom``, new for every session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..privacy.secagg import (
+    ClientMessage,
+    ForwardedShares,
+    NeighbourKeys,
+    SecAggAbort,
+    SecAggClient,
+    SecAggConfig,
+    SecAggRefused,
+    ServerMessage,
+    UnmaskRequest,
+)
+from .proto import fedloom_pb2 as pb
+from .secagg_wire import STAGE_OF, params_from_proto, request_payloads, server_message
+
+log = logging.getLogger("fedloom.client")
+
+Call = Callable[[pb.SecAggRequest], pb.SecAggReply]
+
+
+class SecAggSession:
+    """One client's part in one secure round.
+
+    Args:
+        call: sends one request to the aggregator (with the channel's retries).
+        header: the request's identity fields (``task_id``, ``client_id``, ``token``).
+        params: the instruction's SecAgg+ parameters.
+        vector_length: the model's length; the parameters must agree with it.
+        give_up: seconds to wait for any one answer before leaving the round (the server's
+            deadlines end a stage long before that).
+    """
+
+    def __init__(
+        self,
+        call: Call,
+        header: dict[str, str],
+        params: pb.SecAggParams,
+        vector_length: int,
+        give_up: float | None = None,
+    ):
+        self.call, self.header = call, header
+        self.config: SecAggConfig
+        self.config, self.index = params_from_proto(params, vector_length)
+        self.give_up = give_up if give_up is not None else 4 * params.stage_timeout_s + 600.0
+        self.outcome = ""  # "done", or why this client left the round
+
+    def run(self, delta: NDArray[np.floating]) -> bool:
+        """The four stages with ``delta``; True when this client's part is done."""
+        client = SecAggClient(self.config, self.index)
+        try:
+            keys = self.exchange(client.advertise())
+            if not isinstance(keys, NeighbourKeys):
+                return False
+            shares = self.exchange(client.share_keys(keys))
+            if not isinstance(shares, ForwardedShares):
+                return False
+            request = self.exchange(client.masked_input(shares, delta))
+            if not isinstance(request, UnmaskRequest):
+                return False
+            self.exchange(client.unmask(request))
+        except (SecAggAbort, SecAggRefused) as e:
+            self.outcome = str(e)
+            log.warning("client %s: secure aggregation: %s", self.header["client_id"], e)
+            return False
+        return self.outcome == "done"
+
+    def exchange(self, message: ClientMessage) -> ServerMessage | None:
+        """Send ``message``; the server's next message for this client, or None when this
+        client's part is over (``outcome`` says why)."""
+        stage = STAGE_OF[type(message)]
+        fields: dict[str, Any] = dict(
+            self.header, session=self.config.round, index=self.index, stage=stage
+        )
+        for payload in request_payloads(message):  # a long masked vector goes in parts
+            reply = self.call(pb.SecAggRequest(**fields, **payload))
+            if reply.kind != pb.SecAggReply.WAIT:
+                break
+        deadline = time.monotonic() + self.give_up
+        while reply.kind == pb.SecAggReply.WAIT:
+            if time.monotonic() > deadline:
+                self.outcome = f"no answer to stage {stage} for {self.give_up:.0f} s"
+                return None
+            asked = time.monotonic()
+            reply = self.call(pb.SecAggRequest(**fields))
+            if reply.kind == pb.SecAggReply.WAIT and time.monotonic() - asked < 0.05:
+                time.sleep(0.05)  # the aggregator could not hold the call: do not spin
+        if reply.kind == pb.SecAggReply.NEXT:
+            return server_message(reply, stage, self.config, self.index)
+        if reply.kind == pb.SecAggReply.DONE:
+            self.outcome = "done"
+            return None
+        self.outcome = reply.reason or f"reply kind {reply.kind}"
+        log.warning(
+            "client %s: secure aggregation stage %d: %s",
+            self.header["client_id"],
+            stage,
+            self.outcome,
+        )
+        return None
