@@ -70,8 +70,8 @@ def test_no_noise_multiplier_and_no_target_is_refused(tmp_path):
 
 def test_secure_aggregation_and_distributed_dp_from_the_config(tmp_path):
     """Central DP then SecAgg+ (last), or distributed DP: each a stage list from the config;
-    the secure runs record their protocol figures and the epsilon, and the network runtime
-    refuses the section until its SecAgg+ is wired to the config."""
+    the secure runs record their protocol figures and the epsilon; a deployment is pointed
+    at ``[runtime.secagg]``, the network runtime's SecAgg+."""
     from fedloom.privacy.distributed import DistributedDP
     from fedloom.privacy.secagg import SecureAggregation
 
@@ -91,7 +91,7 @@ def test_secure_aggregation_and_distributed_dp_from_the_config(tmp_path):
 
     from fedloom.deploy.roles import aggregator
 
-    with pytest.raises(ConfigError, match="secure aggregation runs in simulation"):
+    with pytest.raises(ConfigError, match=r"runs in simulation; .*\[runtime\.secagg\]"):
         fedloom.Experiment.from_config(
             None, run_overrides(tmp_path, "net", **keys), backend=aggregator("127.0.0.1:0")
         )

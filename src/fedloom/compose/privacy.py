@@ -38,8 +38,8 @@ def with_privacy(
         raise ConfigError(f"{where} cannot be combined with [topology]: edges aggregate in clear")
     if (p.secure_aggregation or p.mode == "distributed") and networked:
         raise ConfigError(
-            f"{where} with secure aggregation runs in simulation here; the network "
-            "runtime's SecAgg+ is not wired to the config yet"
+            f"{where} with privacy.secure_aggregation runs in simulation; a deployment "
+            "aggregates securely with [runtime.secagg] (the network runtime's SecAgg+)"
         )
     rate = strategy.cohort_size(num_clients) / num_clients
     try:
