@@ -209,3 +209,14 @@ def test_async_local_federation_from_a_config_is_deterministic(tmp_path):
         assert [r["version"] for r in records] == [1, 2, 3]
         assert [r["staleness_max"] for r in records] == [0, 1, 1]
     assert torch.equal(*results)
+
+
+def test_dpsgd_from_the_config_is_refused_in_an_own_loop_before_training(tmp_path):
+    """DP-SGD accounts every step with the task's per-client sample count, which an own
+    loop's job does not carry: refused on the first job, naming the part."""
+    cfg = config(tmp_path / "local", "dpsgd", "fedavg")
+    cfg = with_changes(cfg, **{"privacy.mode": "dpsgd", "privacy.noise_multiplier": 1.0})
+    fl = LocalFederation.from_config(cfg)
+    with pytest.raises(JobError, match=r"dpsgd\(.*per-client sample count"):  # noqa: PT012
+        for _ in fl.jobs():
+            raise AssertionError("a job reached the loop")

@@ -30,6 +30,7 @@ NEEDS_THE_TASK = {
     "ditto": "it trains a personal model with a second pass of the task's training loop",
     "ifca": "it scores every cluster model with the task's loss over the client's data",
     "qffl": "it needs the global model's loss over the client's data before training",
+    "dpsgd": "it accounts each step with the task's per-client sample count",
 }
 
 
