@@ -41,7 +41,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     # engines.py is the user-facing namespace of the simulation engines
     ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),
-    ("composition", {"experiment", "compose", "config", "cli", "deploy", "__init__", "__main__"}),
+    (
+        "composition",
+        {"experiment", "compose", "config", "cli", "deploy", "adapters", "__init__", "__main__"},
+    ),
 ]
 # within the engines layer the topology is the graph alone: it imports the foundation only
 GRAPH_ONLY = {"topology": "foundation"}
