@@ -28,7 +28,7 @@ def test_resnet18_width_norm_and_shapes() -> None:
     assert small(torch.randn(5, 1, 28, 28)).shape == (5, 7)
     assert small.fc.in_features == 32  # width * 8
     # BatchNorm's running statistics are floats, so they are federated with the weights
-    spec, flat = flatten_module(small)
+    spec, _flat = flatten_module(small)
     assert any("running_mean" in e.name for e in spec.entries)
     with pytest.raises(ValueError, match="norm must be"):
         build_model("resnet18", (3, 32, 32), 10, norm="layer")

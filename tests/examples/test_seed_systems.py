@@ -56,8 +56,9 @@ def test_asmallbit_cifar_resnet18_json_runs_in_a_run_dir_named_after_it(tmp_path
         "model.options.width=4",
         *QUIET,
     ]
-    code = main(["run", str(EXAMPLES / "cifar-resnet18.json"), *[a for s in sets for a in ("--set", s)]])
-    stdout, err = capsys.readouterr()
+    args = [a for s in sets for a in ("--set", s)]
+    code = main(["run", str(EXAMPLES / "cifar-resnet18.json"), *args])
+    _stdout, err = capsys.readouterr()
     assert code == 0, err
     run = out / "cifar-resnet18"  # the file's name, not runs/fedloom
     assert sorted(p.name for p in out.iterdir()) == ["cifar-resnet18"]

@@ -20,7 +20,7 @@ The whole model's floating-point state is federated, as AlphaMed's default ``sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
@@ -168,7 +168,7 @@ class AlphaMedTask(Task):
         out = s.train_an_epoch()
         if isinstance(out, dict):
             return {k: float(v) for k, v in out.items()}
-        steps = len(loader) if hasattr(loader, "__len__") else 1
+        steps = len(loader) if isinstance(loader, Sized) else 1
         return {"steps": steps} if out is None else {"loss": float(out), "steps": steps}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

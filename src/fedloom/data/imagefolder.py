@@ -26,11 +26,10 @@ def _classes(folder: Path) -> list[str]:
 
 
 def _files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    out = []
+    out: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        for path in sorted((folder / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in EXTENSIONS:
-                out.append((path, label))
+        paths = sorted((folder / name).rglob("*"))
+        out.extend((p, label) for p in paths if p.is_file() and p.suffix.lower() in EXTENSIONS)
     return out
 
 
@@ -42,8 +41,8 @@ def _read(files: list[tuple[Path, int]], size: int, mode: str) -> tuple[torch.Te
     for i, (path, _) in enumerate(files):
         try:
             with Image.open(path) as img:
-                img = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-                x[i] = np.asarray(img).reshape(size, size, channels)
+                small = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                x[i] = np.asarray(small).reshape(size, size, channels)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DatasetError(f"{path}: not a readable image: {e}") from None
     images = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
