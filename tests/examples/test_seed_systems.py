@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import fedloom
@@ -111,6 +112,13 @@ def test_alphamed_tutorial_task_runs_through_the_adapter(tmp_path, at_root) -> N
     assert records[-1]["samples"] == 200  # the two data holders' loaders, 100 each
     report = json.loads((run / "report.json").read_text())
     assert report["task"]["task"] == "SimpleTaskScheduler"
+    # the recorded accuracy is the saved global model's own
+    from examples.alphamed_task import make_task
+
+    task = make_task(samples=200, batch_size=32)
+    model = task.build_model()
+    model.load_state_dict(safetensors.torch.load_file(run / "model.safetensors"), strict=False)
+    assert task.evaluate(model)["accuracy"] == records[-1]["accuracy"]
     # the tutorial's dropout and shuffling draw from torch's global generator, which fedloom
     # seeds per client and round: a worker pool gives the same model bit for bit
     pool = alphamed_run(tmp_path / "p", engine="pool")
@@ -131,7 +139,7 @@ def test_the_adapter_gives_each_hook_the_nodes_view(at_root) -> None:
     task._loader(2), task._loader(2), task._loader(0)
     assert seen == [2, 0]  # built once per data holder, with client_id set
     model = task.build_model()
-    assert model is s.model
+    assert task.build_model() is not model  # the loop and the engine each flatten their own
     other = type(model)()
     opt = task.build_optimizer(other)
     assert s.model is other and opt.param_groups[0]["params"][0] is next(other.parameters())

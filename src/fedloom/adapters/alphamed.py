@@ -126,7 +126,9 @@ class AlphaMedTask(Task):
         self._loaders: dict[int, Iterable[Any]] = {}
 
     def build_model(self) -> nn.Module:
-        return self.scheduler.model
+        """A fresh model each call, as fedloom needs: the loop and each engine hold their own
+        (``self.model`` is set to the one a hook works on before the hook runs)."""
+        return self.scheduler.build_model()
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         s = self.scheduler
