@@ -54,7 +54,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     # engines.py is the user-facing namespace of the simulation engines
     ("engines", {"simulation", "runtime", "topology", "observe", "engines"}),
     ("round loop", {"federation"}),
-    ("composition", {"experiment", "compose", "config", "cli", "deploy", "__init__", "__main__"}),
+    (
+        "composition",
+        {"experiment", "compose", "config", "cli", "deploy", "adapters", "__init__", "__main__"},
+    ),
 ]
 # parts that import the foundation only, though their layer is higher: the topology is the
 # graph alone; the codecs turn tensors into bytes and back and need no strategy

@@ -609,9 +609,20 @@ def load_config(
         data = read_file(Path(source))
     if _ASMALLBIT_ONLY & set(data) and not {"data", "train", "model"} & set(data):
         data = from_asmallbit(data)
+    if isinstance(source, (str, Path)) and "name" not in data:
+        data["name"] = run_name(Path(source))
     for item in overrides:
         set_path(data, *parse_override(item))
     return validate(data)
+
+
+def run_name(path: Path) -> str:
+    """A config file without ``name`` runs in ``runs/<its file name>``, not ``runs/fedloom``:
+    two configs never share (and refuse, or overwrite) one run directory by accident."""
+    stem = path.stem
+    if not stem.strip() or stem in (".", "..") or "\\" in stem:
+        return "fedloom"
+    return stem
 
 
 def read_file(path: Path) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 One "round" here is one new global version, so recording, checkpoints, evaluation and stop
 rules are the synchronous loop's own. Aggregate triggers: the strategy's count (FedBuff's
-K updates, FedAsync's every update) or ``every_seconds`` (OpenFed's time trigger); stop
+K updates, FedAsync's every update), ``every_seconds`` (OpenFed's time trigger) or any of
+``triggers`` (:mod:`.triggers`: OpenFed's ``AggregateCount``, ``AggregatePeriod``); stop
 conditions: ``rounds`` versions (OpenFed's max version) or the target metric.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import torch
@@ -20,6 +21,7 @@ from ..rounds import RoundTally
 from ..task import Task
 from ..update import ClientUpdate
 from .loop import Federation, RoundState
+from .triggers import AggregatePeriod, AggregateTrigger
 
 log = logging.getLogger("fedloom")
 
@@ -36,7 +38,9 @@ class AsyncFederation(Federation):
 
     Args (beyond Federation's):
         every_seconds: also make a new version when this much time passed since the last one
-            and at least one update is pending.
+            and at least one update is pending (an :class:`AggregatePeriod` trigger).
+        triggers: more rules that make a new version once one is due, beside the strategy's
+            own count (e.g. ``AggregateCount(2)``).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class AsyncFederation(Federation):
         backend: AsyncBackend | Callable[[ParamSpec], AsyncBackend],
         *,
         every_seconds: float | None = None,
+        triggers: Sequence[AggregateTrigger] = (),
         **kwargs: Any,
     ):
         if every_seconds is not None and every_seconds <= 0:
@@ -55,6 +60,8 @@ class AsyncFederation(Federation):
         self.async_strategy = strategy
         self.async_backend = cast(AsyncBackend, self.backend)
         self.every_seconds = every_seconds
+        period = [AggregatePeriod(every_seconds)] if every_seconds is not None else []
+        self.triggers: list[AggregateTrigger] = [*triggers, *period]
         self._published = -1
 
     def run_round(self, rnd: int) -> dict[str, Any]:
@@ -72,7 +79,7 @@ class AsyncFederation(Federation):
         first, said = True, 0
         while not strategy.ready():
             waited = tally.seconds
-            if self.every_seconds and waited >= self.every_seconds and strategy.pending():
+            if any(t.due(strategy.pending(), waited) for t in self.triggers):
                 break
             u = backend.next_update(0.1)
             if u is None:

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import MODELS, register_model
+from .resnet import ResNet18, resnet18
 
 
 @register_model("logreg")
@@ -83,4 +84,14 @@ def build_model(
     return model
 
 
-__all__ = ["MODELS", "build_model", "cnn", "logreg", "mlp", "register_model", "small_cnn"]
+__all__ = [
+    "MODELS",
+    "ResNet18",
+    "build_model",
+    "cnn",
+    "logreg",
+    "mlp",
+    "register_model",
+    "resnet18",
+    "small_cnn",
+]
