@@ -116,7 +116,7 @@ def test_set_takes_text_for_a_text_key_and_toml_elsewhere() -> None:
     ["hooks.example.com/x", "http://", "ftp://example.com/x", "https://h:port/x", "https://a b"],
 )
 def test_a_malformed_webhook_url_is_refused_when_the_config_is_read(url: str) -> None:
-    with pytest.raises(ConfigError, match="notify.webhook_url"):
+    with pytest.raises(ConfigError, match=r"notify\.webhook_url"):
         load_config(None, [f"notify.webhook_url={json.dumps(url)}"])
 
 
