@@ -13,21 +13,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .classification import ClassificationTask
-from .config import Config, load_config
-from .data import load_mnist5k
 from .errors import FedloomError
-from .experiment import Experiment, run
-from .federation import Federation, RunResult
-from .models import build_model, register_model
-from .strategies import FedAvg, RoundPlan, Strategy
-from .task import ClientContext, Task
-from .topology import Node, Topology
-from .update import ClientUpdate
 
-if TYPE_CHECKING:  # imported on first use: both pull in the gRPC runtime
+if TYPE_CHECKING:  # imported on first use, so ``fedloom --help`` does not load torch
+    from .classification import ClassificationTask
+    from .config import Config, load_config
+    from .data import load_mnist5k
     from .deploy.local import LocalFederation
+    from .experiment import Experiment, run
+    from .federation import Federation, RunResult
+    from .models import build_model, register_model
     from .runtime import connect
+    from .strategies import FedAvg, RoundPlan, Strategy
+    from .task import ClientContext, Task
+    from .topology import Node, Topology
+    from .update import ClientUpdate
 
 __version__ = "0.1.0"
 
@@ -69,6 +69,17 @@ _NAMESPACES = (
 
 # published names outside the top level: name -> the module that owns it now
 _ELSEWHERE: dict[str, str] = {
+    # the top level's own names: torch comes with most of them, so each loads on first use
+    "ClassificationTask": "classification",
+    **dict.fromkeys(["Config", "load_config"], "config"),
+    "load_mnist5k": "data",
+    **dict.fromkeys(["Experiment", "run"], "experiment"),
+    **dict.fromkeys(["Federation", "RunResult"], "federation"),
+    **dict.fromkeys(["build_model", "register_model"], "models"),
+    **dict.fromkeys(["FedAvg", "RoundPlan", "Strategy"], "strategies"),
+    **dict.fromkeys(["ClientContext", "Task"], "task"),
+    **dict.fromkeys(["Node", "Topology"], "topology"),
+    "ClientUpdate": "update",
     "connect": "runtime",
     "LocalFederation": "deploy.local",
     **dict.fromkeys(
@@ -167,8 +178,9 @@ _ELSEWHERE: dict[str, str] = {
 def __getattr__(name: str) -> Any:
     """A namespace module, or a published name from the module that owns it, on first use.
 
-    Lazy so that ``import fedloom`` stays light (``connect`` and ``LocalFederation`` import
-    gRPC) and so that names moved off the top level keep working without crowding it.
+    Lazy so that ``import fedloom`` stays light (no torch, so ``fedloom --help`` answers at
+    once; ``connect`` and ``LocalFederation`` import gRPC) and so that names moved off the
+    top level keep working without crowding it.
     """
     if name in _NAMESPACES:
         value: Any = importlib.import_module(f".{name}", __name__)

@@ -1,4 +1,8 @@
-"""``fedloom run | demo | partition | topology | ...`` — the command line over fedloom."""
+"""fedloom's command line: run, resume, inspect and deploy federated training from a config.
+
+Only argparse and fedloom.errors load at import, so --help answers without torch; each
+command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ from pathlib import Path
 from .errors import ConfigError, FedloomError
 
 DEMO_OVERRIDES = ['name="demo"']
+CONFIG_HELP = "a .toml or .json config file"
+# named in --engine's help; a test checks the list against the registry
+BUILTIN_ENGINES = ("sequential", "vectorized", "pool", "torchrun", "hierarchy")
 
 
 def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in ``low..high``, refused by argparse (one line, exit 2)."""
+    """An argparse type: an integer in low..high, refused by argparse (one line, exit 2)."""
 
     def parse(text: str) -> int:
         try:
@@ -32,10 +39,11 @@ def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def _address_type(any_port: bool) -> Callable[[str], str]:
-    """An argparse type: ``host:port`` (port 0 only where a server may take any free port)."""
-    from .config import check_address
+    """An argparse type: host:port (port 0 only where a server may take any free port)."""
 
     def parse(text: str) -> str:
+        from .config import check_address  # here: config loads pydantic, --help need not
+
         try:
             return check_address(text, any_port=any_port)
         except ValueError as e:
@@ -44,8 +52,13 @@ def _address_type(any_port: bool) -> Callable[[str], str]:
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedloom", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option; building it imports nothing heavy (see the module doc)."""
+    parser = argparse.ArgumentParser(
+        prog="fedloom",
+        description="fedloom: federated learning on PyTorch, run from one config file. "
+        "'fedloom COMMAND --help' describes each command.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -58,24 +71,28 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="FedAvg on the embedded MNIST (5,000 samples, 100 clients)"
     )
     _common(p_demo)
-    p_demo.add_argument("--resume", action="store_true")
+    p_demo.add_argument(
+        "--resume", action="store_true", help="continue runs/demo from its checkpoint"
+    )
 
     p_part = sub.add_parser("partition", help="print the data split a config makes (no training)")
-    p_part.add_argument("config", type=Path, nargs="?")
-    p_part.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p_part.add_argument(
+        "config", type=Path, nargs="?", help="a .toml or .json config file (default: the demo's)"
+    )
+    _set_option(p_part)
     p_part.add_argument("--figure", type=Path, help="also draw the split to this PNG")
 
     p_topo = sub.add_parser(
         "topology", help="print each node's federated groups and draw the graph (no training)"
     )
-    p_topo.add_argument("config", type=Path)
-    p_topo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p_topo.add_argument("config", type=Path, help=CONFIG_HELP)
+    _set_option(p_topo)
     p_topo.add_argument(
         "--png", type=Path, help="draw here (default: <output.dir>/<name>/figures/topology.png)"
     )
 
     p_srv = sub.add_parser("server", help="run the aggregator of a networked run (gRPC)")
-    p_srv.add_argument("config", type=Path)
+    p_srv.add_argument("config", type=Path, help=CONFIG_HELP)
     p_srv.add_argument(
         "--address",
         type=_address_type(any_port=True),
@@ -85,35 +102,50 @@ def main(argv: list[str] | None = None) -> int:
     p_srv.add_argument("--resume", action="store_true", help="continue from the checkpoint")
 
     p_cli = sub.add_parser("client", help="run one data holder of a networked run")
-    p_cli.add_argument("config", type=Path)
+    p_cli.add_argument("config", type=Path, help=CONFIG_HELP)
     p_cli.add_argument(
         "--server",
         type=_address_type(any_port=False),
         help="the aggregator's host:port (default: runtime.address)",
     )
-    p_cli.add_argument("--client-id", type=_int_at_least(0), required=True)
+    p_cli.add_argument(
+        "--client-id",
+        type=_int_at_least(0),
+        required=True,
+        help="which client this process is (0 .. the task's clients - 1)",
+    )
     p_cli.add_argument("--token", help="this client's token (or env FEDLOOM_TOKEN)")
     p_cli.add_argument("--data", help="where this client's data lives (sets data.root)")
-    p_cli.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _set_option(p_cli)
 
     p_start = sub.add_parser(
         "start", help="aggregator or client, as --role or RANK (torchrun, fedloom launch) says"
     )
-    p_start.add_argument("config", type=Path)
-    p_start.add_argument("--role", choices=["server", "client"])
-    p_start.add_argument("--client-id", type=_int_at_least(0))
+    p_start.add_argument("config", type=Path, help=CONFIG_HELP)
+    p_start.add_argument(
+        "--role",
+        choices=["server", "client"],
+        help="this process's role (default: from RANK, as torchrun and fedloom launch set it)",
+    )
+    p_start.add_argument(
+        "--client-id",
+        type=_int_at_least(0),
+        help="which client this process is (default: from RANK)",
+    )
     p_start.add_argument(
         "--address", type=_address_type(any_port=True), help="aggregator host:port"
     )
     _common(p_start)
-    p_start.add_argument("--resume", action="store_true")
+    p_start.add_argument(
+        "--resume", action="store_true", help="the aggregator continues from its checkpoint"
+    )
 
     p_node = sub.add_parser(
         "node", help="run a relay of a [topology]: aggregates its clients, a client of its parent"
     )
-    p_node.add_argument("config", type=Path)
+    p_node.add_argument("config", type=Path, help=CONFIG_HELP)
     p_node.add_argument("--name", required=True, help="the node's name in the topology")
-    p_node.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _set_option(p_node)
 
     p_launch = sub.add_parser(
         "launch",
@@ -124,11 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         type=_int_at_least(2),
         help="processes: 1 aggregator + clients (not needed for a config with a [topology])",
     )
-    p_launch.add_argument("--master-port", type=_int_at_least(1, 65535))
+    p_launch.add_argument(
+        "--master-port",
+        type=_int_at_least(1, 65535),
+        help="the aggregator's port on 127.0.0.1 (default: a free one)",
+    )
     p_launch.add_argument("target", help="a config file, or a .py script run in every process")
     p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -147,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FedloomError, OSError) as e:  # expected: bad input, a missing or unwritable file
         if args.verbose:
             traceback.print_exc()
-        print(f"fedloom: error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resumable = args.command in ("run", "demo", "server", "start")
@@ -156,15 +196,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def error_line(e: BaseException) -> str:
+    """``fedloom: error: ...``; a message that names its command (``fedloom node: ...``) reads
+    ``fedloom node: error: ...`` as argparse's own errors do, not ``fedloom: error: fedloom``."""
+    text = str(e)
+    head, sep, rest = text.partition(": ")
+    command = head.removeprefix("fedloom ")
+    if sep and command != head and command.isidentifier():
+        return f"{head}: error: {rest}"
+    return f"fedloom: error: {text}"
+
+
+def _set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
-        metavar="K=V",
-        help="override a config key, e.g. --set train.lr=0.1 (repeatable)",
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); VALUE is read as TOML: --set train.lr=0.1, "
+        "--set name='\"exp 1\"', --set runtime.tokens='{0=\"a\"}'; a bare word or a number "
+        "for a text key is taken as text (--set notify.telegram_chat_id=42)",
     )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _set_option(p)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -178,8 +235,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=_engines(),
-        help="how the simulation trains a round's clients (simulation.engine)",
+        metavar="NAME",
+        help="how the simulation trains a round's clients (simulation.engine): "
+        f"{', '.join(BUILTIN_ENGINES)} or a registered engine's name",
     )
     p.add_argument(
         "--processes",
@@ -191,7 +249,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _engines() -> list[str]:
-    """The registered engines' names (:mod:`fedloom.compose.engines` registers the built-in)."""
+    """The registered engines' names (fedloom.compose.engines registers the built-in ones).
+
+    Asked only once an ``--engine`` is given: it imports torch, which ``--help`` must not.
+    """
     from .compose import engines  # noqa: F401
     from .registry import ENGINES
 
@@ -200,6 +261,8 @@ def _engines() -> list[str]:
 
 def _engine(args: argparse.Namespace) -> list[str]:
     """``--engine`` / ``--processes`` as config overrides (an explicit ``--set`` wins)."""
+    if args.engine is not None and args.engine not in _engines():
+        raise ConfigError(f"--engine {args.engine!r}: unknown engine; allowed: {_engines()}")
     if args.processes is not None:
         if args.processes < 1:
             raise ConfigError(f"--processes must be >= 1, got {args.processes}")

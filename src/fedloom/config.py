@@ -13,7 +13,8 @@ import math
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -48,6 +49,16 @@ def _finite_options(value: dict[str, Any]) -> dict[str, Any]:
 
     walk(value, "")
     return value
+
+
+def _registry() -> ModuleType:
+    """fedloom.registry with the built-in datasets, models, strategies and aggregators in it.
+
+    Importing them here, not through ``import fedloom``, keeps that import free of torch.
+    """
+    from . import aggregators, data, models, registry, strategies  # noqa: F401
+
+    return registry
 
 
 def check_address(value: str, *, any_port: bool = True) -> str:
@@ -161,6 +172,28 @@ class NotifyConfig(_Section):
     on_finish: bool = True
     on_failure: bool = True
 
+    @field_validator("webhook_url", "telegram_api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """Checked now, not when the run ends and the message cannot go out."""
+        if value is not None:
+            check_http_url(value)
+        return value
+
+
+def check_http_url(value: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (and a numeric port, if any)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as e:
+        raise ValueError(f"not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
 
 class SecAggSection(_Section):
     """Secure aggregation (SecAgg+) of the network runtime's sync rounds, ``[runtime.secagg]``:
@@ -237,7 +270,7 @@ class SimulationConfig(_Section):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
-        from . import registry
+        registry = _registry()
         from .compose import engines  # noqa: F401  # registers the built-in engines
 
         if value not in registry.ENGINES:
@@ -316,7 +349,7 @@ class TaskConfig(_Section):
     @field_validator("factory")
     @classmethod
     def _import_path(cls, value: str) -> str:
-        from . import registry  # task factories registered by name
+        registry = _registry()  # task factories registered by name
 
         if value in registry.TASKS:
             return value
@@ -351,7 +384,7 @@ class TopologyConfig(_Section):
     @field_validator("edge_strategy")
     @classmethod
     def _known_strategy(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from . import registry
+        registry = _registry()
 
         if extra := sorted(set(value) - set(StrategyConfig.model_fields)):
             raise ValueError(
@@ -404,7 +437,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
-        from . import registry  # the registries are filled by importing fedloom
+        registry = _registry()
 
         checks = [
             ("data.dataset", self.data.dataset, registry.DATASETS),
@@ -467,7 +500,7 @@ class Config(_Section):
     def _check_options(self) -> None:
         """Option keywords the model, dataset or strategy does not take, named now rather
         than as a TypeError from deep inside the run."""
-        from . import registry
+        registry = _registry()
 
         model = registry.MODELS.get(self.model.name)
         loader = registry.DATASETS.get(self.data.dataset)
@@ -584,15 +617,39 @@ def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``key.path=value``; the value is read as TOML (numbers, booleans, strings, lists)."""
+    """``key.path=value``; the value is read as TOML (numbers, booleans, strings, lists).
+
+    Text that is not TOML (``name=exp1``) stays text, and so does a TOML number or boolean
+    given to a key that holds only text (``notify.telegram_chat_id=42``): shells eat quotes,
+    and the user meant the characters typed.
+    """
     key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.strip(), value
+    if isinstance(value, (int, float, bool)) and _text_only(key):
+        value = raw.strip()
+    return key, value
+
+
+def _text_only(dotted: str) -> bool:
+    """Whether the config key ``dotted`` takes text and no number or boolean."""
+    model: type[BaseModel] | None = Config
+    annotation: Any = None
+    for part in dotted.split("."):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel
+        ) else None
+    kinds = set(get_args(annotation)) or {annotation}
+    return str in kinds and not kinds & {int, float, bool}
 
 
 def load_config(

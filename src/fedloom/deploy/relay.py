@@ -34,6 +34,7 @@ from ..runtime.relay import EdgeLoop
 from ..runtime.security import client_tls
 from ..runtime.server import AggregatorServer
 from ..topology import Topology
+from .aggregator_log import relay_names
 from .roles import check_tokens, server_options
 
 log = logging.getLogger("fedloom.relay")
@@ -89,7 +90,11 @@ def run_node(source: Any, overrides: Sequence[str] = (), *, name: str) -> int:
         num_samples=tree.population[name],
     )
     try:
-        rounds = upward.run()
+        # this process's upward client is the relay itself, its server's ids 0.. its relays
+        with relay_names("fedloom.client", {client_id: name}), relay_names(
+            "fedloom.server", dict(enumerate(children))
+        ):
+            rounds = upward.run()
         server.finish()
         time.sleep(2.0)  # let polling clients hear STOP before the port closes
         log.info("relay %s done after %d rounds of its parent", name, rounds)

@@ -35,6 +35,7 @@ from ..runtime.server import AggregatorServer
 from ..simulation.engine import MODEL_INIT_LOCK
 from ..task import Task
 from ..topology import Topology
+from .aggregator_log import AggregatorLog, relay_names
 
 log = logging.getLogger("fedloom")
 
@@ -174,6 +175,14 @@ def aggregator(address: str | None = None) -> EngineBuilder:
     return make
 
 
+def relays_of_root(cfg: Config) -> list[str]:
+    """The root's child relays by client id, for a config with a ``[topology]``; else []."""
+    if cfg.topology is None:
+        return []
+    topology = Topology.from_config(cfg.topology)
+    return topology.children(topology.roots()[0])
+
+
 def run_server(
     source: Any,
     overrides: Sequence[str] = (),
@@ -194,8 +203,14 @@ def run_server(
         backend=aggregator(address),
     )
     server: AggregatorServer = exp.federation.backend  # type: ignore[assignment]
+    rt, names = exp.config.runtime, relays_of_root(exp.config)
+    wait = f"quorum {rt.quorum}" if rt.quorum else ""
+    if rt.round_timeout is not None:
+        wait += f"{', ' if wait else ''}at most {rt.round_timeout:g} s"
+    exp.federation.callbacks.append(AggregatorLog(server, names, wait))
     try:
-        result = exp.run()
+        with relay_names("fedloom.server", dict(enumerate(names))):
+            result = exp.run()
         server.finish()
         time.sleep(linger)  # let polling clients hear STOP before the port closes
         return result

@@ -8,6 +8,7 @@ runs/<name>/checkpoint.pt     atomic and checksummed, after every round (resume)
                               config too, so --resume can refuse a changed one (rundir.py)
 runs/<name>/model.safetensors the final global model
 runs/<name>/report.{json,md}  the final metric report
+runs/<name>/wall_time.json    seconds the run took so far, summed over its resumes
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .rundir import RESULTS, check_run_dir
 log = logging.getLogger("fedloom")
 
 CHECKPOINT = "checkpoint.pt"
-_OWNED = RESULTS  # what a fresh run (with overwrite) clears
+WALL_TIME = "wall_time.json"  # seconds spent in this run so far, summed over its resumes
+_OWNED = (*RESULTS, WALL_TIME)  # what a fresh run (with overwrite) clears
 
 
 class RunRecorder(Callback):
@@ -93,6 +95,7 @@ class RunRecorder(Callback):
                 (self.dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.dir / "tb", ignore_errors=True)
         (self.dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+        self._before = self._earlier_wall_time() if self.resume else 0.0
         self.metrics = MetricsLog(self.dir / "metrics.jsonl")
         if self.resume:
             self.metrics.truncate_after(fed.round)
@@ -118,6 +121,7 @@ class RunRecorder(Callback):
         if self.tb is not None:
             self.tb.log(record, step=record["round"])
         self.progress.end_round(record)
+        self._save_wall_time()
         if self.checkpoint:
             config = json.dumps(self.config, default=str)
             save_checkpoint(self.checkpoint_path, {**fed.state_dict(), "config": config})
@@ -146,13 +150,29 @@ class RunRecorder(Callback):
 
     def on_error(self, fed: Federation, exc: BaseException) -> None:
         self._close()
+        if hasattr(self, "_before"):  # started: the time so far counts when it resumes
+            self._save_wall_time()
         if self.on_failure_flag and self.notifiers:
-            notify_all(
-                self.notifiers,
-                f"fedloom run {self.dir.name} failed",
-                f"round {fed.round + 1}: {type(exc).__name__}: {exc}",
-                "failed",
-            )
+            if isinstance(exc, KeyboardInterrupt):  # the user stopped it: nothing is broken
+                what, text = "interrupted", f"stopped in round {fed.round + 1}; --resume goes on"
+            else:
+                what, text = "failed", f"round {fed.round + 1}: {type(exc).__name__}: {exc}"
+            notify_all(self.notifiers, f"fedloom run {self.dir.name} {what}", text, what)
+
+    def _wall_time(self) -> float:
+        """Seconds this run has taken: earlier sessions' (before a resume) plus this one's."""
+        return getattr(self, "_before", 0.0) + time.perf_counter() - self._t0
+
+    def _save_wall_time(self) -> None:
+        (self.dir / WALL_TIME).write_text(json.dumps({"wall_time_s": self._wall_time()}))
+
+    def _earlier_wall_time(self) -> float:
+        """What the run's earlier sessions recorded; 0 for a run from before it was kept."""
+        try:
+            value = json.loads((self.dir / WALL_TIME).read_text())["wall_time_s"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+        return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
 
     def _close(self) -> None:
         for part in ("metrics", "tb", "progress"):
@@ -165,7 +185,7 @@ class RunRecorder(Callback):
             fed.history,
             run_name=self.dir.name,
             config=self.config,
-            wall_time_s=time.perf_counter() - self._t0,
+            wall_time_s=self._wall_time(),
         )
         summary.update(
             stop_reason=result.stop_reason,

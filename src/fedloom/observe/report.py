@@ -78,7 +78,7 @@ def _bytes(n: float) -> str:
 def _cell(key: str, v: Any, summary: Mapping[str, Any]) -> str:
     """One value as shown in report.md: accuracies with their round, sizes, durations."""
     if not _num(v):
-        return _escape(str(v))
+        return _escape(_text(v))
     if key in ("final_accuracy", "best_accuracy"):
         rnd = summary.get(f"{key}_round")
         return f"{v:.4f}" + (f" (round {rnd})" if rnd is not None else "")
@@ -96,14 +96,32 @@ def _escape(text: str) -> str:
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested config as dotted keys, so it fits a two-column table."""
+    """Nested tables (and tables in lists, as ``nodes.0.name``) as dotted keys, so they fit
+    a two-column table instead of showing as a Python repr."""
     items: list[tuple[str, Any]] = []
     for k, v in d.items():
         if isinstance(v, Mapping) and v:
             items += _flatten(v, f"{prefix}{k}.")
+        elif isinstance(v, (list, tuple)) and any(isinstance(x, Mapping) for x in v):
+            items += _flatten({str(i): x for i, x in enumerate(v)}, f"{prefix}{k}.")
         else:
             items.append((f"{prefix}{k}", v))
     return items
+
+
+def _text(v: Any) -> str:
+    """A leaf value as a person writes it: lists comma-separated, nothing as a dash."""
+    if v is None or (isinstance(v, (Mapping, list, tuple)) and not v):
+        return "-"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_text(x) for x in v)
+    return f"{v:.6g}" if _num(v) and not isinstance(v, int) else str(v)
+
+
+def _table(title: str, d: Mapping[str, Any]) -> list[str]:
+    """A ``## title`` section holding ``d`` as a Key | Value table."""
+    rows = [f"| {_escape(k)} | {_escape(_text(v))} |" for k, v in _flatten(d)]
+    return ["", f"## {title}", "", "| Key | Value |", "|---|---|", *rows]
 
 
 def write_report(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) -> tuple[Path, Path]:
@@ -117,8 +135,11 @@ def write_report(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) ->
 
     rows = [(label, k) for k, label in _LABELS.items()]
     rows += [(_escape(k), k) for k in summary if k not in _LABELS and k not in _HIDDEN]
+    tables = [(k, v) for k, v in summary.items() if k not in _HIDDEN and isinstance(v, Mapping)]
     cells = [
-        (label, _cell(k, summary[k], summary)) for label, k in rows if summary.get(k) is not None
+        (label, _cell(k, summary[k], summary))
+        for label, k in rows
+        if summary.get(k) is not None and not isinstance(summary[k], Mapping)
     ]
     lines = [
         f"# Run report: {summary.get('run_name') or run.name}",
@@ -127,9 +148,10 @@ def write_report(run_dir: str | os.PathLike[str], summary: Mapping[str, Any]) ->
         "|---|---|",
         *(f"| {a} | {b} |" for a, b in cells),
     ]
+    for key, table in tables:  # e.g. final_metrics: a table of its own, not a dict repr
+        lines += _table(_LABELS.get(key, key.replace("_", " ").capitalize()), table)
     config = summary.get("config")
     if isinstance(config, Mapping) and config:
-        lines += ["", "## Configuration", "", "| Key | Value |", "|---|---|"]
-        lines += [f"| {_escape(k)} | {_escape(str(v))} |" for k, v in _flatten(config)]
+        lines += _table("Configuration", config)
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path

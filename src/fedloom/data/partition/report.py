@@ -152,8 +152,20 @@ def plot_partition(report: dict[str, Any], path: str | Path, max_clients: int = 
     ``pyplot``, so it works headless and never switches the backend of a user's interactive
     session; matplotlib is imported here so that importing fedloom stays light.
     """
+    fig = partition_figure(report, max_clients)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def partition_figure(report: dict[str, Any], max_clients: int = 50) -> Any:
+    """The matplotlib ``Figure`` :func:`plot_partition` saves. Its colour key is a legend for
+    up to 20 classes and a colour bar beyond (FEMNIST's 62), so every colour is named."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     counts = report["counts"]
@@ -182,8 +194,8 @@ def plot_partition(report: dict[str, Any], path: str | Path, max_clients: int = 
     ax.set_title(title)
     if c <= 20:
         ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    else:  # too many for a legend: a colour bar from class 0 to class c - 1
+        key = ScalarMappable(Normalize(0, c - 1), palette)
+        fig.colorbar(key, ax=ax, label="class", pad=0.02)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return fig
