@@ -232,7 +232,9 @@ class CompressionConfig(_Section):
     """Codec chains per direction (:mod:`fedloom.compression`): ``up = ["topk:0.01", "zstd"]``
     for the clients' updates, ``down = ["fp16"]`` for the global model; empty: plain float32.
     Each item is checked when the config loads (``compression.up[i]`` names a bad one); the
-    sequential simulation engine runs them, the other engines refuse them."""
+    sequential simulation engine runs them, the other engines and the network runtime refuse
+    them for now. Secure aggregation and central DP noise have no config keys yet; when they
+    do, a lossy chain with either is to be refused (see :mod:`fedloom.compression.link`)."""
 
     up: list[str] = Field(default_factory=list)
     down: list[str] = Field(default_factory=list)
