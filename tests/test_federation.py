@@ -126,12 +126,10 @@ def test_round_records_match_rounds_worked_by_hand() -> None:
     lr, w = 0.1, 0.5
     result = Federation(QuadraticTask(LINE, lr, w), FedAvg(fraction=1.0), rounds=2, seed=0).run()
     n = [len(pts) for pts in LINE]
-    message = len(
-        safetensors.torch.save(
-            {"weight": torch.zeros(1, 1, dtype=torch.float64)},
-            metadata={"round": "0", "version": "0"},
-        )
-    )
+    def message(**meta: int) -> int:  # the wire format's bytes, metadata included
+        weight = {"weight": torch.zeros(1, 1, dtype=torch.float64)}
+        return len(safetensors.torch.save(weight, {k: str(v) for k, v in meta.items()}))
+
     for rec in result.history:
         losses = [sum(0.5 * (w * x - y) ** 2 for x, y in pts) / len(pts) for pts in LINE]
         grads = [sum(x * (w * x - y) for x, y in pts) / len(pts) for pts in LINE]
@@ -139,7 +137,9 @@ def test_round_records_match_rounds_worked_by_hand() -> None:
         assert rec["clients"] == 3 and rec["samples"] == 6 and rec["rejected"] == 0
         assert rec["train_loss"] == pytest.approx(sum(k * v for k, v in zip(n, losses)) / 6)
         assert rec["w"] == pytest.approx(w, rel=1e-12)  # evaluated after the aggregation
-        assert rec["bytes_down"] == rec["bytes_up"] == 3 * message  # one model each way
+        r = rec["round"]  # one model each way: published with its version, sent back with its round
+        assert rec["bytes_down"] == 3 * message(round=r, version=r - 1)
+        assert rec["bytes_up"] == 3 * message(round=r)
     assert float(result.params[0]) == pytest.approx(w, rel=1e-12)
     assert result.final_metrics == {"w": result.history[-1]["w"]}
 

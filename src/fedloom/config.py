@@ -278,6 +278,18 @@ class SimulationConfig(_Section):
         return value
 
 
+class CompressionConfig(_Section):
+    """Codec chains per direction (:mod:`fedloom.compression`): ``up = ["topk:0.01", "zstd"]``
+    for the clients' updates, ``down = ["fp16"]`` for the global model; empty: plain float32.
+    Each item is checked when the config loads (``compression.up[i]`` names a bad one); the
+    sequential simulation engine runs them, the other engines and the network runtime refuse
+    them for now. Secure aggregation and central DP noise have no config keys yet; when they
+    do, a lossy chain with either is to be refused (see :mod:`fedloom.compression.link`)."""
+
+    up: list[str] = Field(default_factory=list)
+    down: list[str] = Field(default_factory=list)
+
+
 class AttackConfig(_Section):
     """Byzantine clients, in simulation (:mod:`fedloom.simulation.attacks`): a seeded
     ``fraction`` of all clients sends sign-flipped or noise updates, or trains on flipped
@@ -412,6 +424,7 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     topology: TopologyConfig | None = None  # None: the usual one-level federation
     task: TaskConfig | None = None  # None: the built-in classification task (data/model/train)
     privacy: PrivacyConfig | None = None  # None: no differential privacy
@@ -452,6 +465,7 @@ class Config(_Section):
             raise ValueError("eval.target_metric and eval.target_value go together")
         self._check_options()
         self._check_target()
+        self._check_compression()
         if self.task is not None:
             self._check_custom_task(self.task)
             if self.topology is not None:  # its client ids are checked once the task is built
@@ -461,6 +475,11 @@ class Config(_Section):
             return self
         self.check_clients(self.data.num_clients, f"data.num_clients = {self.data.num_clients}")
         return self
+
+    def _check_compression(self) -> None:
+        from .compression.config import check_chains
+
+        check_chains(self.compression.up, self.compression.down)
 
     def _check_target(self) -> None:
         """A target the task never reports would never stop the run; one of a custom task's

@@ -83,7 +83,8 @@ def test_a_client_killed_mid_round_is_dropped_and_the_run_finishes(tmp_path, pro
     assert "round 1: client 1 is gone; going on without it" in out
     first = read_metrics(directory)[0]
     assert (first["round"], first["clients"], first["rejected"]) == (1, 1, 0)
-    assert first["bytes_down"] == 2 * first["bytes_up"]  # planned for two, one update came
+    # planned for two, one update came; the model goes out with its version in the header
+    assert 0 < first["bytes_down"] - 2 * first["bytes_up"] <= 2 * 16
 
     # the run must go on with the client that is left and finish
     finished = wait_until(
@@ -96,7 +97,7 @@ def test_a_client_killed_mid_round_is_dropped_and_the_run_finishes(tmp_path, pro
     assert fast.wait(60) == 0, procs.logs()
     metrics = read_metrics(directory)
     assert [(r["round"], r["clients"], r["rejected"]) for r in metrics] == [(1, 1, 0), (2, 1, 0)]
-    assert metrics[1]["bytes_down"] == metrics[1]["bytes_up"]
+    assert 0 < metrics[1]["bytes_down"] - metrics[1]["bytes_up"] <= 16
 
 
 def test_the_aggregator_killed_and_resumed_finishes_like_an_uninterrupted_run(tmp_path, procs):

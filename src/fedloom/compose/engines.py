@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..algorithms.base import Strategy
+from ..compression.link import Compression
 from ..config import Config, StrategyConfig
 from ..errors import ConfigError
 from ..params import ParamSpec
@@ -39,6 +40,8 @@ def build_engine(cfg: Config, task: Task, network: EngineBuilder | None = None) 
     """The network runtime's backend when ``network`` is given, else the simulation engine
     :func:`engine_name` chooses."""
     if network is not None:
+        # the runtime does not encode yet (its integration: fedloom.compression.link)
+        _no_compression(cfg, "the network runtime")
         if cfg.train.state_memory_mb is not None:
             log.warning("train.state_memory_mb applies to the simulation only: ignored")
         if cfg.simulation.engine != "sequential":
@@ -76,9 +79,30 @@ def _no_state_memory(cfg: Config) -> None:
         )
 
 
+def _no_compression(cfg: Config, engine: str | None = None) -> None:
+    """Refuse ``[compression]`` where the engine does not run the chains."""
+    c = cfg.compression
+    keys = [k for k, v in (("compression.up", c.up), ("compression.down", c.down)) if v]
+    if keys:
+        where = engine or f"simulation.engine = {cfg.simulation.engine!r}"
+        raise ConfigError(
+            f"{' and '.join(keys)} with {where}: compression runs in the 'sequential' engine "
+            "only; set simulation.engine = 'sequential' or remove the chains"
+        )
+
+
+def compression(cfg: Config) -> Compression | None:
+    """The run's chains (checked when the config loaded), or None without any."""
+    c = cfg.compression
+    return Compression(c.up, c.down, cfg.seed) if c.up or c.down else None
+
+
 def sequential(cfg: Config, task: Task) -> BackendFactory:
     """One client after another with one reused model (:class:`InProcessClients`)."""
-    return lambda spec: InProcessClients(task, cfg.seed, state_memory_mb=cfg.train.state_memory_mb)
+    chains = compression(cfg)
+    return lambda spec: InProcessClients(
+        task, cfg.seed, state_memory_mb=cfg.train.state_memory_mb, compression=chains
+    )
 
 
 register_engine("sequential", sequential)
@@ -87,6 +111,7 @@ register_engine("sequential", sequential)
 def vectorized(cfg: Config, task: Task) -> BackendFactory:
     """All of a round's clients at once (:class:`VectorizedClients`)."""
     _no_state_memory(cfg)
+    _no_compression(cfg)
     return lambda spec: VectorizedClients(task, cfg.seed)
 
 
@@ -96,6 +121,7 @@ register_engine("vectorized", vectorized)
 def pool(cfg: Config, task: Task) -> BackendFactory:
     """``simulation.workers`` forked processes (:class:`ProcessPoolClients`)."""
     _no_state_memory(cfg)
+    _no_compression(cfg)
     sim = cfg.simulation
     return lambda spec: ProcessPoolClients(
         task, cfg.seed, workers=sim.workers, threads=sim.threads
@@ -107,6 +133,7 @@ register_engine("pool", pool)
 
 def torchrun(cfg: Config, task: Task) -> BackendFactory:
     """Under torchrun each rank trains a share of every round (:class:`DistributedClients`)."""
+    _no_compression(cfg, "torchrun")
     if not in_distributed_env():
         raise ConfigError(
             "simulation.engine = 'torchrun': start the run under torchrun "
@@ -123,6 +150,7 @@ register_engine("torchrun", torchrun)
 def hierarchy(cfg: Config, task: Task) -> Callable[[Any], HierarchicalClients]:
     """The root's backend for a ``[topology]`` run: edges run ``edge_strategy`` (the run's
     strategy with the section's keys on top) for ``edge_rounds`` rounds per root round."""
+    _no_compression(cfg, "a [topology] (the hierarchy engine)")
     section = cfg.topology
     if section is None:
         raise ConfigError("simulation.engine = 'hierarchy' needs a [topology] section")

@@ -75,6 +75,7 @@ class AsyncFederation(Federation):
         self._state(RoundState.DISTRIBUTE, rnd)
         self._state(RoundState.TRAIN, rnd)
         stale: list[int] = []
+        self._bytes_up = 0
         saved = self._snapshot()
         first, said = True, 0
         while not strategy.ready():
@@ -91,6 +92,7 @@ class AsyncFederation(Federation):
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
             staleness = (rnd - 1) - u.version
+            self._bytes_up += self.upload_size(u)
             error = self._check(u, peaks=tally.peaks)
             base = None
             if error is None and 0 <= staleness <= strategy.max_staleness:
@@ -118,7 +120,7 @@ class AsyncFederation(Federation):
             **tally.counts(),
             "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
             "staleness_max": max(stale, default=0),
-            "bytes_up": tally.received * self.wire_bytes,
+            "bytes_up": self._bytes_up,
         }
         if poisoned:
             record["aggregate_rejected"] = poisoned

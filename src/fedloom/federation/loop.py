@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, cast
 import torch
 
 from ..algorithms.base import RoundPlan, Strategy
+from ..compression.accounting import WireSize
 from ..errors import CheckpointError, QuorumError, WireError
 from ..params import ParamSpec, flatten_module
 from ..rounds import RoundTally, sampling_rng
@@ -181,6 +182,8 @@ class Federation:
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, float] = {}
         self.wire_bytes = len(encode(self.params, self.spec, {"round": 0, "version": 0}))
+        self.wire_size = WireSize(self.spec)  # exact sizes of the wire format's bytes
+        self._bytes_up = 0
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -232,6 +235,7 @@ class Federation:
 
     def _round(self, rnd: int, saved: tuple[torch.Tensor, dict[str, Any]]) -> dict[str, Any]:
         tally = RoundTally()
+        self._bytes_up = 0
         self._state(RoundState.START_ROUND, rnd)
         rng = sampling_rng(self.seed, "sample", rnd)
         plan = self.plan = self.strategy.configure(rnd, self.backend.available_clients(rnd), rng)
@@ -249,8 +253,10 @@ class Federation:
         record: dict[str, Any] = {
             "round": rnd,
             **tally.counts(),
-            "bytes_down": len(plan.clients) * self.wire_bytes,
-            "bytes_up": tally.received * self.wire_bytes,
+            # what the wire format sends (model and plan tensors / update extras); a backend
+            # that compresses reports the encoded sizes in round_stats, which replace these
+            "bytes_down": len(plan.clients) * self.download_size(rnd, plan),
+            "bytes_up": self._bytes_up,
             "client_seconds": tally.client_seconds,
         }
         if poisoned:
@@ -335,6 +341,7 @@ class Federation:
             if first:
                 self._state(RoundState.UPLOAD, rnd)
                 first = False
+            self._bytes_up += self.upload_size(u)
             error = self._check(u, before, tally.peaks)
             for cb in self.callbacks:
                 cb.on_update(self, u, error)
@@ -378,6 +385,15 @@ class Federation:
             if not norm <= self.max_update_norm:
                 return f"update norm {norm:.4g} exceeds max_update_norm {self.max_update_norm}"
         return None
+
+    def upload_size(self, u: ClientUpdate) -> int:
+        """The bytes of ``u`` as the network client sends it (``encode_bundle``, meta round)."""
+        extras = u.extras.get("tensors") or {}
+        return self.wire_size(extras, {"round": u.round})
+
+    def download_size(self, rnd: int, plan: RoundPlan) -> int:
+        """The bytes of the round's model and plan tensors as the server publishes them."""
+        return self.wire_size(plan.tensors, {"round": rnd, "version": rnd - 1})
 
     # -- state -------------------------------------------------------------------------------
     def _state(self, state: RoundState, rnd: int) -> None:

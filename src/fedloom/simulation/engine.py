@@ -17,6 +17,7 @@ import torch
 from ..algorithms.base import RoundPlan
 from ..algorithms.client import LocalRun, build_client_algorithm, federated_parameters
 from ..backend import BackendBase
+from ..compression.link import STATE_KEY, Compression, codec_state
 from ..errors import ClientError
 from ..params import flatten_module
 from ..seeding import derive_seed, seed_torch
@@ -46,9 +47,20 @@ class InProcessClients(BackendBase):
             A checkpoint (``state_dict``) still holds every state at once: with huge spilled
             state it costs that memory and disk each round; ``output.checkpoint = false``
             avoids it.
+        compression: the run's up and down chains (:class:`~fedloom.compression.link.
+            Compression`): the global model is decoded from its downlink bytes before the
+            clients train, each update from its uplink bytes after; the client's codec state
+            (error feedback) is kept with its other state; ``round_stats`` then reports the
+            bytes the chains produced.
     """
 
-    def __init__(self, task: Task, seed: int = 0, state_memory_mb: float | None = None):
+    def __init__(
+        self,
+        task: Task,
+        seed: int = 0,
+        state_memory_mb: float | None = None,
+        compression: Compression | None = None,
+    ):
         self.task = task
         self.seed = seed
         with MODEL_INIT_LOCK:
@@ -62,6 +74,9 @@ class InProcessClients(BackendBase):
         self._plan = RoundPlan([])
         self._wired: tuple[RoundPlan | None, dict[str, Any]] = (None, {})
         self._round = 0
+        self.compression = compression or None
+        self._exact = torch.empty_like(self.flat) if self.compression else self._global
+        self._bytes: dict[str, int] = {}
 
     def available_clients(self, round: int) -> list[int]:
         return list(range(self.task.num_clients))
@@ -70,6 +85,15 @@ class InProcessClients(BackendBase):
         """Snapshot the global model for this round (once, not per client)."""
         self._global.copy_(global_params)
         self._plan, self._round = plan, round
+        c = self.compression
+        if c is not None:
+            self._exact.copy_(global_params)
+            self._bytes = {"bytes_up": 0} if c.up is not None else {}
+        if c is not None and c.down is not None:
+            # the plan's tensors travel losslessly: decoded, they are the plan's own
+            model, _, nbytes = c.download(round, global_params, plan.tensors)
+            self._global.copy_(model)
+            self._bytes["bytes_down"] = nbytes * len(plan.clients)
 
     def collect(self) -> Iterator[ClientUpdate]:
         """Train the planned clients one after another, yielding each update as it is ready."""
@@ -125,6 +149,8 @@ class InProcessClients(BackendBase):
         finally:
             if run is not None:
                 run.close()
+        if self.compression is not None and self.compression.up is not None:
+            self._upload(round, cid, state, run)
         if task.keep_optimizer_state:
             state["optimizer"] = optimizer.state_dict()
         if self._personal:
@@ -143,6 +169,29 @@ class InProcessClients(BackendBase):
             if run.out:
                 extras["tensors"] = run.out
         return ClientUpdate(cid, self.flat, task.num_samples(cid), metrics, round, extras=extras)
+
+    def _upload(self, round: int, cid: int, state: dict[str, Any], run: LocalRun | None) -> None:
+        """Send the trained model through the up chain: ``self.flat`` becomes what the
+        server decodes, ``run.out`` the extras it decodes; the bytes are counted."""
+        assert self.compression is not None
+        if not bool(torch.isfinite(self.flat).all()):
+            return  # nothing to encode: the loop rejects the update as it is
+        codec = codec_state(state.get(STATE_KEY))
+        out = run.out if run is not None else {}
+        model, extras, nbytes = self.compression.upload(
+            round, cid, self.flat, self._global, self._exact, codec, out
+        )
+        self.flat.copy_(model)
+        if run is not None and extras:
+            run.out = extras
+        if len(codec):
+            state[STATE_KEY] = codec.state_dict()
+        self._bytes["bytes_up"] += nbytes
+
+    def round_stats(self) -> dict[str, Any]:
+        """The round's encoded bytes in each compressed direction (they replace the loop's
+        wire-format sizes)."""
+        return dict(self._bytes)
 
     def _wire(self, plan: RoundPlan) -> dict[str, Any]:
         """``plan``'s wire JSON (``ctx.config``), made once per plan."""
