@@ -283,8 +283,8 @@ class CompressionConfig(_Section):
     for the clients' updates, ``down = ["fp16"]`` for the global model; empty: plain float32.
     Each item is checked when the config loads (``compression.up[i]`` names a bad one); the
     sequential simulation engine runs them, the other engines and the network runtime refuse
-    them for now. Secure aggregation and central DP noise have no config keys yet; when they
-    do, a lossy chain with either is to be refused (see :mod:`fedloom.compression.link`)."""
+    them for now. ``up`` with ``privacy.secure_aggregation`` (or ``privacy.mode =
+    "distributed"``) is refused: the protocol quantises and masks the sum itself."""
 
     up: list[str] = Field(default_factory=list)
     down: list[str] = Field(default_factory=list)

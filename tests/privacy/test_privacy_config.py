@@ -108,3 +108,12 @@ def test_local_and_sample_level_dp_from_the_config_report_each_clients_epsilon(
     (stage,) = exp.federation.strategy.stages  # type: ignore[attr-defined]
     assert stage.noise_multiplier == 1.0
     assert exp.run().history[-1][f"{metric}_max"] > 0
+
+
+def test_compression_composes_with_central_dp_and_is_refused_with_secure_aggregation(tmp_path):
+    keys = {"privacy.noise_multiplier": 1.0, "compression.up": ["q8"], "rounds": 1}
+    result = fedloom.Experiment.from_config(None, run_overrides(tmp_path, "cdp", **keys)).run()
+    assert result.history[-1]["epsilon"] > 0
+    keys["privacy.secure_aggregation"] = True
+    with pytest.raises(ConfigError, match=r"compression\.up = \['q8'\] cannot be combined"):
+        fedloom.Experiment.from_config(None, run_overrides(tmp_path, "sa", **keys))

@@ -41,6 +41,11 @@ def with_privacy(
             f"{where} with privacy.secure_aggregation runs in simulation; a deployment "
             "aggregates securely with [runtime.secagg] (the network runtime's SecAgg+)"
         )
+    if (p.secure_aggregation or p.mode == "distributed") and cfg.compression.up:
+        raise ConfigError(
+            f"compression.up = {cfg.compression.up} cannot be combined with "
+            f"{where} and secure aggregation: the protocol quantises and masks the sum itself"
+        )
     rate = strategy.cohort_size(num_clients) / num_clients
     try:
         return Staged(strategy, _stages(cfg, rate))

@@ -20,11 +20,10 @@ plus ``encode_tensors(extras, up=True)``; the server ``decode_update(data, its g
 on receipt, before the update's checks. Until it does, ``[compression]`` with the runtime is
 refused (:func:`fedloom.compose.engines.build_engine`).
 
-Not combined (documented, refused where a config key exists): secure aggregation masks the
-float32/quantised sum itself, so a lossy chain on top would corrupt the masks' cancellation;
-central DP noise must be added before any lossy coding (a sparsifier's error feedback
-releases the unnoised residual later), so a run adding noise must not compress its updates
-with a sparsifier.
+With privacy (:mod:`fedloom.compose.privacy` refuses what breaks): secure aggregation
+quantises and masks the sum itself, so ``compression.up`` with it is refused; central DP clips
+and noises the decoded updates on the server, and local DP / DP-SGD noise before the client
+encodes, so lossy coding after them is post-processing and the guarantee holds.
 """
 
 from __future__ import annotations
