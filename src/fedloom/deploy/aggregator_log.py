@@ -41,7 +41,8 @@ class AggregatorLog(Callback):
     def ids(self, ids: Collection[int]) -> str:
         """Ids as log text: sorted, at most 12, relay names where given."""
         shown = sorted(ids)
-        text = [self.names[i] if i < len(self.names) else str(i) for i in shown[:12]]
+        # a relay's id names it; a negative id is no client (secure aggregation's one sum)
+        text = [self.names[i] if 0 <= i < len(self.names) else str(i) for i in shown[:12]]
         return f"[{', '.join(text)}{', ...' if len(shown) > 12 else ''}]"
 
     def on_state(self, fed: Federation, state: RoundState, round: int) -> None:
