@@ -4,7 +4,7 @@ From a config (``examples/custom_task.toml`` names ``examples.custom_task:make_t
 from the repository root, which is on the import path as ``python -m`` puts it there):
 
     fedloom run examples/custom_task.toml
-    fedloom launch --nproc 4 examples/custom_task.toml
+    fedloom launch --nproc 9 examples/custom_task.toml      # an aggregator + its 8 clients
     torchrun --nproc_per_node 2 -m fedloom run examples/custom_task.toml
 
 or from Python, as a script:

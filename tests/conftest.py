@@ -14,10 +14,14 @@ import torch
 from torch import nn
 
 from fedloom import ClassificationTask, Federation, TensorDataset, load_checkpoint, save_checkpoint
+from fedloom.config import SimulationConfig
 
-# Tiny models train fastest on one thread; several OpenMP threads on a busy 2-core machine
-# make each small matmul wait for the others (seen: 60x slower).
-torch.set_num_threads(1)
+# Exactly the config's default thread count (simulation.threads), which every config run
+# applies to its processes anyway: tests building engines by hand get the same count. Tiny
+# models train fastest on one thread (several OpenMP threads on a busy 2-core machine make
+# each small matmul wait for the others: seen 60x slower). tests/test_threads.py starts runs
+# at other counts to check that the default makes them bit-identical.
+torch.set_num_threads(SimulationConfig().threads)
 
 IN_FEATURES, NUM_CLASSES = 8, 3
 CLIENT_SIZES = (12, 20, 8, 16, 24, 10)

@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(1, 65535),
         help="the aggregator's port on 127.0.0.1 (default: a free one)",
     )
+    p_launch.add_argument(
+        "--allow-fewer-clients",
+        action="store_true",
+        help="run even when the task has more clients than the N-1 started (it then trains "
+        "a different federation from `fedloom run`)",
+    )
     p_launch.add_argument("target", help="a config file, or a .py script run in every process")
     p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
 
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumable = args.command in ("run", "demo", "server", "start")
+        resumable = args.command in ("run", "demo", "server") or _starts_server(args)
         hint = "; continue with --resume" if resumable else ""
         print(f"fedloom: interrupted{hint}", file=sys.stderr)
         return 130
@@ -205,6 +211,19 @@ def error_line(e: BaseException) -> str:
     if sep and command != head and command.isidentifier():
         return f"{head}: error: {rest}"
     return f"fedloom: error: {text}"
+
+
+def _starts_server(args: argparse.Namespace) -> bool:
+    """``fedloom start`` as the aggregator (the role that has ``--resume``), not a client."""
+    if args.command != "start":
+        return False
+    from .deploy.roles import role_from_env
+
+    try:
+        role = args.role or getattr(role_from_env(), "name", None)
+    except ConfigError:
+        return False
+    return bool(role == "server")
 
 
 def _set_option(p: argparse.ArgumentParser) -> None:
@@ -295,7 +314,13 @@ def _runtime(args: argparse.Namespace) -> int:
     if args.command == "launch":
         if args.nproc is None:
             return launch.launch_topology(args.target, args.args)
-        return launch.launch(args.nproc, args.target, args.args, master_port=args.master_port)
+        return launch.launch(
+            args.nproc,
+            args.target,
+            args.args,
+            master_port=args.master_port,
+            allow_fewer_clients=args.allow_fewer_clients,
+        )
     if args.command == "node":
         from .deploy.relay import run_node
 

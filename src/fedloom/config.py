@@ -253,19 +253,25 @@ class RuntimeConfig(_Section):
 
 
 class SimulationConfig(_Section):
-    """How a simulation trains each round's clients (the network runtime ignores it).
+    """How a simulation trains each round's clients (the network runtime ignores ``engine``
+    and ``workers``).
 
     ``engine``: ``"sequential"``, one client after another with one reused model
     (:class:`~fedloom.InProcessClients`); ``"vectorized"``, all of a round's clients at once
     with ``torch.func`` or, for chains of Linear layers, a fused step
     (:class:`~fedloom.simulation.VectorizedClients`; it falls back to sequential, saying why,
-    for what it cannot reproduce); ``"pool"``, ``workers`` forked processes of ``threads``
-    torch threads each, bit-identical to sequential (:class:`~fedloom.ProcessPoolClients`).
-    Under ``torchrun`` each rank trains its share sequentially."""
+    for what it cannot reproduce); ``"pool"``, ``workers`` forked processes, bit-identical to
+    sequential (:class:`~fedloom.ProcessPoolClients`). Under ``torchrun`` each rank trains its
+    share sequentially.
+
+    ``threads``: torch's intra-op threads in EVERY process of the run (this one, each pool
+    worker, each torchrun rank, the aggregator, each client and relay), whatever the machine
+    or ``OMP_NUM_THREADS`` says: the thread count groups float sums, so the same count
+    everywhere is what makes those runs bit-identical (:mod:`fedloom.compose.threads`)."""
 
     engine: str = "sequential"  # a name in the ENGINES registry (:mod:`fedloom.compose.engines`)
     workers: int = Field(default=2, ge=1)
-    threads: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1)  # 1: the pool's and torchrun's count; see above
 
     @field_validator("engine")
     @classmethod

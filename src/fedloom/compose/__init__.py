@@ -5,6 +5,7 @@
     factory.py   [task]                  a Task of your own: ``factory = "module:callable"``
     strategy.py  [strategy]              the strategy and its aggregator
     engines.py   [simulation]            the engine, from the ENGINES registry
+    threads.py   simulation.threads      torch's thread count, the same in every process
     attack.py    [attack]                attackers: a flipped task or attacked updates
     record.py    [output] [notify]       the run directory, the recorder, notifiers
     loop.py      rounds [eval]           the round loop over all of the above

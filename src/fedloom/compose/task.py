@@ -3,7 +3,8 @@
 Without a ``[task]`` section the built-in :class:`ClassificationTask` of the registered
 dataset, partitioner and model is the default; a ``[task]`` names a factory of your own
 (:mod:`fedloom.compose.factory`). Every process of a run builds its Task through
-:func:`task_parts`, so the aggregator, clients, relays and torchrun ranks agree on it.
+:func:`task_parts`, so the aggregator, clients, relays and torchrun ranks agree on it (and
+on the torch thread count, :mod:`fedloom.compose.threads`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..models import build_model
 from ..task import Task
 from .data import load_dataset, partition
 from .factory import custom_task
+from .threads import apply_threads
 
 
 @dataclass
@@ -37,7 +39,9 @@ class TaskParts:
 
 
 def task_parts(cfg: Config) -> TaskParts:
-    """The ``[task]`` factory's Task, or by default the built-in classification task."""
+    """The ``[task]`` factory's Task, or by default the built-in classification task; first
+    this process's torch threads are set to ``simulation.threads``, as in every process."""
+    apply_threads(cfg)
     if cfg.task is not None:
         return TaskParts(custom_task(cfg), report={"task_factory": cfg.task.factory})
     dataset = load_dataset(cfg)

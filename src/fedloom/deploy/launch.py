@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..compose.factory import import_factory
+from ..compose.factory import custom_task, import_factory
 from ..config import load_config
 from ..errors import ConfigError
 from ..topology import Topology
@@ -30,6 +30,42 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# What a deployment script reads or calls to learn its role; a script with none of them would
+# run the same program in every process (N simulations labelled "aggregator" and "client").
+ROLE_MARKERS = ("RANK", "role_from_env", "run_server", "run_client", "RuntimeClient",
+                "AggregatorServer", "fedloom.deploy", "fedloom.runtime")  # fmt: skip
+
+
+def check_script(target: str) -> None:
+    """Refuse a ``.py`` script that never asks for its role: under ``fedloom launch`` it
+    would start ``nproc`` copies of one program, none of them an aggregator or a client."""
+    text = Path(target).read_text(encoding="utf-8", errors="replace")
+    if not any(marker in text for marker in ROLE_MARKERS):
+        raise ConfigError(
+            f"{target} is not a deployment script: it never reads its role (RANK, or "
+            "fedloom.deploy.roles.role_from_env / run_server / run_client), so every process "
+            "would run the same program. Launch a config instead (fedloom launch --nproc N "
+            "CONFIG), or run the script itself"
+        )
+
+
+def check_clients(nproc: int, num_clients: int, per_round: int | None, allow: bool) -> None:
+    """Refuse, unless ``allow``, a launch whose client processes are fewer than the task's
+    clients: the aggregator samples only among those that check in, so it would train a
+    different federation from ``fedloom run`` of the same config."""
+    started = nproc - 1
+    if allow or num_clients <= started:
+        return
+    each = f" ({per_round} per round)" if per_round is not None else ""
+    raise ConfigError(
+        f"the config's task has {num_clients} clients{each}, but --nproc {nproc} starts "
+        f"{started} client processes (ids 0-{started - 1}): the aggregator would train only "
+        f"those {started}, a different federation from `fedloom run` of this config. Give "
+        f"--nproc {num_clients + 1}, fewer clients (--set data.num_clients={started}), or "
+        "--allow-fewer-clients to run with these anyway"
+    )
 
 
 def command_for(target: str, args: Sequence[str]) -> list[str]:
@@ -48,16 +84,25 @@ def launch(
     master_port: int | None = None,
     grace: float = 10.0,
     out: TextIO | None = None,
+    allow_fewer_clients: bool = False,
 ) -> int:
-    """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded."""
+    """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded.
+    A config whose task has more clients than ``nproc - 1`` is refused unless
+    ``allow_fewer_clients`` (:func:`check_clients`); a script must ask for its role."""
     if nproc < 2:
         raise ConfigError(f"--nproc must be >= 2 (an aggregator and a client), got {nproc}")
     if not Path(target).is_file():
         raise ConfigError(f"{target}: no such file")
-    if not target.endswith(".py"):  # one error line now, not one from every process
+    if target.endswith(".py"):
+        check_script(target)
+    else:  # one error line now, not one from every process
         cfg = load_config(target, _overrides(args))
+        num_clients = cfg.data.num_clients
         if cfg.task is not None:
             import_factory(cfg.task)
+            num_clients = custom_task(cfg).num_clients
+        per_round = cfg.strategy.clients_per_round
+        check_clients(nproc, num_clients, per_round, allow_fewer_clients)
     out = out or sys.stdout
     port = master_port or free_port(master_addr)
     aggregator_port = free_port(master_addr)
@@ -120,6 +165,7 @@ def _run_all(
     out = out or sys.stdout
     procs: list[subprocess.Popen[str]] = []
     lock = threading.Lock()
+    finished: set[int] = set()  # pids of clients stopped because the run finished
     pumps = []
     for label, cmd, env in commands:
         procs.append(
@@ -132,11 +178,13 @@ def _run_all(
                 start_new_session=True,
             )
         )
-        t = threading.Thread(target=_pump, args=(procs[-1], label, out, lock), daemon=True)
+        t = threading.Thread(
+            target=_pump, args=(procs[-1], label, out, lock, finished), daemon=True
+        )
         t.start()
         pumps.append(t)
     try:
-        return _wait(procs, [label for label, _, _ in commands], grace, out, lock)
+        return _wait(procs, [label for label, _, _ in commands], grace, out, lock, finished)
     except KeyboardInterrupt:
         _terminate(procs, grace)
         return 130
@@ -151,6 +199,7 @@ def _wait(
     grace: float,
     out: TextIO,
     lock: threading.Lock,
+    finished: set[int],
 ) -> int:
     """0 when the aggregator succeeded and no client failed by itself.
 
@@ -172,11 +221,12 @@ def _wait(
     while any(p.poll() is None for p in clients) and time.monotonic() < deadline:
         time.sleep(0.1)
     running = [p for p in clients if p.poll() is None]
-    if running:
-        names = ", ".join(label for p, label in zip(clients, labels[1:]) if p in running)
-        with lock:
-            out.write(f"[launch] the aggregator is done; stopping {names}\n")
-            out.flush()
+    with lock:  # their own words on being stopped ("interrupted") are dropped: it finished
+        for p, label in zip(clients, labels[1:]):
+            if p in running:
+                finished.add(p.pid)
+                out.write(f"[{label}] run finished\n")
+        out.flush()
     _terminate(procs, grace)
     return 0 if all(p.returncode == 0 for p in clients if p not in running) else 1
 
@@ -194,9 +244,13 @@ def _terminate(procs: list[subprocess.Popen[str]], grace: float) -> None:
             p.wait()
 
 
-def _pump(proc: subprocess.Popen[str], label: str, out: TextIO, lock: threading.Lock) -> None:
+def _pump(
+    proc: subprocess.Popen[str], label: str, out: TextIO, lock: threading.Lock, finished: set[int]
+) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         with lock:
+            if proc.pid in finished:
+                continue
             out.write(f"[{label}] {line}")
             out.flush()

@@ -92,15 +92,20 @@ class ProcessPoolClients(BackendBase):
         task: the user's task; inherited by the workers through ``fork``.
         seed: the run seed (the same as the Federation's, as for :class:`InProcessClients`).
         workers: number of worker processes.
-        threads: torch intra-op threads per worker (1 keeps small models fast and results
-            bit-identical to a single-threaded in-process run).
+        threads: torch intra-op threads per worker; by default this process's count when
+            the pool is made, so the pool is bit-identical to :class:`InProcessClients` here
+            (the thread count groups float sums). A config run passes ``simulation.threads``,
+            which it also applies to this process.
 
     Use as a context manager, or call :meth:`close`, to stop the workers.
     """
 
-    def __init__(self, task: Task, seed: int = 0, workers: int = 2, threads: int = 1):
+    def __init__(self, task: Task, seed: int = 0, workers: int = 2, threads: int | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        threads = torch.get_num_threads() if threads is None else threads
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.task, self.seed, self.workers, self.threads = task, seed, workers, threads
         with torch.random.fork_rng(devices=[]):
             self.spec, flat = flatten_module(task.build_model(), task.personal_layers)
