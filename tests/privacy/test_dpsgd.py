@@ -47,6 +47,7 @@ def steps(
     part: DPSGDPart | None,
     lr: float = 0.0,
     seed: int = 0,
+    reduction: str = "mean",
 ) -> tuple[list[torch.Tensor], LocalRun]:
     """Train on ``batches`` with the user's plain loop (under ``part`` if given); the last
     step's gradients."""
@@ -55,7 +56,7 @@ def steps(
         part.begin(run)
     for x, y in batches:
         run.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x), y, reduction=reduction).backward()
         run.optimizer.step()
     grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
     run.close()
@@ -107,6 +108,17 @@ def test_zero_noise_and_huge_c_is_plain_sgd():
     for a, b, start in zip(dp_model.parameters(), plain_model.parameters(), mlp64().parameters()):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
         assert float((a - start).detach().abs().max()) > 1e-3  # it trained
+
+
+def test_zero_noise_and_huge_c_is_plain_sgd_for_a_summed_loss_too():
+    """A sum loss: the clipped per-sample gradients are summed, not divided by B (a missing
+    or extra 1/B would show as a factor of 4 here)."""
+    batches = [batch(4, seed=s) for s in range(5)]
+    dp_model, plain_model = mlp64(), mlp64()
+    steps(dp_model, batches, DPSGDPart(0.0, 1e12, loss_reduction="sum"), 0.05, reduction="sum")
+    steps(plain_model, batches, None, lr=0.05, reduction="sum")
+    for a, b in zip(dp_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
 def test_the_noise_has_the_configured_std():

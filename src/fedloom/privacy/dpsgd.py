@@ -121,8 +121,9 @@ class PerSampleStep:
         for g in grads:
             squares.add_(g.double().square().sum(1))
         clip, z = self.part.clip_norm, self.part.noise_multiplier
-        # weight of each sample in the sum: its clip factor, the scale, 1/B for a mean
-        weights = (clip / (squares.sqrt() * scale)).clamp_(max=1.0).mul_(scale / batch)
+        # weight of each copy in the sum: the sample's clip factor (its gradient's norm is
+        # the copy's times the scale); a mean loss's copies already carry the 1/B
+        weights = (clip / (squares.sqrt() * scale)).clamp_(max=1.0)
         totals = [weights.to(g.dtype) @ g for g in grads]
         if z > 0:
             dtype = totals[0].dtype
