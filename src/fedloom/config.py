@@ -205,10 +205,10 @@ class SecAggSection(_Section):
     round survives; ``stage_timeout`` bounds each protocol stage after the first."""
 
     num_shares: int | None = Field(default=None, ge=2)
-    reconstruction_threshold: int | None = Field(default=None, ge=1)
-    clipping_range: float = Field(default=1.0, gt=0)
+    reconstruction_threshold: int | None = Field(default=None, ge=2)
+    clipping_range: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     quantization_range: int = Field(default=1 << 16, ge=2, le=1 << 20)
-    stage_timeout: float = Field(default=30.0, gt=0)
+    stage_timeout: float = Field(default=30.0, gt=0, le=86400, allow_inf_nan=False)
 
 
 class RuntimeConfig(_Section):

@@ -211,12 +211,14 @@ def test_async_local_federation_from_a_config_is_deterministic(tmp_path):
     assert torch.equal(*results)
 
 
-def test_dpsgd_from_the_config_is_refused_in_an_own_loop_before_training(tmp_path):
-    """DP-SGD accounts every step with the task's per-client sample count, which an own
-    loop's job does not carry: refused on the first job, naming the part."""
-    cfg = config(tmp_path / "local", "dpsgd", "fedavg")
-    cfg = with_changes(cfg, **{"privacy.mode": "dpsgd", "privacy.noise_multiplier": 1.0})
-    fl = LocalFederation.from_config(cfg)
-    with pytest.raises(JobError, match=r"dpsgd\(.*per-client sample count"):  # noqa: PT012
-        for _ in fl.jobs():
-            raise AssertionError("a job reached the loop")
+def test_client_side_dp_from_the_config_is_refused_outside_the_simulation(tmp_path):
+    """Local DP and DP-SGD draw their noise from the run seed, which the aggregator knows:
+    a run with another backend than the simulation's (a LocalFederation, the network
+    aggregator) is refused at build time, naming the key."""
+    from fedloom.errors import ConfigError
+
+    for mode in ("dpsgd", "local"):
+        cfg = config(tmp_path / "local", mode, "fedavg")
+        cfg = with_changes(cfg, **{"privacy.mode": mode, "privacy.noise_multiplier": 1.0})
+        with pytest.raises(ConfigError, match=f"privacy.mode = '{mode}' runs in simulation"):
+            LocalFederation.from_config(cfg)

@@ -349,3 +349,64 @@ def test_secure_rounds_over_processes_match_the_simulation_within_a_step(tmp_pat
     (record,) = read_metrics(run_dir(cfg))
     assert record["clients"] == 1 and record["samples"] == sim.history[0]["samples"]
     assert "securely aggregated 3 of 3 clients" in server.output()
+
+
+# -- review regressions -----------------------------------------------------------------------
+def test_a_round_of_one_client_hands_out_no_work_so_nothing_goes_in_the_clear(
+    servers, client_threads
+):
+    """One sampled client cannot be aggregated securely: it is not told to train (it would
+    upload its update in the clear), and the round is skipped as short."""
+    rec = Recorder()
+    fed, server, initial = secure_run(
+        servers, client_threads, task_of(sizes=(15,)), SecAggSettings(stage_timeout=5),
+        rounds=2, recorder=rec, short_round="skip", round_timeout=5,
+    )  # fmt: skip
+    assert len(fed.history) == 2
+    assert all("needs at least 2 clients" in r["skipped"] for r in fed.history)
+    assert server.rejections == [] and rec.received == []
+    assert torch.equal(fed.params, initial)
+
+
+def test_a_client_refuses_parameters_that_would_let_the_aggregator_unmask_it():
+    """The client checks what the aggregator asks: a threshold of half the shares or less
+    (both a seed's and a key's shares could be collected) or a stage timeout that is not a
+    finite number of seconds is refused as malformed."""
+    good = dict(
+        num_clients=6, vector_length=10, num_shares=5, reconstruction_threshold=3,
+        clipping_range=1.0, quantization_range=256, modulus=1 << 32, session=1,
+        graph_seed=7, index=0, stage_timeout_s=5.0,
+    )  # fmt: skip
+    secagg_wire.params_from_proto(pb.SecAggParams(**good), 10)
+    for bad in (
+        {"reconstruction_threshold": 2},  # 2 * 2 <= 5
+        {"reconstruction_threshold": 1, "num_shares": 1},
+        {"stage_timeout_s": float("nan")},
+        {"stage_timeout_s": float("inf")},
+    ):
+        with pytest.raises(secagg_wire.SecAggRefused, match="malformed"):
+            secagg_wire.params_from_proto(pb.SecAggParams(**{**good, **bad}), 10)
+
+
+def test_an_own_loop_is_refused_by_a_secure_aggregator_before_it_uploads(
+    servers, client_threads
+):
+    import fedloom
+    from fedloom.errors import JobError
+
+    task = task_of()
+    server = AggregatorServer(
+        ParamSpec.from_module(task.build_model()), address="127.0.0.1:0", poll_interval=0.02,
+        min_clients=2, secagg=SecAggSettings(stage_timeout=5), round_timeout=5,
+    ).start()  # fmt: skip
+    servers.append(server)
+    fed = Federation(task, FedAvg(fraction=1.0), server, rounds=1, seed=0, short_round="skip")
+    run = threading.Thread(target=fed.run, daemon=True)
+    run.start()
+    client_threads.start(RuntimeClient(task, server.address, 1, retry_for=10))
+    with fedloom.connect(server.address, client_id=0, num_samples=15) as fl:
+        jobs = fl.jobs()
+        with pytest.raises(JobError, match="secure aggregation"):
+            next(jobs)
+    run.join(30)
+    assert not any("client 0" in r or c == 0 for _, c, r in server.rejections)

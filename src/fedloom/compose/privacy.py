@@ -41,6 +41,11 @@ def with_privacy(
             f"{where} with privacy.secure_aggregation runs in simulation; a deployment "
             "aggregates securely with [runtime.secagg] (the network runtime's SecAgg+)"
         )
+    if p.mode in ("local", "dpsgd") and networked:
+        raise ConfigError(
+            f"{where} runs in simulation here: its noise derives from the run seed, which "
+            "the aggregator chooses, so over the network it would not hide updates from it"
+        )
     if (p.secure_aggregation or p.mode == "distributed") and cfg.compression.up:
         raise ConfigError(
             f"compression.up = {cfg.compression.up} cannot be combined with "

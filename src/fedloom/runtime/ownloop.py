@@ -370,6 +370,12 @@ class Connection(ClientChannel):
                 raise self._unmendable(e) from None
             if data is None:  # the round closed before we started
                 continue
+            if ins.HasField("secagg"):  # its upload would go in the clear: never send it
+                raise JobError(
+                    f"client {self.client_id}: the aggregator runs secure aggregation "
+                    "([runtime.secagg]); an own loop cannot take part in it: run "
+                    "`fedloom client` (RuntimeClient) instead"
+                )
             params, tensors, _ = decode_bundle(data, self.spec, copy=True)
             job = self._job(ins, params, tensors)
             with self._heartbeats():

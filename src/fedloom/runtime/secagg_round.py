@@ -182,6 +182,11 @@ class SecAggRounds(SyncRounds):
                 self.cv.notify_all()
             log.error("round %d: %s", rnd, e)
             raise QuorumError(f"round {rnd}: {e}") from None
+        if len(result.survivors) < max(2, self.quorum):  # one survivor: its own update
+            raise QuorumError(
+                f"round {rnd}: {len(result.survivors)} clients survived secure aggregation; "
+                f"the quorum is {max(2, self.quorum)}"
+            )
         yield self._aggregate(rnd, result)
 
     # -- the handlers' side ---------------------------------------------------------------
@@ -268,6 +273,11 @@ class SecAggRounds(SyncRounds):
         return reply_for(message)
 
     # -- the stages -----------------------------------------------------------------------
+    def work_for(self, cid: int) -> bool:
+        """Work only for a round that runs the protocol: with fewer than 2 clients there is
+        none, and a client told to train would upload its update in the clear."""
+        return self._server is not None and super().work_for(cid)
+
     def _run_protocol(self, rnd: int) -> AggregateResult:
         server = self._server
         if server is None:

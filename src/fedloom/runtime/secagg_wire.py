@@ -9,6 +9,7 @@ ever unpickled. The round id and sender of a message travel once, in the request
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,6 +88,15 @@ def params_from_proto(p: pb.SecAggParams, vector_length: int) -> tuple[SecAggCon
     """(config, this client's index); the vector must be as long as the client's model."""
     if p.vector_length != vector_length:
         raise _malformed(f"vector length {p.vector_length}; this model has {vector_length}")
+    if not (math.isfinite(p.stage_timeout_s) and 0 < p.stage_timeout_s <= 86400):
+        raise _malformed(f"stage timeout {p.stage_timeout_s!r} s")
+    # t shares of a secret reveal it: with 2t <= k an aggregator telling clients different
+    # stories could collect both a client's seed and its key shares, and unmask its input
+    if not 2 * p.reconstruction_threshold > p.num_shares or p.reconstruction_threshold < 2:
+        raise _malformed(
+            f"reconstruction threshold {p.reconstruction_threshold} of {p.num_shares} shares: "
+            "it must be at least 2 and more than half the shares"
+        )
     try:
         config = SecAggConfig(
             num_clients=p.num_clients,

@@ -128,7 +128,9 @@ class Uploads:
         if why is not None:
             return self._reject(cid, head.round, why, record=False)
         with self.cv:
-            member = self.membership.members[cid]
+            member = self.membership.members.get(cid)
+            if member is None:  # dropped as silent since the caller's check
+                return self._reject(cid, head.round, "no longer a member", record=False)
             member.last_seen = time.monotonic()
             duplicate = cid in self.membership.receiving or self.rounds.answered(cid)
             if not duplicate:
