@@ -69,7 +69,7 @@ class AdaptiveClip(Stateful):
         ):
             raise ValueError(f"clip_count_stddev must be a finite number > 0, got {count_stddev!r}")
         self.count_stddev = None if count_stddev is None else float(count_stddev)
-        self._unclipped = 0
+        self._unclipped = 0.0
 
     def stddev(self, cohort: int) -> float:
         """The count noise's std (``count_stddev``, else cohort / 20)."""
@@ -92,15 +92,17 @@ class AdaptiveClip(Stateful):
         return float((noise_multiplier**-2 - (2 * sigma_b) ** -2) ** -0.5)
 
     def begin(self) -> None:
-        self._unclipped = 0
+        self._unclipped = 0.0
 
     def observe(self, norm: float) -> None:
-        """Count one update's norm against the current C (before it is clipped)."""
-        self._unclipped += int(norm <= self.clip_norm)
+        """Count one update's norm against the current C (before it is clipped), centred:
+        b - 1/2, so adding or removing a client moves the count by 1/2, the sensitivity
+        :meth:`delta_noise_multiplier` accounts (uncentred it would be 1)."""
+        self._unclipped += int(norm <= self.clip_norm) - 0.5
 
     def update(self, cohort: int, noise: float) -> None:
         """Move C after the round: ``noise`` is a standard normal draw scaled here."""
-        share = (self._unclipped + noise * self.stddev(cohort)) / max(cohort, 1)
+        share = (self._unclipped + noise * self.stddev(cohort)) / max(cohort, 1) + 0.5
         self.clip_norm *= math.exp(-self.learning_rate * (share - self.target_quantile))
 
     def state_dict(self) -> dict[str, Any]:
