@@ -35,28 +35,40 @@ def registered_name(registry: Registry[Any], obj: object) -> str:
     return type(obj).__name__
 
 
-def check_central(strategy: Strategy) -> None:
-    """Raise ValueError naming the keys when central DP cannot keep its guarantee with
-    ``strategy``; warn that sample-count weights are replaced by uniform ones."""
+def check_mean_strategy(
+    strategy: Strategy, setting: str, strategy_why: str, mean_why: str
+) -> FedAvg | FedOpt:
+    """Raise ValueError naming ``setting`` and the strategy's keys unless ``strategy``
+    combines updates by a mean and a server step (FedAvg's or FedOpt's aggregation) with the
+    mean aggregator; ``strategy_why`` and ``mean_why`` say what the setting would lose."""
     name = registered_name(STRATEGIES, strategy)
     if not isinstance(strategy, FedAvg | FedOpt) or type(strategy).aggregate not in MEAN_STEPS:
         raise ValueError(
-            f"privacy.mode = 'central' cannot be combined with strategy.name = {name!r}: "
-            "central DP clips and noises the mean of the model updates, and this strategy "
-            "aggregates in its own way or with tensors of its own (control variates, step "
-            "counts, losses, cluster models) that would be neither clipped nor noised; use "
+            f"{setting} cannot be combined with strategy.name = {name!r}: {strategy_why}; use "
             "fedavg, fedprox, fedper, ditto, fedavgm, fedadagrad, fedadam or fedyogi"
         )
-    aggregator = strategy.aggregator
-    if type(aggregator) is not WeightedMean:
-        agg = registered_name(AGGREGATORS, aggregator)
+    if type(strategy.aggregator) is not WeightedMean:
+        agg = registered_name(AGGREGATORS, strategy.aggregator)
         raise ValueError(
-            f"privacy.mode = 'central' cannot be combined with strategy.aggregator = {agg!r}: "
-            "the noise is calibrated to one client's bounded share of a mean, while median, "
-            "Krum, trimmed mean and elastic aggregation select or reweight individual updates; "
+            f"{setting} cannot be combined with strategy.aggregator = {agg!r}: {mean_why}; "
             "use strategy.aggregator = 'mean'"
         )
-    if strategy.weighted:
+    return strategy
+
+
+def check_central(strategy: Strategy) -> None:
+    """Raise ValueError naming the keys when central DP cannot keep its guarantee with
+    ``strategy``; warn that sample-count weights are replaced by uniform ones."""
+    mean = check_mean_strategy(
+        strategy,
+        "privacy.mode = 'central'",
+        "central DP clips and noises the mean of the model updates, and this strategy "
+        "aggregates in its own way or with tensors of its own (control variates, step "
+        "counts, losses, cluster models) that would be neither clipped nor noised",
+        "the noise is calibrated to one client's bounded share of a mean, while median, "
+        "Krum, trimmed mean and elastic aggregation select or reweight individual updates",
+    )
+    if mean.weighted:
         log.info(
             "privacy.mode = 'central': client updates are averaged uniformly (DP-FedAvg); "
             "strategy.weighted = true is not used, since sample-count weights would let one "

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from ...aggregation import WeightedMean
 from ...algorithms.base import Strategy
-from ...algorithms.fedavg import FedAvg
-from ...algorithms.fedopt import FedOpt
-from ...registry import AGGREGATORS, STRATEGIES
-from ..compat import MEAN_STEPS, registered_name
+from ..compat import check_mean_strategy
 
 log = logging.getLogger("fedloom")
 
@@ -25,24 +21,16 @@ log = logging.getLogger("fedloom")
 def check_secagg(strategy: Strategy, setting: str = "secagg") -> None:
     """Raise ValueError naming the keys when ``strategy`` needs more than the sum of the
     updates; ``setting`` names the config key that turned secure aggregation on."""
-    name = registered_name(STRATEGIES, strategy)
-    if not isinstance(strategy, FedAvg | FedOpt) or type(strategy).aggregate not in MEAN_STEPS:
-        raise ValueError(
-            f"{setting} cannot be combined with strategy.name = {name!r}: secure aggregation "
-            "reveals only the sum of the model updates, and this strategy aggregates in its "
-            "own way or with tensors of its own (control variates, step counts, losses, "
-            "cluster models) that would not be summed securely; use fedavg, fedprox, fedper, "
-            "ditto, fedavgm, fedadagrad, fedadam or fedyogi"
-        )
-    aggregator = strategy.aggregator
-    if type(aggregator) is not WeightedMean:
-        agg = registered_name(AGGREGATORS, aggregator)
-        raise ValueError(
-            f"{setting} cannot be combined with strategy.aggregator = {agg!r}: median, Krum, "
-            "trimmed mean and elastic aggregation need the individual updates, which secure "
-            "aggregation never reveals; use strategy.aggregator = 'mean'"
-        )
-    if strategy.weighted:
+    mean = check_mean_strategy(
+        strategy,
+        setting,
+        "secure aggregation reveals only the sum of the model updates, and this strategy "
+        "aggregates in its own way or with tensors of its own (control variates, step "
+        "counts, losses, cluster models) that would not be summed securely",
+        "median, Krum, trimmed mean and elastic aggregation need the individual updates, "
+        "which secure aggregation never reveals",
+    )
+    if mean.weighted:
         log.info(
             "%s: client updates are summed uniformly (each client one vote); "
             "strategy.weighted = true is not used",
