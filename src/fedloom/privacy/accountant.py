@@ -205,3 +205,21 @@ def calibrate_noise_multiplier(
         acc = Accountant(delta, method)
         acc.step(q, float(z), rounds)
     return float(z)
+
+
+def budget_stop(
+    accountant: Accountant, q: float | None, z: float, target_epsilon: float | None, delta: float
+) -> str | None:
+    """Why the run must stop before its next round: one more round at sampling rate ``q`` and
+    noise multiplier ``z`` would spend more than ``target_epsilon``; None while it would not."""
+    if target_epsilon is None or q is None:
+        return None
+    ahead = accountant.epsilon((q, z, 1))
+    if ahead <= target_epsilon:
+        return None
+    return (
+        f"privacy budget: one more round would spend epsilon {ahead:.4g} > "
+        f"privacy.target_epsilon = {target_epsilon:g} (delta {delta:g}); "
+        f"stopped at epsilon {accountant.epsilon():.4g} after "
+        f"{accountant.rounds} noised rounds"
+    )

@@ -23,7 +23,14 @@ from ..algorithms.base import RoundPlan, Strategy
 from ..seeding import derive_seed
 from ..stages import Stage
 from ..update import ClientUpdate
-from .accountant import Accountant, Method, check_delta, check_noise, check_rate
+from .accountant import (
+    Accountant,
+    Method,
+    budget_stop,
+    check_delta,
+    check_noise,
+    check_rate,
+)
 from .clipping import AdaptiveClip, check_clip_norm, clip_
 from .compat import check_central
 
@@ -155,16 +162,8 @@ class CentralDP(Stage):
         return record
 
     def stop_reason(self) -> str | None:
-        if self.target_epsilon is None or self._q is None:
-            return None
-        ahead = self.accountant.epsilon((self._q, self.noise_multiplier, 1))
-        if ahead <= self.target_epsilon:
-            return None
-        return (
-            f"privacy budget: one more round would spend epsilon {ahead:.4g} > "
-            f"privacy.target_epsilon = {self.target_epsilon:g} (delta {self.delta:g}); "
-            f"stopped at epsilon {self.accountant.epsilon():.4g} after "
-            f"{self.accountant.rounds} noised rounds"
+        return budget_stop(
+            self.accountant, self._q, self.noise_multiplier, self.target_epsilon, self.delta
         )
 
     def state_dict(self) -> dict[str, Any]:

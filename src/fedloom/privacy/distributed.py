@@ -35,7 +35,14 @@ from numpy.typing import NDArray
 from ..algorithms.base import RoundPlan, Strategy
 from ..errors import ConfigError
 from ..seeding import derive_seed
-from .accountant import Accountant, Method, check_delta, check_noise, check_rate
+from .accountant import (
+    Accountant,
+    Method,
+    budget_stop,
+    check_delta,
+    check_noise,
+    check_rate,
+)
 from .clipping import check_clip_norm, clip_
 from .secagg.compat import check_secagg
 from .secagg.config import SecAggConfig
@@ -186,18 +193,8 @@ class DistributedDP(SecureAggregation):
         )
 
     def stop_reason(self) -> str | None:
-        if self.target_epsilon is None or self._q is None:
-            return None
-        z = min(self.noise_multiplier, self._last_z or math.inf)
-        ahead = self.accountant.epsilon((self._q, z, 1))
-        if ahead <= self.target_epsilon:
-            return None
-        return (
-            f"privacy budget: one more round would spend epsilon {ahead:.4g} > "
-            f"privacy.target_epsilon = {self.target_epsilon:g} (delta {self.delta:g}); "
-            f"stopped at epsilon {self.accountant.epsilon():.4g} after "
-            f"{self.accountant.rounds} noised rounds"
-        )
+        z = min(self.noise_multiplier, self._last_z or math.inf)  # the noise actually reached
+        return budget_stop(self.accountant, self._q, z, self.target_epsilon, self.delta)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"accountant": self.accountant.state_dict()}
