@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_cli.add_argument("--token", help="this client's token (or env FEDLOOM_TOKEN)")
     p_cli.add_argument("--data", help="where this client's data lives (sets data.root)")
+    p_cli.add_argument(
+        "--noise-seed",
+        type=_int_at_least(0, 2**63 - 1),
+        help="seed local DP / DP-SGD noise with this (or env FEDLOOM_NOISE_SEED) instead of a "
+        "secret: for tests and reproducible runs only, it voids the guarantee against an "
+        "aggregator that learns it",
+    )
     _set_option(p_cli)
 
     p_start = sub.add_parser(
@@ -360,6 +367,7 @@ def _runtime(args: argparse.Namespace) -> int:
         server=address or getattr(args, "server", None),
         client_id=client_id,
         token=getattr(args, "token", None),
+        noise_seed=getattr(args, "noise_seed", None),
     )
     print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0

@@ -41,10 +41,10 @@ def with_privacy(
             f"{where} with privacy.secure_aggregation runs in simulation; a deployment "
             "aggregates securely with [runtime.secagg] (the network runtime's SecAgg+)"
         )
-    if p.mode in ("local", "dpsgd") and networked:
+    if p.mode in ("local", "dpsgd") and networked and cfg.runtime.secagg is not None:
         raise ConfigError(
-            f"{where} runs in simulation here: its noise derives from the run seed, which "
-            "the aggregator chooses, so over the network it would not hide updates from it"
+            f"{where} cannot be combined with [runtime.secagg]: a secure round carries no "
+            "client's metrics, so the clients' epsilons would go unreported"
         )
     if (p.secure_aggregation or p.mode == "distributed") and cfg.compression.up:
         raise ConfigError(

@@ -27,6 +27,9 @@ from ..errors import ConfigError
 from ..experiment import Experiment
 from ..federation import RunResult
 from ..params import ParamSpec
+from ..privacy.clientnoise import ClientNoise
+from ..privacy.dpsgd import DPSGD
+from ..privacy.local import LocalDP
 from ..registry import STRATEGIES
 from ..runtime.client import RuntimeClient
 from ..runtime.secagg_round import SecAggSettings
@@ -218,6 +221,40 @@ def run_server(
         server.stop()
 
 
+#: a client-local noise seed for local DP and DP-SGD (tests, reproducibility), if no flag
+NOISE_SEED_ENV = "FEDLOOM_NOISE_SEED"
+
+
+def client_noise(cfg: Config, noise_seed: int | None = None) -> ClientNoise:
+    """The client's noise seed (``noise_seed``, else ``$FEDLOOM_NOISE_SEED``, else a secret)
+    and the DP part its config's ``[privacy]`` asks for, which the work must run."""
+    if noise_seed is None and os.environ.get(NOISE_SEED_ENV, "").strip():
+        try:
+            noise_seed = int(os.environ[NOISE_SEED_ENV])
+        except ValueError:
+            raise ConfigError(
+                f"{NOISE_SEED_ENV}={os.environ[NOISE_SEED_ENV]!r} is not an integer"
+            ) from None
+    p, expected = cfg.privacy, None
+    if p is not None and p.mode in ("local", "dpsgd") and p.noise_multiplier is not None:
+        kind = LocalDP if p.mode == "local" else DPSGD
+        try:
+            stage = kind(p.noise_multiplier, p.clip_norm, p.delta, accountant=p.accountant)
+        except ValueError as e:
+            raise ConfigError(f"privacy.mode = {p.mode!r}: {e}") from None
+        expected = {"name": stage.part, **stage.options()}
+    if noise_seed is not None:
+        log.warning(
+            "local DP / DP-SGD noise from a fixed client seed (--noise-seed or %s): for tests "
+            "and reproducible runs; whoever learns it can remove this client's noise",
+            NOISE_SEED_ENV,
+        )
+    try:
+        return ClientNoise(noise_seed, expected)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def run_client(
     source: Any,
     overrides: Sequence[str] = (),
@@ -225,8 +262,11 @@ def run_client(
     server: str | None = None,
     client_id: int,
     token: str | None = None,
+    noise_seed: int | None = None,
 ) -> int:
-    """Run one data holder for a config until the aggregator says STOP."""
+    """Run one data holder for a config until the aggregator says STOP. Local DP and DP-SGD
+    noise comes from a secret seed of this process unless ``noise_seed`` (or
+    ``$FEDLOOM_NOISE_SEED``) fixes it (:func:`client_noise`)."""
     cfg = load_config(source, list(overrides))
     task = load_task(cfg)
     strategy = build_strategy(cfg)
@@ -255,5 +295,6 @@ def run_client(
         tls=client_tls(rt),
         retry_for=rt.retry_for,
         use_bulk=rt.bulk,
+        noise=client_noise(cfg, noise_seed),
     )
     return client.run()

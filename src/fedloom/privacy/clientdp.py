@@ -10,10 +10,17 @@ clipped nor noised, so :meth:`ClientDPStage.check` refuses them, naming the keys
 The accountant's state is plain numbers in ``ctx.state[<part>]``, so the engine keeps it
 across rounds and checkpoints it; its (q, z) runs are kept merged and sorted (composition
 commutes), so the state stays a few entries however many rounds a client takes part in.
+
+Where the noise comes from: without ``noise_seed`` (the simulation, the trusted single-party
+case) from (run seed, round, client), so a run is reproducible from its seed. With
+``noise_seed`` (what a deployed client sets, :mod:`fedloom.privacy.clientnoise`; never the
+aggregator) from a keyed BLAKE2b of (part, round, client) under that seed: the run seed
+plays no part, so an aggregator, which chose the run seed, cannot regenerate the noise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any, ClassVar
 
@@ -49,6 +56,23 @@ def check_inner(inner: dict[str, Any] | None, mode: str) -> dict[str, Any] | Non
     return dict(inner)
 
 
+def check_noise_seed(seed: int | None) -> int | None:
+    """``seed`` if it is None or an int in [0, 2**63), else ValueError naming it."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"noise_seed must be an integer, got {seed!r}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ValueError(f"noise_seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def keyed_seed(secret: int, purpose: str, round: int, client_id: int) -> int:
+    """A 63-bit seed for (``purpose``, round, client) under ``secret``: a keyed BLAKE2b, so
+    seeds of other rounds reveal nothing of ``secret`` or of each other."""
+    key = secret.to_bytes(8, "little")
+    digest = hashlib.blake2b(f"{purpose}/{round}/{client_id}".encode(), key=key, digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
 class _PerThread(threading.local):
     """One accountant per thread: a part instance serves every client of a process."""
 
@@ -72,8 +96,10 @@ class ClientDPPart(ClientAlgorithm):
         delta: float,
         accountant: Method,
         inner: dict[str, Any] | None,
+        noise_seed: int | None = None,
     ):
         self.noise_multiplier = check_noise("noise_multiplier", noise_multiplier)
+        self.noise_seed = check_noise_seed(noise_seed)
         self.clip_norm = check_clip_norm(clip_norm)
         self.delta = check_delta(delta)
         if accountant not in ("rdp", "pld"):
@@ -85,8 +111,12 @@ class ClientDPPart(ClientAlgorithm):
         self._local = _PerThread()
 
     def noise_generator(self, run: LocalRun) -> torch.Generator:
-        """A CPU generator seeded from (run seed, round, client): the client's own seed."""
-        seed = derive_seed(run.ctx.generator.initial_seed(), self.name)
+        """A CPU generator for this client's round: from ``noise_seed`` when the part has one
+        (a deployed client's own), else from (run seed, round, client) as the engine seeds."""
+        if self.noise_seed is None:
+            seed = derive_seed(run.ctx.generator.initial_seed(), self.name)
+        else:
+            seed = keyed_seed(self.noise_seed, self.name, run.ctx.round, run.ctx.client_id)
         return torch.Generator().manual_seed(seed)
 
     def begin(self, run: LocalRun) -> None:

@@ -20,7 +20,10 @@ q = batch / client samples, composed over the steps (dp-accounting's
 fixed-size batches (sampling without replacement), which TF Privacy, Opacus without
 ``poisson_sampling`` and most papers account the same way; the strict guarantee needs
 Poisson-sampled batches. The epsilon is per client, about one of its samples, and is sent as
-``sample_epsilon``; noise is seeded from (run seed, round, client), as in local DP.
+``sample_epsilon``. The noise is seeded as local DP's: from (run seed, round, client) in the
+simulation, from the client's own secret seed in a deployment. The sampling rate is the
+client's own batches over its own sample count, counted as the steps are taken: the
+aggregator does not tell it.
 """
 
 from __future__ import annotations
@@ -173,11 +176,12 @@ class DPSGDPart(ClientDPPart):
         accountant: Method = "rdp",
         loss_reduction: str = "mean",
         inner: dict[str, Any] | None = None,
+        noise_seed: int | None = None,
     ):
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         self.loss_reduction = loss_reduction
-        super().__init__(noise_multiplier, clip_norm, delta, accountant, inner)
+        super().__init__(noise_multiplier, clip_norm, delta, accountant, inner, noise_seed)
         self._runs: dict[int, PerSampleStep] = {}
         self._lock = threading.Lock()
 
@@ -207,6 +211,8 @@ class DPSGD(ClientDPStage):
         accountant: ``"rdp"`` or ``"pld"``.
         loss_reduction: ``"mean"`` (the task's loss averages over the batch: the noised sum
             is divided by the batch size) or ``"sum"``.
+        noise_seed: the noise from this seed instead of the run seed, as
+            :class:`~fedloom.privacy.local.LocalDP`'s.
 
     Each round's record carries ``sample_epsilon_max``, the largest any client reported.
     """
@@ -223,18 +229,24 @@ class DPSGD(ClientDPStage):
         *,
         accountant: Method = "rdp",
         loss_reduction: str = "mean",
+        noise_seed: int | None = None,
     ):
         super().__init__()
-        checked = DPSGDPart(noise_multiplier, clip_norm, delta, accountant, loss_reduction)
+        checked = DPSGDPart(
+            noise_multiplier, clip_norm, delta, accountant, loss_reduction, None, noise_seed
+        )
         self.noise_multiplier, self.clip_norm = checked.noise_multiplier, checked.clip_norm
         self.delta, self.accountant = checked.delta, checked.accountant
-        self.loss_reduction = checked.loss_reduction
+        self.loss_reduction, self.noise_seed = checked.loss_reduction, checked.noise_seed
 
     def options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.clip_norm,
             "delta": self.delta,
             "accountant": self.accountant,
             "loss_reduction": self.loss_reduction,
         }
+        if self.noise_seed is not None:
+            options["noise_seed"] = self.noise_seed
+        return options

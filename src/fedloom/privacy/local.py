@@ -10,10 +10,10 @@ the accountant composes (q = 1, z) once per round the client takes part in. The 
 spent so far is kept in the client's state and sent as ``local_epsilon`` in the metrics.
 
 Only the model update is covered: the engine's other metrics (training loss, step count)
-and the sample count travel in the clear. The noise comes from the client's own seed
-(run seed, round, client), which makes runs reproducible; a server that knows the run seed
-could regenerate it, so a deployment that does not trust the aggregator must keep the run
-seed from it.
+and the sample count travel in the clear. In the simulation the noise comes from (run seed,
+round, client), which makes runs reproducible; a deployed client (``fedloom client``) draws
+it from a secret seed of its own instead (:mod:`fedloom.privacy.clientnoise`), which the
+aggregator, who chose the run seed, never learns.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ class LocalDPPart(ClientDPPart):
         delta: float = 1e-5,
         accountant: Method = "rdp",
         inner: dict[str, Any] | None = None,
+        noise_seed: int | None = None,
     ):
-        super().__init__(noise_multiplier, clip_norm, delta, accountant, inner)
+        super().__init__(noise_multiplier, clip_norm, delta, accountant, inner, noise_seed)
 
     def end(self, run: LocalRun) -> None:
         super().end(run)
@@ -69,6 +70,9 @@ class LocalDP(ClientDPStage):
         clip_norm: C, the L2 bound of each client's delta.
         delta: the delta of each client's reported (epsilon, delta).
         accountant: ``"rdp"`` or ``"pld"`` (see :class:`~fedloom.privacy.Accountant`).
+        noise_seed: the clients' noise from this seed instead of the run seed: the
+            simulation of deployed clients started with ``--noise-seed`` (same numbers). A
+            deployed client refuses work that carries one (the aggregator's seed).
 
     Each round's record carries ``local_epsilon_max``, the largest epsilon any client of the
     round has spent (the clients' own figures, from their metrics).
@@ -85,16 +89,22 @@ class LocalDP(ClientDPStage):
         delta: float = 1e-5,
         *,
         accountant: Method = "rdp",
+        noise_seed: int | None = None,
     ):
         super().__init__()
-        checked = LocalDPPart(noise_multiplier, clip_norm, delta, accountant)  # ValueError early
+        # ValueError early
+        checked = LocalDPPart(noise_multiplier, clip_norm, delta, accountant, None, noise_seed)
         self.noise_multiplier, self.clip_norm = checked.noise_multiplier, checked.clip_norm
         self.delta, self.accountant = checked.delta, checked.accountant
+        self.noise_seed = checked.noise_seed
 
     def options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.clip_norm,
             "delta": self.delta,
             "accountant": self.accountant,
         }
+        if self.noise_seed is not None:
+            options["noise_seed"] = self.noise_seed
+        return options

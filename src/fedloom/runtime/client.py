@@ -2,7 +2,8 @@
 
 The client trains with the simulation's own engine (:class:`InProcessClients`), seeded from
 the run seed the aggregator sends at check-in, so a client's update is bit-identical to what
-the simulation computes for that client and round.
+the simulation computes for that client and round; local DP and DP-SGD noise excepted, which
+comes from the client's own secret seed (:mod:`fedloom.privacy.clientnoise`).
 
 The transport (check-in with retries and backoff, polling, bulk or gRPC transfers, heartbeats
 while training, checking in again after an aggregator restart) is
@@ -21,6 +22,7 @@ import torch
 from ..algorithms.base import RoundPlan
 from ..errors import FedloomError
 from ..params import ParamSpec
+from ..privacy.clientnoise import ClientNoise
 from ..simulation import InProcessClients
 from ..task import Task
 from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
@@ -48,6 +50,8 @@ class RuntimeClient(ClientChannel):
             ``seed``, as :class:`InProcessClients`); a relay node passes its own edge loop.
         num_samples: the weight announced at check-in (default: the task's count for
             ``client_id``; a relay announces its whole population).
+        noise: this client's seed for local DP and DP-SGD noise and its check of the work's
+            privacy parameters (default: a secret seed, whatever part the work names).
     """
 
     #: what runs a secure round's stages (a test may stand in one that stops at a stage)
@@ -68,6 +72,7 @@ class RuntimeClient(ClientChannel):
         use_bulk: bool = True,
         engine: Any = None,
         num_samples: int | None = None,
+        noise: ClientNoise | None = None,
     ):
         super().__init__(
             server,
@@ -82,6 +87,7 @@ class RuntimeClient(ClientChannel):
         self.task, self.on_round = task, on_round
         self.engine: Any = engine
         self.num_samples = num_samples
+        self.noise = noise or ClientNoise()
         self.rounds_done = 0
 
     # -- main loop ---------------------------------------------------------------------------
@@ -108,7 +114,8 @@ class RuntimeClient(ClientChannel):
         if data is None:  # the round closed before we started
             return
         params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
-        config = json.loads(ins.config_json or "{}")
+        # local DP / DP-SGD noise from this client's own seed, never the aggregator's
+        config = self.noise.take(json.loads(ins.config_json or "{}"), self.client_id)
         plan = RoundPlan.from_wire(config, [self.client_id], tensors)
         self.engine.distribute(ins.round, plan, params)
         t0 = time.perf_counter()

@@ -44,6 +44,7 @@ from torch import nn
 from ..algorithms.client import local_epochs
 from ..errors import FedloomError, JobError
 from ..params import ParamSpec
+from ..privacy.clientnoise import ClientNoise
 from ..seeding import derive_seed
 from ..task import ClientContext
 from ..update import checked_metrics
@@ -320,6 +321,7 @@ class Connection(ClientChannel):
         self.rounds_done = 0
         self.manual_client_part = manual_client_part
         self.client_state: dict[str, Any] = {}  # the strategy client part's, between jobs
+        self.noise = ClientNoise()  # local DP noise: this client's secret seed
         self._opened: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -386,7 +388,7 @@ class Connection(ClientChannel):
 
     def _job(self, ins: Any, params: torch.Tensor, tensors: dict[str, torch.Tensor]) -> Job:
         assert self.spec is not None and self.seed is not None
-        config = json.loads(ins.config_json or "{}")
+        config = self.noise.take(json.loads(ins.config_json or "{}"), self.client_id)
         check_supported(config.get("algorithm"), self.client_id, self.manual_client_part)
         return Job(
             self.client_id,
