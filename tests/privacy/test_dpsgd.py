@@ -196,3 +196,18 @@ def test_federation_with_fedprox_inside():
     prox = make_fed(2, strategy=FedProx(mu=0.5, clients_per_round=3)).run()
     plain = make_fed(2).run()
     assert not torch.equal(prox.params, plain.params)
+
+
+def test_a_noise_seed_makes_the_step_noise_independent_of_the_run_seed():
+    """A deployed client's part carries its own noise_seed: the run seed (the ctx generator,
+    which the aggregator knows) no longer changes the noise; without one it does."""
+    xy = batch(4)
+
+    def grads(seed: int, **kw: Any) -> torch.Tensor:
+        return flat(steps(mlp64(), [xy], DPSGDPart(1.0, 1.0, **kw), seed=seed)[0])
+
+    assert torch.equal(grads(0, noise_seed=7), grads(5, noise_seed=7))
+    assert not torch.equal(grads(0, noise_seed=7), grads(0, noise_seed=8))
+    assert not torch.equal(grads(0), grads(5))
+    stage = DPSGD(1.0, noise_seed=7)
+    assert stage.options()["noise_seed"] == 7 and "noise_seed" not in DPSGD(1.0).options()

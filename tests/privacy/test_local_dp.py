@@ -17,8 +17,11 @@ from torch import nn
 from fedloom import FedAvg, Federation
 from fedloom.algorithms.client import LocalRun, federated_parameters
 from fedloom.algorithms.scaffold import Scaffold
+from fedloom.errors import FedloomError
 from fedloom.params import flatten_module
 from fedloom.privacy import Accountant
+from fedloom.privacy.clientdp import keyed_seed
+from fedloom.privacy.clientnoise import ClientNoise
 from fedloom.privacy.local import LocalDP, LocalDPPart
 from fedloom.stages import Stage, Staged
 from fedloom.strategies import FedNova, FedProx
@@ -164,3 +167,96 @@ def test_model_sized_like_the_tiny_mlp_is_what_the_clients_send():
     run = local_run(tiny_mlp())
     LocalDPPart(1.0, 1.0).end(run)
     assert run.flat.shape == run.global_flat.shape and bool((run.flat != 0).all())
+
+
+# -- a deployed client's own noise (fedloom.privacy.clientnoise) ------------------------------
+def noised(part: LocalDPPart, seed: int = 0, rnd: int = 1, cid: int = 0) -> torch.Tensor:
+    run = local_run(nn.Linear(20, 10), seed=seed, rnd=rnd, cid=cid)
+    part.end(run)
+    return run.flat.clone()
+
+
+def taken(noise: ClientNoise, part: dict[str, Any] | None, **config: Any) -> dict[str, Any]:
+    return noise.take({**config, **({"algorithm": part} if part else {})}, client_id=3)
+
+
+def part_of(config: dict[str, Any]) -> LocalDPPart:
+    options = dict(config["algorithm"])
+    options.pop("name")
+    return LocalDPPart(**options)
+
+
+WORK = {"name": "local_dp", "noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-5}
+
+
+def test_a_noise_seed_makes_the_noise_independent_of_the_run_seed():
+    """The simulation's part (no noise_seed) follows the run seed; with a noise_seed the run
+    seed plays no part, and the noise is the keyed draw of (seed, part, round, client)."""
+    assert not torch.equal(noised(LocalDPPart(1.0, 1.0)), noised(LocalDPPart(1.0, 1.0), seed=1))
+    part = LocalDPPart(1.0, 1.0, noise_seed=7)
+    a = noised(part)
+    assert torch.equal(a, noised(part, seed=1)) and torch.equal(a, noised(part, seed=99))
+    g = torch.Generator().manual_seed(keyed_seed(7, "local_dp", 1, 0))
+    assert torch.equal(a, torch.randn(a.shape, generator=g))  # global 0, delta 0: the noise
+    for other in ({"rnd": 2}, {"cid": 1}):
+        assert not torch.equal(a, noised(part, **other))
+    assert not torch.equal(a, noised(LocalDPPart(1.0, 1.0, noise_seed=8)))
+
+
+def test_a_deployed_client_puts_its_own_secret_seed_in_the_work():
+    """Two clients without a fixed seed draw different noise for the same work; a fixed seed
+    is that of a stage that carries it (the simulation of such clients)."""
+    config = taken(ClientNoise(), WORK, local_epochs=2)
+    assert config["local_epochs"] == 2 and isinstance(config["algorithm"]["noise_seed"], int)
+    assert {k: v for k, v in config["algorithm"].items() if k != "noise_seed"} == WORK
+    a, b = (noised(part_of(taken(ClientNoise(), WORK))) for _ in range(2))
+    assert not torch.equal(a, b)
+    fixed = part_of(taken(ClientNoise(7), WORK))
+    assert fixed.noise_seed == 7
+    stage = LocalDP(1.0, 0.5, noise_seed=7)  # what a simulation of such clients puts in plans
+    assert {"name": stage.part, **stage.options()} == {**WORK, "accountant": "rdp", "noise_seed": 7}
+    assert repr(ClientNoise(7)) == "ClientNoise(fixed=True, expected=None)"  # never the seed
+    inner = taken(ClientNoise(5), {**WORK, "inner": {"name": "dpsgd", "noise_multiplier": 2.0}})
+    assert inner["algorithm"]["inner"]["noise_seed"] == 5  # a DP part inside gets it too
+    plain = {"algorithm": {"name": "fedprox", "mu": 0.1}, "local_epochs": 1}
+    assert ClientNoise().take(plain, 0) == plain and ClientNoise().take({}, 0) == {}
+
+
+@pytest.mark.parametrize(
+    "work, match",
+    [
+        ({**WORK, "noise_seed": 1}, "carries a noise_seed"),
+        ({**WORK, "noise_multiplier": 0.0}, "noise_multiplier = 0"),
+        ({**WORK, "noise_multiplier": float("nan")}, "noise_multiplier must be a finite"),
+        ({**WORK, "noise_multiplier": float("inf")}, "noise_multiplier must be a finite"),
+        ({**WORK, "clip_norm": float("inf")}, "clip_norm must be a finite"),
+        ({**WORK, "delta": 1.0}, "delta"),
+        ({**WORK, "sigma": 1.0}, "sigma"),
+        ({**WORK, "inner": {"name": "scaffold"}}, "scaffold"),
+    ],
+)
+def test_a_deployed_client_refuses_work_it_must_not_do(work: dict[str, Any], match: str):
+    with pytest.raises(FedloomError, match=match):
+        taken(ClientNoise(), work)
+
+
+def test_a_client_whose_config_names_the_mode_runs_only_its_values():
+    want = {**WORK, "accountant": "rdp"}
+    noise = ClientNoise(expected=want)
+    assert taken(noise, WORK)["algorithm"]["clip_norm"] == 0.5
+    for work, match in [
+        ({**WORK, "noise_multiplier": 0.5}, r"noise_multiplier = 0\.5, this client's config 1\.0"),
+        ({**WORK, "clip_norm": 2.0}, r"clip_norm = 2\.0"),
+        ({**WORK, "accountant": "pld"}, r"accountant = 'pld'"),
+        ({**WORK, "name": "dpsgd"}, r"asks for client part 'local_dp'.*runs 'dpsgd'"),
+        (None, r"asks for client part 'local_dp'.*runs None"),
+        ({"name": "fedprox", "mu": 0.1}, r"runs 'fedprox'"),
+    ]:
+        with pytest.raises(FedloomError, match=match):
+            taken(noise, work)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, True, 1.5])
+def test_a_bad_client_seed_is_refused(seed: Any):
+    with pytest.raises(ValueError, match="noise_seed"):
+        ClientNoise(seed)

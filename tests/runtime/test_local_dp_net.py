@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from fedloom import Experiment
@@ -169,3 +170,19 @@ def test_a_client_refuses_work_whose_noise_differs_from_its_config(tmp_path, pro
     out = client.output()
     assert "noise_multiplier = 0.25, this client's config 1.0" in out
     assert "round 1 trained" not in out and not read_metrics(run_dir(cfg))
+
+
+def test_deployments_take_the_modes_and_refuse_them_only_with_runtime_secagg(tmp_path):
+    from fedloom.compose.privacy import with_privacy
+    from fedloom.compose.strategy import build_strategy
+    from fedloom.config import load_config
+    from fedloom.errors import ConfigError
+    from fedloom.stages import Staged
+
+    for mode in ("local", "dpsgd"):
+        cfg = load_config(dp_config(tmp_path, mode, mode), [])
+        assert isinstance(with_privacy(cfg, build_strategy(cfg), 2, networked=True), Staged)
+        cfg = load_config(dp_config(tmp_path, mode, mode, **{"runtime.secagg": {}}), [])
+        with pytest.raises(ConfigError, match=rf"privacy.mode = '{mode}' .*\[runtime\.secagg\]"):
+            with_privacy(cfg, build_strategy(cfg), 2, networked=True)
+        assert isinstance(with_privacy(cfg, build_strategy(cfg), 2), Staged)  # the simulation
