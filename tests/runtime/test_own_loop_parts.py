@@ -211,14 +211,22 @@ def test_async_local_federation_from_a_config_is_deterministic(tmp_path):
     assert torch.equal(*results)
 
 
-def test_client_side_dp_from_the_config_is_refused_outside_the_simulation(tmp_path):
-    """Local DP and DP-SGD draw their noise from the run seed, which the aggregator knows:
-    a run with another backend than the simulation's (a LocalFederation, the network
-    aggregator) is refused at build time, naming the key."""
-    from fedloom.errors import ConfigError
+def test_client_side_dp_from_the_config_in_a_local_federation(tmp_path):
+    """A LocalFederation is one party, as the simulation: local DP in the user's loop draws
+    its noise from the run seed and equals the simulation bit for bit, epsilons included.
+    DP-SGD needs the task's sample count: its first job is refused, naming it."""
+    keys = {"privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5}
+    cfg = with_changes(config(tmp_path / "local", "local", "fedavg"), **keys)
+    cfg = with_changes(cfg, **{"privacy.mode": "local"})
+    fl = LocalFederation.from_config(cfg)
+    data, parts = client_data(fl.seed, 4)
+    assert train(fl, data, parts) == 3 * cfg["rounds"]
+    sim, _ = simulate(cfg, tmp_path / "sim")
+    assert torch.equal(fl.result.params, sim.params)
+    eps = [r["local_epsilon_max"] for r in fl.result.history]
+    assert eps == [r["local_epsilon_max"] for r in sim.history] and eps[0] > 0
 
-    for mode in ("dpsgd", "local"):
-        cfg = config(tmp_path / "local", mode, "fedavg")
-        cfg = with_changes(cfg, **{"privacy.mode": mode, "privacy.noise_multiplier": 1.0})
-        with pytest.raises(ConfigError, match=f"privacy.mode = '{mode}' runs in simulation"):
-            LocalFederation.from_config(cfg)
+    cfg = with_changes(cfg, name="dpsgd", **{"privacy.mode": "dpsgd"})
+    fl = LocalFederation.from_config(cfg)
+    with pytest.raises(JobError, match=r"client part dpsgd\(.*cannot run in an own loop"):
+        train(fl, data, parts)
