@@ -11,13 +11,14 @@ differs between two deployments of the same config and from what the run seed wo
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from fedloom import Experiment
+from fedloom import Experiment, load_checkpoint
 from fedloom.privacy import Accountant
 from fedloom.privacy.clientdp import keyed_seed
 from fedloom.seeding import derive_seed
@@ -28,6 +29,7 @@ from .conftest import (
     read_metrics,
     run_dir,
     saved_params,
+    wait_until,
     with_changes,
     write_config,
 )
@@ -186,3 +188,40 @@ def test_deployments_take_the_modes_and_refuse_them_only_with_runtime_secagg(tmp
         with pytest.raises(ConfigError, match=rf"privacy.mode = '{mode}' .*\[runtime\.secagg\]"):
             with_privacy(cfg, build_strategy(cfg), 2, networked=True)
         assert isinstance(with_privacy(cfg, build_strategy(cfg), 2), Staged)  # the simulation
+
+
+def test_the_clients_accountants_survive_an_aggregator_restart(tmp_path, procs):
+    """kill -9 the aggregator after round 2's checkpoint, resume it: the clients keep their
+    state, so their epsilons go on growing from where they were (a client that trained the
+    killed round before the kill counts it again: conservative), and the model is the
+    seeded simulation's."""
+    slow = {"train.local_epochs": 3, "runtime.retry_for": 120.0}  # rounds outlast the kill
+    cfg = dp_config(tmp_path, "resumed", "local", rounds=8, **slow)
+    config = write_config(tmp_path / "resumed.json", cfg)
+    address, directory = cfg["runtime"]["address"], run_dir(cfg)
+    checkpoint = directory / "checkpoint.pt"
+
+    def checkpoint_round() -> int:
+        try:
+            return int(load_checkpoint(checkpoint)["round"]) if checkpoint.exists() else 0
+        except Exception:  # noqa: BLE001 - being replaced right now: look again
+            return 0
+
+    first, *clients = deploy(procs, tmp_path, cfg, noise_seed=7)
+    wait_until(lambda: checkpoint_round() >= 2, 180, "round 2's checkpoint", step=0.02)
+    first.popen.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert 2 <= checkpoint_round() < 8, "the run ended before the kill"
+    second = procs.fedloom("aggregator 2", "server", str(config), "--address", address, "--resume")
+    exp = experiment(cfg, tmp_path / "sim", noise_seed=7)
+    sim = exp.run()
+    for p in (second, *clients):
+        assert p.wait(300) == 0, procs.logs()
+    assert torch.equal(saved_params(directory, exp.federation.spec), sim.params)
+    eps = [r["local_epsilon_max"] for r in read_metrics(directory)]
+    expected = [r["local_epsilon_max"] for r in sim.history]
+    assert len(eps) == 8 and eps == sorted(set(eps))  # never back to a fresh accountant
+    assert all(e >= x for e, x in zip(eps, expected)) and eps[:2] == expected[:2]
+    per_k = [Accountant(DELTA).epsilon((1.0, Z, k)) for k in range(1, 11)]
+    assert set(eps) <= set(per_k)
+    print(f"resumed: local_epsilon per round {eps}, uninterrupted {expected}")
