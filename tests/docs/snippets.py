@@ -1,9 +1,9 @@
 """The snippet runner: every fenced code block of README.md and docs/ is executed or checked.
 
 Blocks are read in page order and run in one scratch directory per page (holding links to
-``examples/`` and ``benchmarks/``), so a page's blocks build on each other as a reader's would: a TOML block
-saved as a file is the config a later shell line runs, a Python block sees the names the
-page's earlier blocks defined. What each language means:
+``examples/`` and ``benchmarks/``), so a page's blocks build on each other as a reader's
+would: a TOML block saved as a file is the config a later shell line runs, a Python block
+sees the names the page's earlier blocks defined. What each language means:
 
 - ``python``: executed (one namespace per page, the scratch directory as working directory).
 - ``toml``: parsed and validated by :func:`fedloom.config.load_config` (a section alone is
@@ -11,8 +11,8 @@ page's earlier blocks defined. What each language means:
   does before loading data; ``json``: the same (asmallbit's flat keys too).
 - ``bash``: one command a line (``\\`` continues it, ``#`` starts a comment). ``fedloom ...``
   runs in this process through :func:`fedloom.cli.main` and must exit 0; ``python
-  SCRIPT ...`` runs in this process too (``runpy``, as ``__main__``); ``make TARGET`` is dry-run (``make -n``: the target
-  exists). Anything else must be marked.
+  SCRIPT ...`` runs in this process too (``runpy``, as ``__main__``); ``make TARGET`` is
+  dry-run (``make -n``: the target exists). Anything else must be marked.
 - ``text``: output or a listing, not code: nothing to run. A fence without a language is an
   error, so that no code block escapes by accident.
 
@@ -153,7 +153,7 @@ class PageRunner:
                     self.one(snip)
                 except SnippetError:
                     raise
-                except BaseException as e:  # noqa: BLE001  # any failure names the snippet
+                except Exception as e:  # any failure names its snippet (re-raised)
                     raise SnippetError(f"{snip.where}: {type(e).__name__}: {e}") from e
                 self.tally.seconds[snip.where] = time.perf_counter() - start
         return self.tally
@@ -265,7 +265,7 @@ def _parse_fedloom(args: list[str]) -> None:
     try:
         ns = build_parser().parse_args(args)
     except SystemExit as e:
-        raise SnippetError(f"fedloom {' '.join(args)}: argparse refused it (exit {e.code})")
+        raise SnippetError(f"fedloom {' '.join(args)}: argparse refused it (exit {e.code})") from e
     config = getattr(ns, "config", None) or getattr(ns, "target", None)
     if config is not None and not str(config).endswith(".py"):
         load_config(config, getattr(ns, "overrides", None) or _launch_sets(ns))
