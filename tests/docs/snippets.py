@@ -81,7 +81,7 @@ class Snippet:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        return f"{_shown(self.page)}:{self.line}"
 
 
 def extract(page: Path) -> list[Snippet]:
@@ -99,7 +99,7 @@ def extract(page: Path) -> list[Snippet]:
         while end < len(lines) and lines[end].strip() != fence:
             end += 1
         if end == len(lines):
-            raise SnippetError(f"{page.relative_to(ROOT)}:{i + 1}: unclosed code fence")
+            raise SnippetError(f"{_shown(page)}:{i + 1}: unclosed code fence")
         body = "\n".join(line[indent:] for line in lines[i + 1 : end]) + "\n"
         marker = MARKER.search(lines[i - 1]) if i else None
         snip = Snippet(page, i + 1, lang, body)
@@ -114,6 +114,11 @@ def extract(page: Path) -> list[Snippet]:
         out.append(snip)
         i = end + 1
     return out
+
+
+def _shown(page: Path) -> str:
+    """A page as the repository names it (a page elsewhere, e.g. a test's, by its path)."""
+    return str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else str(page)
 
 
 class SnippetError(AssertionError):
@@ -160,8 +165,10 @@ class PageRunner:
                 start = time.process_time()
                 try:
                     self.one(snip)
-                except SnippetError:
-                    raise
+                except SnippetError as e:
+                    if str(e).startswith(snip.where):
+                        raise
+                    raise SnippetError(f"{snip.where}: {e}") from e
                 except Exception as e:  # any failure names its snippet (re-raised)
                     raise SnippetError(f"{snip.where}: {type(e).__name__}: {e}") from e
                 self.tally.seconds[snip.where] = time.process_time() - start
@@ -313,7 +320,8 @@ def _run_fedloom(args: list[str], where: str) -> None:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
     if code != 0:
-        raise SnippetError(f"{where}: fedloom {' '.join(args)}: exit {code}\n{err.getvalue()}")
+        output = (out.getvalue()[-3000:] + err.getvalue()[-3000:]).strip()
+        raise SnippetError(f"{where}: fedloom {' '.join(args)}: exit {code}\n{output}")
 
 
 @contextlib.contextmanager

@@ -37,3 +37,27 @@ def test_snippet_counts() -> None:
     for page in sorted((ROOT / "docs" / "tutorial").glob("*.md")):
         if page.stem != "index":
             assert any(s.lang != "text" for s in extract(page)), f"{page}: no code"
+
+
+BROKEN = {
+    "python": "```python\nraise ValueError('stale')\n```\n",
+    "toml key": "```toml\n[data]\naplha = 0.1\n```\n",
+    "toml option": '```toml\n[strategy]\nname = "fedprox"\noptions = { mu = -1 }\n```\n',
+    "fedloom exit": "```bash\nfedloom run missing.toml\n```\n",
+    "fedloom argv": "<!-- snippet: parse why -->\n```bash\nfedloom run --no-such-flag x.toml\n```\n",
+    "unknown command": "```bash\ncurl http://example.org\n```\n",
+    "background job": "```bash\nfedloom server c.toml &\n```\n",
+    "no language": "```\nfedloom run c.toml\n```\n",
+    "skip without reason": "<!-- snippet: skip -->\n```python\npass\n```\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_snippet_fails_naming_its_line(case: str, tmp_path: Path) -> None:
+    """The runner is not a formality: each kind of rot fails, naming page and line."""
+    page = tmp_path / "page.md"
+    page.write_text("# a page\n\ntext\n\n" + BROKEN[case], encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(AssertionError, match=r"page\.md:\d+"):
+        PageRunner(page, work).run()
