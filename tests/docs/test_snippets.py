@@ -44,7 +44,7 @@ BROKEN = {
     "toml key": "```toml\n[data]\naplha = 0.1\n```\n",
     "toml option": '```toml\n[strategy]\nname = "fedprox"\noptions = { mu = -1 }\n```\n',
     "fedloom exit": "```bash\nfedloom run missing.toml\n```\n",
-    "fedloom argv": "<!-- snippet: parse why -->\n```bash\nfedloom run --no-such-flag x.toml\n```\n",
+    "fedloom argv": "<!-- snippet: parse why -->\n```bash\nfedloom run --no-flag x.toml\n```\n",
     "unknown command": "```bash\ncurl http://example.org\n```\n",
     "background job": "```bash\nfedloom server c.toml &\n```\n",
     "no language": "```\nfedloom run c.toml\n```\n",
