@@ -6,12 +6,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fedloom-installed
 
-.PHONY: demo test lint bench proto clean
+.PHONY: demo test lint docs bench proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
 	touch $(STAMP)
 
 # `make demo` is meant to be rerun: it replaces runs/demo (`fedloom demo` by itself refuses to
@@ -28,6 +28,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src/fedloom
 
+# the documentation site (mkdocs.yml, docs/) into site/, warnings as errors; `make test` builds
+# it too and runs every snippet of the site and the README (tests/docs/)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/fedavg_mnist.py
@@ -40,4 +45,4 @@ proto: $(STAMP)
 		src/fedloom/runtime/proto/fedloom_pb2_grpc.py
 
 clean:
-	rm -rf runs benchmarks/results .pytest_cache
+	rm -rf runs benchmarks/results .pytest_cache site
