@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_cli.add_argument("--token", help="this client's token (or env FEDLOOM_TOKEN)")
     p_cli.add_argument("--data", help="where this client's data lives (sets data.root)")
+    p_cli.add_argument(
+        "--device", help="where this client trains: auto, cpu, cuda, cuda:N (sets train.device)"
+    )
     _set_option(p_cli)
 
     p_start = sub.add_parser(
@@ -360,6 +363,7 @@ def _runtime(args: argparse.Namespace) -> int:
         server=address or getattr(args, "server", None),
         client_id=client_id,
         token=getattr(args, "token", None),
+        device=getattr(args, "device", None),
     )
     print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0
