@@ -3,11 +3,12 @@ fp16 with its gradient scaler in the sequential one); the global model stays flo
 
 The tolerances: bf16 keeps 8 bits of mantissa, so every autocast matmul's output is off by
 up to 2^-9 (0.2%) relative. Over a short run those errors move the trained parameters by a
-small relative amount (measured 8e-3 here, where the two engines in fp32 agree to 1e-7) and, at most, flip test points whose top two
-logits lie within it. The accuracy of the bf16 model must therefore stay within the test
-set's own sampling noise of the fp32 model's: 2 standard errors of an accuracy near 0.85 on
-1,000 test samples, 2 * sqrt(0.85 * 0.15 / 1000) = 0.023. The parameters must differ at all
-(autocast really ran) yet by under 2% relative, and the mean test loss by under 2%.
+small relative amount (measured 8e-3 here, where the two engines in fp32 agree to 1e-7)
+and, at most, flip test points whose top two logits lie within it. The accuracy of the
+bf16 model must therefore stay within the test set's own sampling noise of the fp32
+model's: 2 standard errors of an accuracy near 0.85 on 1,000 test samples,
+2 * sqrt(0.85 * 0.15 / 1000) = 0.023. The parameters must differ at all (autocast really
+ran) yet by under 2% relative, and the mean test loss by under 2%.
 """
 
 from __future__ import annotations
