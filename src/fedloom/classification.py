@@ -81,7 +81,7 @@ class ClassificationTask(Task):
         self.model_fn = model_fn
         self.dataset = dataset
         self.device = resolve_device(device)
-        self.precision = precision
+        self.mixed_precision = precision
         self.parts = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in parts]
         for cid, p in enumerate(self.parts):
             if len(p) == 0:

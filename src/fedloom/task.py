@@ -61,15 +61,16 @@ class Task(ABC):
             aggregated (FedPer-style personal heads). fedloom keeps them per client.
         keep_optimizer_state: keep each client's optimizer state (e.g. momentum buffers) between
             rounds instead of starting fresh.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast the engines give the
-            local training through ``ctx.amp`` (``train.precision`` in a config).
+        mixed_precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast the engines give
+            the local training through ``ctx.amp`` (``train.precision`` in a config; not
+            ``precision``, a name a task may well use for its metric).
     """
 
     local_epochs: int = 1
     lr: float = 0.01
     personal_layers: tuple[str, ...] = ()
     keep_optimizer_state: bool = False
-    precision: str = "fp32"
+    mixed_precision: str = "fp32"
 
     @abstractmethod
     def build_model(self) -> nn.Module:

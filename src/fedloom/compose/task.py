@@ -47,7 +47,7 @@ def task_parts(cfg: Config) -> TaskParts:
     if cfg.task is not None:
         task = custom_task(cfg)
         if cfg.train.precision != "fp32":  # the engines give it to the task's loop as ctx.amp
-            task.precision = cfg.train.precision
+            task.mixed_precision = cfg.train.precision
         return TaskParts(task, report={"task_factory": cfg.task.factory})
     dataset = load_dataset(cfg)
     parts = partition(cfg, dataset)

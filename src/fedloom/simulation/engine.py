@@ -3,8 +3,8 @@
 Per client this costs what the plain PyTorch loop costs: one ``copy_`` of the global buffer
 into the model, building the optimizer, the user's epochs. The update handed to the strategy
 is the model's own flat buffer (no copy); the strategy folds it in before the next client.
-Everything stays on the task's device (the model's); the task's ``precision`` reaches its
-loop as ``ctx.amp`` (a fresh fp16 gradient scaler per client).
+Everything stays on the task's device (the model's); the task's ``mixed_precision`` reaches
+its loop as ``ctx.amp`` (a fresh fp16 gradient scaler per client).
 """
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ class InProcessClients(BackendBase):
         self._round = 0
         self.compression = compression or None
         self._exact = torch.empty_like(self.flat) if self.compression else self._global
-        self._amp = MixedPrecision(task.precision, self.flat.device)
+        self._amp = MixedPrecision(task.mixed_precision, self.flat.device)
         if self._amp.enabled and type(task).train_an_epoch is not Task.train_an_epoch:
             log.warning(
                 "%s overrides train_an_epoch: it trains in %s only where it uses ctx.amp",
                 type(task).__name__,
-                task.precision,
+                task.mixed_precision,
             )
         self._bytes: dict[str, int] = {}
 

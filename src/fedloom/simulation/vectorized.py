@@ -50,9 +50,9 @@ the fused step does not take, because the first ``torch.func`` gradient of a pro
 
 On a GPU, chunks are sized from the device's free memory (a quarter of it by default), not
 from a CPU cache: there every client of a round should be one batch. Mixed precision
-(``task.precision``, ``train.precision``): bf16 runs the ``vmap`` step under autocast (the
-fused step's hand-written kernels are float32 only); fp16 needs a gradient scaler that skips
-steps per client, so it trains sequentially. Per step nothing is read back from the device:
+(``task.mixed_precision``, ``train.precision``): bf16 runs the ``vmap`` step under autocast
+(the fused step's hand-written kernels are float32 only); fp16 needs a gradient scaler that
+skips steps per client, so it trains sequentially. Per step nothing is read back from the device:
 losses are summed there and read once per chunk, and the batch layout is built on the CPU
 (the permutations are the sequential engine's CPU draws) and sent over once per chunk.
 
@@ -253,8 +253,8 @@ class VectorizedClients(BackendBase):
             return "the task has personal layers (kept per client)"
         if task.keep_optimizer_state:
             return "the task keeps optimizer state between rounds"
-        self._amp = MixedPrecision(task.precision, task.device)
-        if task.precision == "fp16":
+        self._amp = MixedPrecision(task.mixed_precision, task.device)
+        if task.mixed_precision == "fp16":
             return "precision fp16: its gradient scaler skips overflowing steps client by client"
         if self.memory_mb is None:
             self.memory_mb = _default_budget_mb(task.device)
@@ -356,7 +356,7 @@ class VectorizedClients(BackendBase):
         trained = set(self._trained)
         self._fixed = [i for i in range(len(self.spec.entries)) if i not in trained]
         if self.fuse and self._amp.enabled:
-            log.info("VectorizedClients: vmap step (%s autocast)", task.precision)
+            log.info("VectorizedClients: vmap step (%s autocast)", task.mixed_precision)
         elif self.fuse:  # checked against autograd's SGD itself: the vmap step is never built
             self._chain = self._fused_chain(x, y)
             if self._chain is not None:
