@@ -291,6 +291,21 @@ def test_resume_accepts_more_rounds_and_equals_an_uninterrupted_run(finished, tm
     assert rounds == [1, 2, 3]
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_at_its_default(finished, tmp_path) -> None:
+    """A key added to the config since the checkpoint was written (``train.precision``) counts
+    at its default; set to something else it is a change like any other."""
+    state = load_checkpoint(finished[1] / "checkpoint.pt")
+    saved = json.loads(state["config"])
+    del saved["train"]["precision"], saved["train"]["deterministic"]
+    path = tmp_path / "runs" / NAME / "checkpoint.pt"
+    save_checkpoint(path, {**state, "config": json.dumps(saved)})
+    more = tiny_config(tmp_path / "runs", rounds=3)
+    bf16 = {**more, "train": {**more["train"], "precision": "bf16"}}
+    with pytest.raises(CheckpointError, match=r"train\.precision \('fp32' -> 'bf16'\)"):
+        Experiment.from_config(bf16, resume=True)
+    assert fedloom.run(more, resume=True).rounds == 3
+
+
 def test_changed_keys_allows_only_the_resumable_ones() -> None:
     old = fedloom.load_config({}).model_dump()
     safe = fedloom.load_config(

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "classification",
             "models",
             "personal",
+            "accel",
         },
     ),
     # strategies.py and aggregators.py are the user-facing namespaces of these two packages;

@@ -1,12 +1,15 @@
 """A ready supervised classification task: a model plus a partitioned :class:`TensorDataset`.
 
-Data stays in the dataset's tensors. A client's epoch gathers its shuffled samples once
-(one indexing op) and yields views of that gathered block as batches, which is as cheap as
-batching a tensor can be; there is no DataLoader, no per-sample Python object.
+Data stays in the dataset's tensors, on the task's device. A client's epoch gathers its
+shuffled samples once (one indexing op) and yields views of that gathered block as batches,
+which is as cheap as batching a tensor can be; there is no DataLoader, no per-sample Python
+object, and on a GPU no per-batch copy from the host: the epoch's permutation (drawn on the
+CPU, so every device shuffles alike) goes over once, asynchronously from pinned memory.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import optim
+from .accel.device import resolve_device
+from .accel.precision import PRECISIONS
 from .data.base import TensorDataset
 from .data.partition.base import Partitioner
 from .seeding import derive_seed
@@ -36,7 +41,10 @@ class ClassificationTask(Task):
         batch_size: local mini-batch size.
         local_epochs: local epochs per round.
         eval_batch_size: batch size of the server-side test.
-        device: where training runs ("cpu", "cuda", ...).
+        device: where training and evaluation run: ``"auto"`` (CUDA if there is a GPU),
+            ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (:func:`fedloom.accel.resolve_device`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of local training
+            (:class:`fedloom.accel.MixedPrecision`); evaluation runs in float32.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class ClassificationTask(Task):
         optimizer: str = "sgd",
         eval_batch_size: int = 1000,
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -63,13 +72,16 @@ class ClassificationTask(Task):
             raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if isinstance(parts, Partitioner):
             parts = parts(dataset.train_y.numpy(), derive_seed(seed, "partition"))
         if not parts:
             raise ValueError("parts is empty: at least one client is needed")
         self.model_fn = model_fn
         self.dataset = dataset
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.mixed_precision = precision
         self.parts = [torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in parts]
         for cid, p in enumerate(self.parts):
             if len(p) == 0:
@@ -77,10 +89,24 @@ class ClassificationTask(Task):
         self.lr, self.batch_size, self.local_epochs = lr, batch_size, local_epochs
         self.momentum, self.weight_decay, self.optimizer = momentum, weight_decay, optimizer
         self.eval_batch_size = eval_batch_size
-        self._x = dataset.train_x.to(self.device)
-        self._y = dataset.train_y.to(self.device)
-        self._test_x = dataset.test_x.to(self.device)
-        self._test_y = dataset.test_y.to(self.device)
+        self._place()
+
+    def _place(self) -> None:
+        self._x = self.dataset.train_x.to(self.device)
+        self._y = self.dataset.train_y.to(self.device)
+        self._test_x = self.dataset.test_x.to(self.device)
+        self._test_y = self.dataset.test_y.to(self.device)
+
+    def to(self, device: str | torch.device) -> ClassificationTask:
+        """This task with its data on ``device`` (a shallow copy; ``self`` if already there):
+        a worker process of a pool moves it to its own GPU."""
+        device = resolve_device(device)
+        if device == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.device = device
+        moved._place()
+        return moved
 
     def build_model(self) -> nn.Module:
         return self.model_fn().to(self.device)
@@ -105,7 +131,11 @@ class ClassificationTask(Task):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.parts[client_id]
         perm = torch.randperm(len(idx), generator=ctx.generator)
-        order = idx[perm].to(self.device)
+        order = idx[perm]
+        if self.device.type == "cuda":  # no wait for the queued kernels, unlike a plain copy
+            order = order.pin_memory().to(self.device, non_blocking=True)
+        else:
+            order = order.to(self.device)
         x, y = self._x[order], self._y[order]
         b = self.batch_size
         for i in range(0, len(order), b):

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "secret: for tests and reproducible runs only, it voids the guarantee against an "
         "aggregator that learns it",
     )
+    p_cli.add_argument(
+        "--device", help="where this client trains: auto, cpu, cuda, cuda:N (sets train.device)"
+    )
     _set_option(p_cli)
 
     p_start = sub.add_parser(
@@ -368,6 +371,7 @@ def _runtime(args: argparse.Namespace) -> int:
         client_id=client_id,
         token=getattr(args, "token", None),
         noise_seed=getattr(args, "noise_seed", None),
+        device=getattr(args, "device", None),
     )
     print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0

@@ -99,7 +99,13 @@ class TrainConfig(_Section):
     momentum: float = Field(default=0.0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # "auto": CUDA when the machine has a GPU, else the CPU; "cuda" under torchrun: the
+    # rank's LOCAL_RANK GPU; in a worker pool one GPU per worker (fedloom.accel.device)
     device: str = "cpu"
+    # autocast of local training; parameters and the global model stay float32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.use_deterministic_algorithms (and cuBLAS's workspace on CUDA) for the run
+    deterministic: bool = False
     stragglers: float = Field(default=0.0, ge=0, le=1)  # share of clients doing 1..E epochs a round
     # MiB of per-client state (SCAFFOLD c_i, FedDyn, Ditto, FedPer heads) kept in memory; the
     # least recently used clients' states past it are spilled to a temporary directory. None:
@@ -110,15 +116,20 @@ class TrainConfig(_Section):
     @classmethod
     def _device(cls, value: str) -> str:
         """Checked here: torch's own error comes from deep inside the first client's round."""
-        import torch
+        from .accel import resolve_device
 
-        try:
-            device = torch.device(value)
-        except RuntimeError:
-            raise ValueError(f"{value!r} is not a torch device (cpu, cuda, cuda:0, mps)") from None
-        if device.type == "cuda" and (device.index or 0) >= (n := torch.cuda.device_count()):
-            raise ValueError(f"{value!r}: this machine has {n} CUDA device(s)")
+        resolve_device(value)  # ValueError naming the allowed values
         return value
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainConfig:
+        """A precision the device's torch cannot autocast to, refused before anything runs."""
+        from .accel import precision_problem, resolve_device
+
+        why = precision_problem(self.precision, resolve_device(self.device).type)
+        if why is not None:
+            raise ValueError(f"precision = {why} (train.device = {self.device!r})")
+        return self
 
 
 class StrategyConfig(_Section):

@@ -24,7 +24,7 @@ from .compose.loop import build_federation
 from .compose.privacy import with_privacy
 from .compose.record import build_recorder, notifiers, open_run_dir, restore
 from .compose.strategy import build_strategy
-from .compose.task import build_task, load_task, task_parts
+from .compose.task import build_task, determinism, load_task, task_parts
 from .config import Config, load_config
 from .data.base import TensorDataset
 from .federation import Callback, Federation, RunResult
@@ -72,6 +72,18 @@ class Experiment:
         checked first. ``backend(cfg, task)``, when given, replaces the simulation engine
         (e.g. :func:`fedloom.deploy.roles.aggregator`, the gRPC aggregator)."""
         cfg = load_config(source, list(overrides))
+        with determinism(cfg):  # cuBLAS reads its workspace setting when it first runs
+            return cls._build(cfg, resume, overwrite, progress, backend)
+
+    @classmethod
+    def _build(
+        cls,
+        cfg: Config,
+        resume: bool,
+        overwrite: bool,
+        progress: bool | None,
+        backend: EngineBuilder | None,
+    ) -> Experiment:
         saved = open_run_dir(cfg, resume=resume, overwrite=overwrite)
         net = backend is not None
         parts = task_parts(cfg)
@@ -110,7 +122,8 @@ class Experiment:
         as matplotlib's ~1.3 s of import and drawing is no reason to delay the first client.
         A backend with worker processes is closed at the end."""
         try:
-            return self.federation.run()
+            with determinism(self.config):
+                return self.federation.run()
         finally:
             self.federation.backend.close()
             if self.config.output.figures and self.recorder is not None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import optim
+from .accel.precision import MixedPrecision
 
 
 @dataclass
@@ -35,6 +36,9 @@ class ClientContext:
         global_params: the flat global parameters this round started from (read-only); used by
             client-side algorithm parts such as a proximal term.
         tensors: flat buffers the strategy sent with the model (read-only), by name.
+        amp: the run's mixed precision (``train.precision``): a loop of your own runs its
+            forward pass in ``with ctx.amp.autocast():`` and calls ``ctx.amp.backward(loss)``
+            and ``ctx.amp.step(optimizer)``, as the default ``train_an_epoch`` does.
     """
 
     client_id: int
@@ -44,6 +48,7 @@ class ClientContext:
     config: dict[str, Any] = field(default_factory=dict)
     global_params: torch.Tensor | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    amp: MixedPrecision = field(default_factory=MixedPrecision)
 
 
 class Task(ABC):
@@ -56,12 +61,16 @@ class Task(ABC):
             aggregated (FedPer-style personal heads). fedloom keeps them per client.
         keep_optimizer_state: keep each client's optimizer state (e.g. momentum buffers) between
             rounds instead of starting fresh.
+        mixed_precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast the engines give
+            the local training through ``ctx.amp`` (``train.precision`` in a config; not
+            ``precision``, a name a task may well use for its metric).
     """
 
     local_epochs: int = 1
     lr: float = 0.01
     personal_layers: tuple[str, ...] = ()
     keep_optimizer_state: bool = False
+    mixed_precision: str = "fp32"
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -98,19 +107,24 @@ class Task(ABC):
     ) -> dict[str, float]:
         """One local epoch; returns ``{"loss": mean batch loss, "steps": batches}``.
 
-        The loss is summed as a tensor and read once per epoch, so the loop pays no
-        per-batch synchronisation the plain PyTorch loop would not pay.
+        The loss is summed as a tensor on the loss's own device and read once per epoch, so
+        the loop pays no per-batch synchronisation the plain PyTorch loop would not pay.
+        The forward pass runs under ``ctx.amp``'s autocast (nothing for fp32).
         """
-        total = torch.zeros(())
+        amp = ctx.amp
+        total: torch.Tensor | None = None
         steps = 0
         for batch in self.train_loader(ctx.client_id, ctx):
             optimizer.zero_grad(set_to_none=True)
-            loss = self.train_step(model, batch, ctx)
-            loss.backward()
-            optimizer.step()
+            with amp.autocast():
+                loss = self.train_step(model, batch, ctx)
+            amp.backward(loss)
+            amp.step(optimizer)
+            if total is None:
+                total = torch.zeros((), dtype=torch.float32, device=loss.device)
             total += loss.detach()
             steps += 1
-        return {"loss": float(total) / max(steps, 1), "steps": steps}
+        return {"loss": float(total) / steps if total is not None else 0.0, "steps": steps}
 
     @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 import fedloom
 from fedloom import ClassificationTask, ClientContext, FedAvg, Federation, TensorDataset
+from fedloom.accel import deterministic
 from fedloom.simulation.pool import ProcessPoolClients
 
 torch.set_num_threads(1)  # bit-identical to the single-threaded workers
@@ -101,3 +103,35 @@ def test_worker_error_surfaces_as_client_error_and_close_stops_workers() -> None
     pool.close()
     assert not any(p.is_alive() for p in procs)
     assert pool.processes == []
+
+
+class NeedsDeterminism(ClassificationTask):
+    """Trains only where deterministic algorithms are on: a worker that did not take the
+    parent's setting along fails its clients."""
+
+    def train_step(self, model: nn.Module, batch: Any, ctx: ClientContext) -> torch.Tensor:
+        if not torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError("deterministic algorithms are off in this worker")
+        return super().train_step(model, batch, ctx)
+
+
+def test_pool_with_spawn_matches_in_process_and_takes_determinism_along() -> None:
+    """What a CUDA task gets (fork is refused there): the task pickled to fresh interpreters.
+    Its model_fn must pickle by name, so it is fedloom's own builder here, not a lambda."""
+    model_fn = partial(fedloom.build_model, "mlp", (FEATURES,), 4, hidden=16)
+    task = NeedsDeterminism(model_fn, dataset(), parts(), lr=0.1, batch_size=8)
+    with deterministic(True):
+        ref = run(task)
+        with ProcessPoolClients(task, SEED, workers=2, start_method="spawn") as pool:
+            assert pool.start_method == "spawn" and pool.worker_device(0) is None
+            fed = run(task, pool)
+            assert len(pool.processes) == 2
+    assert torch.equal(fed.params, ref.params)
+    assert fed.history[-1]["train_loss"] == ref.history[-1]["train_loss"]
+
+
+def test_pool_start_method() -> None:
+    task = make_task()
+    assert ProcessPoolClients(task, SEED).start_method == "fork"  # a CPU task forks
+    with pytest.raises(ValueError, match="start_method must be fork, spawn or forkserver"):
+        ProcessPoolClients(task, SEED, start_method="thread")

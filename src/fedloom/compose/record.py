@@ -5,6 +5,7 @@ a config that changes what the run trains (:mod:`fedloom.federation.rundir`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,19 @@ def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> dict[str, Any
     if not resume:
         return None
     saved = load_checkpoint(run_dir / CHECKPOINT)
-    check_resumable(run_dir / CHECKPOINT, saved, cfg.effective())
+    check_resumable(run_dir / CHECKPOINT, with_new_defaults(saved), cfg.effective())
     return saved
+
+
+def with_new_defaults(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its saved config re-read by today's :class:`Config`, so a key added since
+    the checkpoint was written (``train.precision``, say) counts at its default, not as a
+    change; a saved config that no longer validates is compared as it was written."""
+    try:
+        saved = Config.model_validate(json.loads(state["config"])).effective()
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        return state
+    return {**state, "config": json.dumps(saved)}
 
 
 def restore(cfg: Config, fed: Federation, saved: dict[str, Any] | None) -> Federation:

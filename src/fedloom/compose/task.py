@@ -9,6 +9,7 @@ on the torch thread count, :mod:`fedloom.compose.threads`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..accel import deterministic, resolve_device
 from ..classification import ClassificationTask
 from ..config import Config
 from ..data.base import TensorDataset
@@ -43,7 +45,10 @@ def task_parts(cfg: Config) -> TaskParts:
     this process's torch threads are set to ``simulation.threads``, as in every process."""
     apply_threads(cfg)
     if cfg.task is not None:
-        return TaskParts(custom_task(cfg), report={"task_factory": cfg.task.factory})
+        task = custom_task(cfg)
+        if cfg.train.precision != "fp32":  # the engines give it to the task's loop as ctx.amp
+            task.mixed_precision = cfg.train.precision
+        return TaskParts(task, report={"task_factory": cfg.task.factory})
     dataset = load_dataset(cfg)
     parts = partition(cfg, dataset)
     return TaskParts(build_task(cfg, dataset, parts), dataset, parts)
@@ -70,7 +75,14 @@ def build_task(cfg: Config, dataset: TensorDataset, parts: list[np.ndarray]) -> 
         weight_decay=t.weight_decay,
         optimizer=t.optimizer,
         device=t.device,
+        precision=t.precision,
     )
+
+
+def determinism(cfg: Config) -> contextlib.AbstractContextManager[None]:
+    """``train.deterministic``'s context: deterministic algorithms (and cuBLAS's workspace on
+    CUDA) while a run is built and while it runs, put back as they were after each."""
+    return deterministic(cfg.train.deterministic, resolve_device(cfg.train.device))
 
 
 def _model_from_config(cfg: Config, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

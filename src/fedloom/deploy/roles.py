@@ -21,7 +21,7 @@ from .. import privacy as _privacy  # noqa: F401 - registers the privacy client 
 from ..algorithms.asynchronous import AsyncStrategy
 from ..compose.engines import EngineBuilder
 from ..compose.strategy import build_strategy
-from ..compose.task import load_task
+from ..compose.task import determinism, load_task
 from ..config import Config, RuntimeConfig, load_config
 from ..errors import ConfigError
 from ..experiment import Experiment
@@ -263,11 +263,23 @@ def run_client(
     client_id: int,
     token: str | None = None,
     noise_seed: int | None = None,
+    device: str | None = None,
 ) -> int:
     """Run one data holder for a config until the aggregator says STOP. Local DP and DP-SGD
     noise comes from a secret seed of this process unless ``noise_seed`` (or
-    ``$FEDLOOM_NOISE_SEED``) fixes it (:func:`client_noise`)."""
-    cfg = load_config(source, list(overrides))
+    ``$FEDLOOM_NOISE_SEED``) fixes it (:func:`client_noise`); ``device`` (``fedloom client
+    --device``) replaces ``train.device``: where this data holder trains."""
+    extra = [f"train.device={device!r}"] if device is not None else []
+    cfg = load_config(source, [*overrides, *extra])
+    with determinism(cfg):
+        return _run_client(
+            cfg, server=server, client_id=client_id, token=token, noise_seed=noise_seed
+        )
+
+
+def _run_client(
+    cfg: Config, *, server: str | None, client_id: int, token: str | None, noise_seed: int | None
+) -> int:
     task = load_task(cfg)
     strategy = build_strategy(cfg)
     if strategy.prepares_model:  # the task as the aggregator sees it (e.g. FedPer's head)

@@ -11,7 +11,9 @@ one rank and is zero elsewhere: a sum of one value and zeros is exact, so every 
 bit-for-bit the updates a single process would have computed and runs the strategy on them
 in plan order. Results are therefore identical to one process for any strategy (robust
 aggregators and clustering included), not only for a weighted mean. Metrics travel as JSON
-(never pickled), in a uint8 tensor. gloo on CPU, NCCL when training on CUDA.
+(never pickled), in a uint8 tensor. gloo on CPU, NCCL when training on CUDA, where each rank
+trains on its own GPU: ``train.device = "cuda"`` (or ``"auto"``) is ``cuda:LOCAL_RANK``
+(:func:`fedloom.accel.resolve_device`), made the rank's current device before the group forms.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class DistributedClients(BackendBase):
         self.engine = InProcessClients(task, seed, state_memory_mb=state_memory_mb)
         self.task, self.seed, self.max_rows = task, seed, max(1, max_rows)
         self.device = self.engine.flat.device
+        if self.device.type == "cuda":  # NCCL's communicators use the current device
+            torch.cuda.set_device(self.device)
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
             dist.init_process_group(backend or ("nccl" if self.device.type == "cuda" else "gloo"))

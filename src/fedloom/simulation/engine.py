@@ -3,10 +3,13 @@
 Per client this costs what the plain PyTorch loop costs: one ``copy_`` of the global buffer
 into the model, building the optimizer, the user's epochs. The update handed to the strategy
 is the model's own flat buffer (no copy); the strategy folds it in before the next client.
+Everything stays on the task's device (the model's); the task's ``mixed_precision`` reaches
+its loop as ``ctx.amp`` (a fresh fp16 gradient scaler per client).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..accel.precision import MixedPrecision
 from ..algorithms.base import RoundPlan
 from ..algorithms.client import LocalRun, build_client_algorithm, federated_parameters
 from ..backend import BackendBase
@@ -24,6 +28,8 @@ from ..seeding import derive_seed, seed_torch
 from ..task import ClientContext, Task
 from ..update import ClientUpdate
 from .states import ClientStates
+
+log = logging.getLogger("fedloom")
 
 # torch's global RNG is one per process: seeding it and then building a model or training a
 # client must not interleave with another thread doing the same (clients run as threads in
@@ -76,6 +82,13 @@ class InProcessClients(BackendBase):
         self._round = 0
         self.compression = compression or None
         self._exact = torch.empty_like(self.flat) if self.compression else self._global
+        self._amp = MixedPrecision(task.mixed_precision, self.flat.device)
+        if self._amp.enabled and type(task).train_an_epoch is not Task.train_an_epoch:
+            log.warning(
+                "%s overrides train_an_epoch: it trains in %s only where it uses ctx.amp",
+                type(task).__name__,
+                task.mixed_precision,
+            )
         self._bytes: dict[str, int] = {}
 
     def available_clients(self, round: int) -> list[int]:
@@ -124,6 +137,7 @@ class InProcessClients(BackendBase):
             self._wire(plan),
             self._global,
             self._plan.tensors,
+            amp=self._amp.fresh(),
         )
         epochs = plan.epochs_for(cid, task.local_epochs)
         model.train()

@@ -12,8 +12,13 @@ A client is always trained by worker ``cid % workers``, so its per-client state 
 personal layers, optimizer state) stays in that worker; ``state_dict`` gathers it from the
 workers and ``load_state_dict`` sends it back.
 
-Workers are started with the ``fork`` context (the task and its tensors are inherited, not
-pickled), so this backend is for CPU tasks on platforms with ``fork`` (Linux, macOS).
+On a CPU workers are forked (the task and its tensors are inherited, not pickled). CUDA does
+not survive a fork, so a task on a GPU starts its workers with ``spawn``: the task is pickled
+to them (CPU tensors through shared memory, CUDA ones as CUDA IPC handles; its ``model_fn``
+must be picklable, e.g. a module-level function). A :class:`ClassificationTask` on an
+unnumbered ``cuda`` device (``train.device = "cuda"`` or ``"auto"``) puts each worker on its
+own GPU, round robin; ``cuda:N`` keeps every worker on GPU N. Workers take the parent's
+deterministic-algorithms setting with them.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
+from ..accel.device import cuda_count, worker_device
 from ..algorithms.base import RoundPlan
 from ..backend import BackendBase
+from ..classification import ClassificationTask
 from ..errors import ClientError, FedloomError
 from ..params import flatten_module
 from ..task import Task
@@ -46,10 +53,17 @@ def _worker_main(
     global_buf: torch.Tensor,
     inbox: Any,
     outbox: Any,
+    device: torch.device | None = None,
+    deterministic: bool = False,
 ) -> None:
     """A worker's loop: train assigned clients into shared slots, answer state requests."""
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
     try:
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_device(device)
+        if device is not None and isinstance(task, ClassificationTask):
+            task = task.to(device)
         engine = InProcessClients(task, seed)
     except BaseException:  # noqa: BLE001 - the parent reports it and stops the run
         outbox.put(("fatal", wid, traceback.format_exc()))
@@ -86,21 +100,31 @@ def _worker_main(
 
 
 class ProcessPoolClients(BackendBase):
-    """The simulation backend that trains a round's clients in ``workers`` forked processes.
+    """The simulation backend that trains a round's clients in ``workers`` processes.
 
     Args:
-        task: the user's task; inherited by the workers through ``fork``.
+        task: the user's task; inherited by the workers through ``fork`` (pickled under
+            ``spawn``).
         seed: the run seed (the same as the Federation's, as for :class:`InProcessClients`).
         workers: number of worker processes.
         threads: torch intra-op threads per worker; by default this process's count when
             the pool is made, so the pool is bit-identical to :class:`InProcessClients` here
             (the thread count groups float sums). A config run passes ``simulation.threads``,
             which it also applies to this process.
+        start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``; by default ``spawn`` when
+            the task's model is on a GPU, else ``fork``.
 
     Use as a context manager, or call :meth:`close`, to stop the workers.
     """
 
-    def __init__(self, task: Task, seed: int = 0, workers: int = 2, threads: int | None = None):
+    def __init__(
+        self,
+        task: Task,
+        seed: int = 0,
+        workers: int = 2,
+        threads: int | None = None,
+        start_method: str | None = None,
+    ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         threads = torch.get_num_threads() if threads is None else threads
@@ -109,10 +133,17 @@ class ProcessPoolClients(BackendBase):
         self.task, self.seed, self.workers, self.threads = task, seed, workers, threads
         with torch.random.fork_rng(devices=[]):
             self.spec, flat = flatten_module(task.build_model(), task.personal_layers)
-        self._global = _shared(torch.zeros_like(flat))
+        if start_method is None:
+            start_method = "spawn" if flat.device.type == "cuda" else "fork"
+        if start_method not in ("fork", "spawn", "forkserver"):
+            raise ValueError(f"start_method must be fork, spawn or forkserver: {start_method!r}")
+        if start_method == "fork" and flat.device.type == "cuda":
+            raise ValueError("a task on CUDA cannot be forked: use start_method='spawn'")
+        self.start_method = start_method
+        self._global = _shared(torch.zeros(flat.shape, dtype=flat.dtype))
         self._slots = torch.empty(0, self.spec.numel, dtype=flat.dtype)
         self._slots_sent = [False] * workers
-        self._ctx = tmp.get_context("fork")
+        self._ctx: Any = tmp.get_context(start_method)
         self._procs: list[Any] = []
         self._inboxes: list[Any] = []
         self._outbox: Any = None
@@ -131,11 +162,22 @@ class ProcessPoolClients(BackendBase):
         if self._closed:
             raise RuntimeError("ProcessPoolClients is closed")
         self._outbox = self._ctx.Queue()
+        det = torch.are_deterministic_algorithms_enabled()
         for wid in range(self.workers):
             inbox = self._ctx.Queue()
             p = self._ctx.Process(
                 target=_worker_main,
-                args=(wid, self.task, self.seed, self.threads, self._global, inbox, self._outbox),
+                args=(
+                    wid,
+                    self.task,
+                    self.seed,
+                    self.threads,
+                    self._global,
+                    inbox,
+                    self._outbox,
+                    self.worker_device(wid),
+                    det,
+                ),
                 name=f"fedloom-pool-{wid}",
                 daemon=True,
             )
@@ -198,6 +240,14 @@ class ProcessPoolClients(BackendBase):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+    def worker_device(self, wid: int) -> torch.device | None:
+        """Where worker ``wid`` trains: its own GPU for a ClassificationTask on an unnumbered
+        CUDA device, else None (wherever the task puts it)."""
+        task = self.task
+        if isinstance(task, ClassificationTask) and task.device.type == "cuda":
+            return worker_device(task.device, wid, cuda_count())
+        return None
 
     @property
     def processes(self) -> list[Any]:

@@ -48,6 +48,14 @@ the fused step does not take, because the first ``torch.func`` gradient of a pro
 ``torch._dynamo`` (~0.9 s on 2 cores; built always, it made a whole 10-round MNIST MLP run
 1.36x as long as with the sequential engine).
 
+On a GPU, chunks are sized from the device's free memory (a quarter of it by default), not
+from a CPU cache: there every client of a round should be one batch. Mixed precision
+(``task.mixed_precision``, ``train.precision``): bf16 runs the ``vmap`` step under autocast
+(the fused step's hand-written kernels are float32 only); fp16 needs a gradient scaler that
+skips steps per client, so it trains sequentially. Per step nothing is read back from the device:
+losses are summed there and read once per chunk, and the batch layout is built on the CPU
+(the permutations are the sequential engine's CPU draws) and sent over once per chunk.
+
 Anything this cannot reproduce exactly falls back to the sequential engine, with a warning
 saying why: a task that is not a plain :class:`~fedloom.ClassificationTask`, an optimizer that
 is not momentum-free SGD, personal layers or kept optimizer state, BatchNorm or any buffer that
@@ -71,6 +79,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import optim
+from ..accel.precision import MixedPrecision
 from ..algorithms.base import RoundPlan
 from ..backend import BackendBase
 from ..classification import ClassificationTask
@@ -94,6 +103,11 @@ _TRIAL_RTOL, _TRIAL_ATOL = 1e-3, 1e-5
 #: each step then rereads them from the last-level cache rather than from memory (measured on
 #: the 2NN, 0.8 MB a client, 32 MiB L3: chunks of 4-10 clients ~17 ms, of 20 clients 23 ms)
 _CACHE_BYTES = 8 * 2**20
+
+#: the chunk budget when ``memory_mb`` is not given: on a CPU 512 MiB; on a GPU this share of
+#: the device's free memory when the engine is built
+_CPU_BUDGET_MB = 512.0
+_GPU_FREE_SHARE = 0.25
 
 Tensors = tuple[torch.Tensor, ...]
 StepFn = Callable[
@@ -123,7 +137,8 @@ class VectorizedClients(BackendBase):
         seed: the run seed (must equal the federation's for identical results).
         max_cohort: most clients trained at once; ``None`` to derive it from ``memory_mb``
             (and, for the fused step on a CPU, from what stays in cache).
-        memory_mb: budget for one chunk's stacked parameters, gradients and update temporary.
+        memory_mb: budget for one chunk's stacked parameters, gradients and update temporary;
+            ``None``: 512 MiB on a CPU, a quarter of the free memory on a GPU.
         fuse: use the hand-derived step of :mod:`~fedloom.simulation.fused` for chains of
             Linear layers and activations (the MLP, logistic regression) instead of ``vmap``;
             ``path`` tells which step runs.
@@ -135,12 +150,12 @@ class VectorizedClients(BackendBase):
         seed: int = 0,
         *,
         max_cohort: int | None = None,
-        memory_mb: float = 512.0,
+        memory_mb: float | None = None,
         fuse: bool = True,
     ):
         if max_cohort is not None and max_cohort < 1:
             raise ValueError(f"max_cohort must be >= 1, got {max_cohort}")
-        if memory_mb <= 0:
+        if memory_mb is not None and memory_mb <= 0:
             raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
         self.task = task
         self.seed = seed
@@ -238,6 +253,11 @@ class VectorizedClients(BackendBase):
             return "the task has personal layers (kept per client)"
         if task.keep_optimizer_state:
             return "the task keeps optimizer state between rounds"
+        self._amp = MixedPrecision(task.mixed_precision, task.device)
+        if task.mixed_precision == "fp16":
+            return "precision fp16: its gradient scaler skips overflowing steps client by client"
+        if self.memory_mb is None:
+            self.memory_mb = _default_budget_mb(task.device)
         # per client, looked up once: len() of a tensor costs ~2 us a call, 10k clients a round
         self._sizes = [len(p) for p in task.parts]
         self._num_samples = [task.num_samples(c) for c in range(task.num_clients)]
@@ -325,12 +345,9 @@ class VectorizedClients(BackendBase):
             return "a sample's output depends on the rest of its batch"
 
         # autograd's gradient of the mean loss; SGD skips parameters that get none, and so do we
-        model.zero_grad(set_to_none=True)
-        torch.autograd.backward(F.cross_entropy(model(x), y))
-        expected = {
-            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
-        }
-        model.zero_grad(set_to_none=True)
+        # in float32 even under autocast: the trial checks what the step computes (the
+        # model's structure), not bf16's rounding, which differs from op order to op order
+        expected = self._autograd_grads(x, y)
         self._trained = [
             i
             for i, e in enumerate(self.spec.entries)
@@ -338,11 +355,25 @@ class VectorizedClients(BackendBase):
         ]
         trained = set(self._trained)
         self._fixed = [i for i in range(len(self.spec.entries)) if i not in trained]
-        if self.fuse:  # checked against autograd's SGD itself: the vmap step is never built
+        if self.fuse and self._amp.enabled:
+            log.info("VectorizedClients: vmap step (%s autocast)", task.mixed_precision)
+        elif self.fuse:  # checked against autograd's SGD itself: the vmap step is never built
             self._chain = self._fused_chain(x, y)
             if self._chain is not None:
                 return None
         return self._vmap_trial(x, y, expected)
+
+    def _autograd_grads(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Autograd's gradient of the mean loss on ``x, y``, per parameter that gets one
+        (SGD skips the others, and so do we)."""
+        model = self.model
+        model.zero_grad(set_to_none=True)
+        torch.autograd.backward(F.cross_entropy(model(x), y))
+        grads = {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        model.zero_grad(set_to_none=True)
+        return grads
 
     def _vmap_trial(
         self, x: torch.Tensor, y: torch.Tensor, expected: dict[str, torch.Tensor]
@@ -371,13 +402,17 @@ class VectorizedClients(BackendBase):
         try:
             first, _ = self._first_step(tuple(glob[i] for i in self._trained), fixed, *batch, w)
             later, _ = self._step(tuple(views[i] for i in self._trained), fixed, *batch, w)
+            if self._amp.enabled:  # and once under autocast: it must run there too
+                with self._amp.autocast():
+                    self._step(tuple(views[i] for i in self._trained), fixed, *batch, w)
         except Exception as e:  # noqa: BLE001 - vmap's refusals are many and varied
             return f"a trial torch.func.vmap call raised {_why(e)}"
         for i, g0, g1 in zip(self._trained, first, later):
             name = self.spec.entries[i].name
+            want = expected[name]
             for g in (g0[1], g1[1]):
-                if not torch.allclose(g, expected[name], rtol=_TRIAL_RTOL, atol=_TRIAL_ATOL):
-                    err = float((g - expected[name]).abs().max())
+                if not torch.allclose(g, want, rtol=_TRIAL_RTOL, atol=_TRIAL_ATOL):
+                    err = float((g - want).abs().max())
                     return f"the vmap-ed gradient of {name} differs from autograd's ({err:.3g})"
         return None
 
@@ -468,11 +503,9 @@ class VectorizedClients(BackendBase):
         """Clients per chunk: ``max_cohort``, or what ``memory_mb`` holds (rows, grads, temp)."""
         if self.max_cohort is not None:
             return self.max_cohort
-        row = max(1, self.spec.nbytes) * 3  # parameters, gradients, the update temporary
-        chunk = max(1, int(self.memory_mb * 2**20) // row)
-        if self._chain is not None and self.flat.device.type == "cpu":
-            chunk = min(chunk, max(1, _CACHE_BYTES // max(1, self.spec.nbytes)))
-        return chunk
+        budget = self.memory_mb if self.memory_mb is not None else _CPU_BUDGET_MB
+        cached = self._chain is not None and self.flat.device.type == "cpu"
+        return chunk_size(self.spec.nbytes, budget, cached)
 
     def _layout_round(
         self, rnd: int, cids: list[int], order: list[int], epochs: int, t_max: int
@@ -533,7 +566,7 @@ class VectorizedClients(BackendBase):
                 for i, c in enumerate(cids)
             ]
         idx, w = self._layout_round(rnd, cids, order, epochs, t_max)
-        idx, w = idx.to(task.device), w.to(task.device)
+        idx, w = _to_device(idx, task.device), _to_device(w, task.device)
         sorted_steps = torch.tensor([steps[i] for i in order])
         active = torch.searchsorted(-sorted_steps, -torch.arange(t_max), right=False).tolist()
 
@@ -562,7 +595,7 @@ class VectorizedClients(BackendBase):
             views[i].copy_(glob[i])  # never updated: the global values, for the update rows
         trained = [views[i] for i in self._trained]
         loss_sum = torch.zeros(k, dtype=self.spec.dtype, device=rows.device)
-        with torch.no_grad():
+        with torch.no_grad(), self._amp.autocast():
             for t, a in enumerate(active):
                 # the clients still training are a prefix of the rows, as rows are sorted
                 ids = idx[:a, t]
@@ -653,6 +686,25 @@ class VectorizedClients(BackendBase):
         return updates
 
 
+def chunk_size(row_bytes: int, budget_mb: float, in_cache: bool) -> int:
+    """Clients per chunk for a model of ``row_bytes``: what ``budget_mb`` holds of each
+    client's parameters, gradients and update temporary; for the fused step on a CPU
+    (``in_cache``) no more than :data:`_CACHE_BYTES` of parameters, which each step rereads."""
+    row = max(1, row_bytes)
+    chunk = max(1, int(budget_mb * 2**20) // (3 * row))
+    if in_cache:
+        chunk = min(chunk, max(1, _CACHE_BYTES // row))
+    return chunk
+
+
+def _default_budget_mb(device: torch.device) -> float:
+    """The chunk budget on ``device``: a share of a GPU's free memory, else the CPU's."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free * _GPU_FREE_SHARE / 2**20
+    return _CPU_BUDGET_MB
+
+
 def _hooks(model: nn.Module) -> str | None:
     """Why hooks on gradients make the batched steps unfaithful, if the model has any."""
     from torch.nn.modules import module as torch_module
@@ -671,6 +723,14 @@ def _hooks(model: nn.Module) -> str | None:
 def _rows(data: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``data[ids]`` for a 2-d ``ids``: ``index_select`` is ~4x faster than indexing here."""
     return data.index_select(0, ids.reshape(-1)).view(*ids.shape, *data.shape[1:])
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory, so the host does not wait for the
+    kernels already queued (a plain copy from pageable memory would)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _why(e: BaseException) -> str:
