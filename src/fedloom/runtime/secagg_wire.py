@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError
+from ..privacy.ddp_noise import SkellamShares
 from ..privacy.secagg import (
     AdvertiseKeys,
     ClientMessage,
@@ -68,7 +69,20 @@ def _count(items: Iterable[object], n: int, what: str) -> None:
 
 
 # -- parameters -------------------------------------------------------------------------------
-def params_to_proto(config: SecAggConfig, index: int, stage_timeout: float) -> pb.SecAggParams:
+def params_to_proto(
+    config: SecAggConfig,
+    index: int,
+    stage_timeout: float,
+    noise: SkellamShares | None = None,
+) -> pb.SecAggParams:
+    dp: dict[str, Any] = {}
+    if noise is not None:
+        dp = dict(
+            distributed_dp=True,
+            dp_clip_norm=noise.clip_norm,
+            dp_noise_multiplier=noise.noise_multiplier,
+            dp_dropout_tolerance=noise.dropout_tolerance,
+        )
     return pb.SecAggParams(
         session=config.round,
         index=index,
@@ -81,6 +95,7 @@ def params_to_proto(config: SecAggConfig, index: int, stage_timeout: float) -> p
         modulus=config.modulus,
         graph_seed=config.graph_seed,
         stage_timeout_s=stage_timeout,
+        **dp,
     )
 
 
@@ -112,6 +127,25 @@ def params_from_proto(p: pb.SecAggParams, vector_length: int) -> tuple[SecAggCon
     except ConfigError as e:
         raise _malformed(str(e)) from None
     return config, _id(p.index, config.num_clients, "index")
+
+
+def noise_from_proto(p: pb.SecAggParams, config: SecAggConfig) -> SkellamShares | None:
+    """The distributed-DP noise calibration the parameters carry (None: no DP). A round that
+    says distributed DP with no noise, a clip that is not a positive number, a tolerance
+    outside [0, 1), or a noisy sum the modulus could wrap is refused as malformed; DP
+    values in a round that does not say distributed DP are refused too (a typo or a
+    downgrade)."""
+    values = (p.dp_clip_norm, p.dp_noise_multiplier, p.dp_dropout_tolerance)
+    if not p.distributed_dp:
+        if any(v != 0 for v in values):
+            raise _malformed(f"distributed DP values {values} in a round without it")
+        return None
+    try:
+        noise = SkellamShares(p.dp_noise_multiplier, p.dp_clip_norm, p.dp_dropout_tolerance)
+        noise.check_fits(config)
+    except (ValueError, ConfigError) as e:
+        raise _malformed(f"distributed DP: {e}") from None
+    return noise
 
 
 # -- client messages --------------------------------------------------------------------------
