@@ -82,6 +82,7 @@ def _stages(cfg: Config, rate: float) -> list[Stage]:
     p = cfg.privacy
     assert p is not None
     secagg = {k: getattr(p, k) for k in SECAGG_KEYS}
+    clip = p.clip_norm if p.clipping_range is None else p.clipping_range
     if p.mode == "distributed":
         z = p.noise_multiplier
         if z is None:
@@ -111,20 +112,23 @@ def _stages(cfg: Config, rate: float) -> list[Stage]:
                 )
         kind = LocalDP if p.mode == "local" else DPSGD
         stages: list[Stage] = [kind(z, p.clip_norm, p.delta, accountant=p.accountant)]
-    else:
-        stages = [_central(cfg, rate)]
+    else:  # with secure aggregation after it, the noise covers its rounding too
+        step = 2 * clip / (p.quantization_range - 1) if p.secure_aggregation else 0.0
+        stages = [_central(cfg, rate, rounding_step=step)]
     if p.secure_aggregation:
-        clip = p.clip_norm if p.clipping_range is None else p.clipping_range
         stages.append(SecureAggregation(clipping_range=clip, **secagg))
     return stages
 
 
-def _central(cfg: Config, rate: float) -> Stage:
-    """Central DP's stage from the section's values (calibrated from a target epsilon)."""
+def _central(cfg: Config, rate: float, rounding_step: float = 0.0) -> Stage:
+    """Central DP's stage from the section's values (calibrated from a target epsilon);
+    ``rounding_step``: secure aggregation's fixed-point step, which the noise covers."""
     p = cfg.privacy
     assert p is not None
     central = {"secure_aggregation", "clipping_range", "dropout_tolerance", *SECAGG_KEYS}
     options = p.model_dump(exclude={"mode", "noise_multiplier", *central}, exclude_none=True)
+    if rounding_step:
+        options["rounding_step"] = rounding_step
     return privacy_stage(
         p.mode, rounds=cfg.rounds, sampling_rate=rate, noise_multiplier=p.noise_multiplier,
         **options,

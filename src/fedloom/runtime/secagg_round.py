@@ -312,7 +312,12 @@ class SecAggRounds(SyncRounds):
                 self.cv.notify_all()
                 log.info("round %d: secagg stage %d closed: %d clients", rnd, stage, len(replies))
                 self._wait_stage(stage + 1, set(replies), time.monotonic() + stage_timeout)
-            return server.unmask()
+            before = server.refused["inconsistent"]
+            try:
+                return server.unmask()
+            finally:  # shares that rebuild no advertised secret: counted as refusals
+                for _ in range(server.refused["inconsistent"] - before):
+                    self.tally.count("secagg_inconsistent", f"round {rnd}: shares inconsistent")
 
     def _wait_stage(self, stage: int, expected: set[int], deadline: float | None) -> None:
         """Wait (lock held) until every expected client sent its stage message, is gone, or

@@ -33,7 +33,7 @@ from ..privacy.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from ..privacy.secagg.crypto import NONCE_BYTES, PUBLIC_KEY_BYTES
+from ..privacy.secagg.crypto import COMMITMENT_BYTES, NONCE_BYTES, PUBLIC_KEY_BYTES
 from ..privacy.secagg.messages import SHARE_CIPHERTEXT_BYTES
 from ..privacy.secagg.shamir import SHARE_BYTES
 from .proto import fedloom_pb2 as pb
@@ -175,6 +175,7 @@ def request_payload(message: ClientMessage) -> dict[str, Any]:
             client=message.sender,
             cipher_public_key=message.cipher_public_key,
             mask_public_key=message.mask_public_key,
+            seed_commitment=message.seed_commitment,
         )
         return {"advertise": keys}
     if isinstance(message, ShareKeys):
@@ -206,6 +207,7 @@ def client_message(request: pb.SecAggRequest, config: SecAggConfig) -> ClientMes
             sender,
             _bytes(k.cipher_public_key, PUBLIC_KEY_BYTES, "cipher key"),
             _bytes(k.mask_public_key, PUBLIC_KEY_BYTES, "mask key"),
+            _bytes(k.seed_commitment, COMMITMENT_BYTES, "seed commitment"),
         )
     if which == "share_keys":
         return ShareKeys(r, sender, _shares_from_proto(request.share_keys, r, n))

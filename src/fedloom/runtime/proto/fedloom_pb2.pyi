@@ -158,8 +158,14 @@ class SecAggKeys(Message):
     client: int
     cipher_public_key: bytes
     mask_public_key: bytes
+    seed_commitment: bytes
     def __init__(
-        self, *, client: int = ..., cipher_public_key: bytes = ..., mask_public_key: bytes = ...
+        self,
+        *,
+        client: int = ...,
+        cipher_public_key: bytes = ...,
+        mask_public_key: bytes = ...,
+        seed_commitment: bytes = ...,
     ) -> None: ...
 
 class SecAggShare(Message):
