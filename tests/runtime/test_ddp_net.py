@@ -142,3 +142,32 @@ def test_distributed_dp_over_processes_records_the_simulations_epsilon_and_stops
         assert net["epsilon"] == pytest.approx(simulated["epsilon"], rel=1e-12)
         assert net["noise_multiplier_effective"] == pytest.approx(1.0, rel=1e-12)
     assert "securely aggregated 3 of 3 clients" in server.output()
+
+
+def test_a_client_refuses_a_round_that_says_distributed_dp_without_noise(
+    servers, client_threads, monkeypatch
+):
+    """An aggregator whose instructions say distributed DP with noise multiplier 0: every
+    client refuses the parameters before sending anything (its run ends with the reason),
+    so the aggregator receives no stage message and the round is skipped."""
+    from fedloom.runtime import secagg_round
+
+    real = secagg_round.params_to_proto
+
+    def no_noise(*args: Any, **kwargs: Any) -> pb.SecAggParams:
+        params = real(*args, **kwargs)
+        params.dp_noise_multiplier = 0.0
+        return params
+
+    monkeypatch.setattr(secagg_round, "params_to_proto", no_noise)
+    settings = SecAggSettings(clipping_range=CLIP, stage_timeout=2, noise=SkellamShares(Z, CLIP))
+    rec = Recorder()
+    fed, _server, initial = secure_run(
+        servers, client_threads, task_of(), settings, recorder=rec, short_round="skip",
+        round_timeout=3,
+    )  # fmt: skip
+    assert rec.received == [] and "skipped" in fed.history[0]
+    assert fed.params.equal(initial)
+    assert len(client_threads.errors) == 6
+    assert all("noise_multiplier must be a finite number > 0" in str(e)
+               for e in client_threads.errors.values())  # fmt: skip
