@@ -5,7 +5,10 @@
 ``forward_shares``, ``request_unmask``, ``unmask``) fixes who took part in it and returns the
 next messages; clients that sent nothing are dropouts. If fewer than the threshold are left
 the round aborts with :class:`SecAggAbort`. The server sees only public keys, ciphertexts,
-masked vectors and the shares it needs; never a single client's input.
+masked vectors and the shares it needs; never a single client's input. Every secret it
+rebuilds is checked against what its owner advertised (a self-mask seed against its SHA-256
+commitment, a mask key against its public key), so an altered share is caught even when
+exactly the threshold of shares arrived.
 """
 
 from __future__ import annotations
@@ -291,7 +294,7 @@ class SecAggServer:
                             "what it advertised", self.config.round, what, owner)  # fmt: skip
         self._abort(
             f"{what} shares of client {owner}: inconsistent with what it advertised "
-            f"({len(shares)} shares, threshold {t}: no {t} of them rebuild it)"
+            f"({len(shares)} shares, threshold {t}: no set of {t} tried rebuilds it)"
         )
 
     def _close(self, stage: str, got: Sized, then: str) -> None:
