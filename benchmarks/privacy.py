@@ -148,7 +148,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(where, [*(f"{e:g}" for e in finite), "inf"])
     ax.set_xlabel("epsilon (delta 1e-5)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"MNIST 2NN, {results['settings']['clients']} clients, Dirichlet 0.5")
+    settings = results["settings"]
+    ax.set_title(
+        f"MNIST 2NN, {settings['clients']} clients (Dirichlet 0.5), "
+        f"{settings['clients_per_round']} a round, {settings['rounds']} rounds",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
