@@ -10,9 +10,15 @@
    split by Dirichlet(0.5) on labels, ``--clients-per-round`` per round, the FedAvg paper's
    2NN, E=1, B=10, lr 0.05, for epsilon in {1, 2, 4, 8} (z calibrated) and inf (no noise,
    no clipping: uniform FedAvg). Reported: final test accuracy and the epsilon spent.
+4. ``mnist_distributed``: the same runs with distributed DP (``DistributedDP``): each client
+   clips, adds its Skellam share and masks; the real SecAgg+ protocol sums (in-process).
+   Same z per epsilon (the accountant charges the noise in the sum, z sensitivities of
+   ``C + sqrt(d) * step``); epsilon inf is SecAgg+ without noise. ``privacy.png``, next to
+   the JSON, plots both accuracy curves against epsilon.
 
 Writes ``benchmarks/results/privacy.json`` and prints headline lines. ``--quick`` runs the
-first two and 3 rounds of the third (a smoke check, not a result); ``--skip mnist`` skips it.
+first two and 3 rounds of the others (a smoke check, not a result); ``--skip mnist`` (or
+``mnist_distributed``) skips those runs.
 
     .venv/bin/python benchmarks/privacy.py --skip mnist     # seconds
     .venv/bin/python benchmarks/privacy.py                  # MNIST: minutes on 1 thread
@@ -23,13 +29,22 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from common import BENCH_DIR, mnist_root, print_headlines, write_results
 
 import fedloom
-from fedloom.privacy import Accountant, CentralDP, Staged, calibrate_noise_multiplier
+from fedloom.privacy import (
+    Accountant,
+    CentralDP,
+    DistributedDP,
+    SecureAggregation,
+    Staged,
+    calibrate_noise_multiplier,
+)
+from fedloom.stages import Stage
 
 DELTA = 1e-5
 EPSILONS = [1.0, 2.0, 4.0, 8.0, math.inf]
@@ -55,7 +70,19 @@ def calibration(rounds: int, q: float) -> dict[str, Any]:
     return out
 
 
-def mnist_run(args: argparse.Namespace, epsilon: float, z: float | None) -> dict[str, Any]:
+def privacy_stage(args: argparse.Namespace, z: float | None, distributed: bool) -> Stage | None:
+    """Central DP (None at epsilon inf), or distributed DP (SecAgg+ alone at inf)."""
+    q = args.clients_per_round / args.clients
+    if not distributed:
+        return None if z is None else CentralDP(z, args.clip_norm, DELTA, sampling_rate=q)
+    if z is None:
+        return SecureAggregation(clipping_range=args.clip_norm)
+    return DistributedDP(z, args.clip_norm, DELTA, sampling_rate=q)
+
+
+def mnist_run(
+    args: argparse.Namespace, epsilon: float, z: float | None, distributed: bool = False
+) -> dict[str, Any]:
     cfg = {
         "name": "privacy",
         "seed": args.seed,
@@ -80,22 +107,58 @@ def mnist_run(args: argparse.Namespace, epsilon: float, z: float | None) -> dict
     }
     exp = fedloom.Experiment.from_config(cfg, progress=False, overwrite=True)
     inner = fedloom.FedAvg(clients_per_round=args.clients_per_round, weighted=False)
-    q = args.clients_per_round / args.clients
-    strategy = (
-        inner
-        if z is None
-        else Staged(inner, [CentralDP(z, args.clip_norm, DELTA, sampling_rate=q)])
-    )
+    stage = privacy_stage(args, z, distributed)
+    strategy = inner if stage is None else Staged(inner, [stage])
     t0 = time.perf_counter()
     fed = fedloom.Federation(exp.task, strategy, rounds=args.rounds, seed=args.seed, eval_every=5)
     result = fed.run()
-    return {
+    last = result.history[-1]
+    row = {
         "target_epsilon": None if math.isinf(epsilon) else epsilon,
         "noise_multiplier": z,
-        "epsilon_spent": result.history[-1].get("epsilon"),
+        "epsilon_spent": last.get("epsilon"),
         "final_accuracy": result.final_metrics.get("accuracy"),
         "seconds": time.perf_counter() - t0,
     }
+    if distributed:
+        row["secagg_seconds_per_round"] = sum(
+            r.get("secagg_seconds", 0.0) for r in result.history
+        ) / len(result.history)
+        row["noise_std"] = last.get("noise_std")
+        row["skellam_rdp_excess"] = last.get("skellam_rdp_excess")
+    print(f"{'distributed' if distributed else 'central'} eps {epsilon}: {row}", flush=True)
+    return row
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against epsilon, central and distributed DP (inf drawn at the right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    finite = [e for e in EPSILONS if not math.isinf(e)]
+    where = [*finite, 2 * finite[-1]]
+    for key, label in (("mnist", "central DP"), ("mnist_distributed", "distributed DP + SecAgg+")):
+        if key in results:
+            acc = [results[key][str(e)]["final_accuracy"] for e in EPSILONS]
+            ax.plot(where, acc, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(where, [*(f"{e:g}" for e in finite), "inf"])
+    ax.set_xlabel("epsilon (delta 1e-5)")
+    ax.set_ylabel("test accuracy")
+    settings = results["settings"]
+    ax.set_title(
+        f"MNIST 2NN, {settings['clients']} clients (Dirichlet 0.5), "
+        f"{settings['clients_per_round']} a round, {settings['rounds']} rounds",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,16 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration(args.rounds, q),
         "settings": vars(args),
     }
-    if "mnist" not in args.skip.split(","):
-        results["mnist"] = {
-            str(eps): mnist_run(
-                args,
-                eps,
-                None if math.isinf(eps) else results["calibration"][str(eps)]["noise_multiplier"],
-            )
-            for eps in EPSILONS
-        }
+    z_of = {
+        str(eps): None if math.isinf(eps) else results["calibration"][str(eps)]["noise_multiplier"]
+        for eps in EPSILONS
+    }
+    for key in ("mnist", "mnist_distributed"):
+        if key not in args.skip.split(","):
+            results[key] = {
+                str(eps): mnist_run(args, eps, z_of[str(eps)], key == "mnist_distributed")
+                for eps in EPSILONS
+            }
     path = write_results("privacy", results)
+    if "mnist" in results or "mnist_distributed" in results:
+        plot(results, path.with_suffix(".png"))
     heads: dict[str, Any] = {
         f"accountant_{m}_ms_per_round": v for m, v in results["accountant_ms_per_round"].items()
     }
@@ -139,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         heads[f"noise_multiplier_eps{eps}"] = row["noise_multiplier"]
     for eps, row in results.get("mnist", {}).items():
         heads[f"mnist_accuracy_eps{eps}"] = row["final_accuracy"]
+    for eps, row in results.get("mnist_distributed", {}).items():
+        heads[f"mnist_distributed_accuracy_eps{eps}"] = row["final_accuracy"]
+        heads[f"mnist_distributed_epsilon_spent_eps{eps}"] = row["epsilon_spent"]
     heads["results"] = str(path)
     print_headlines(heads)
     return 0

@@ -118,7 +118,7 @@ def test_resume_keeps_the_accountant(tmp_path: Path):
 def test_a_modulus_the_noisy_sum_could_wrap_is_refused():
     stage = DistributedDP(5.0, clip_norm=1.0, quantization_range=2**16, modulus=2**20)
     cfg = SecAggConfig(10, 10_000, 9, 5, clipping_range=1.0, modulus=2**20)
-    stage._cohort = 10
+    stage._account.cohort = 10
     with pytest.raises(ConfigError, match=r"privacy\.modulus"):
         stage.check_fits(cfg)
     DistributedDP(5.0, clip_norm=1.0, quantization_range=2**8, modulus=2**20).check_fits(

@@ -89,12 +89,49 @@ def test_secure_aggregation_and_distributed_dp_from_the_config(tmp_path):
     assert isinstance(stage, DistributedDP)
     assert "epsilon" in exp.run().history[-1]
 
-    from fedloom.deploy.roles import aggregator
 
-    with pytest.raises(ConfigError, match=r"runs in simulation; .*\[runtime\.secagg\]"):
-        fedloom.Experiment.from_config(
-            None, run_overrides(tmp_path, "net", **keys), backend=aggregator("127.0.0.1:0")
-        )
+
+def test_a_deployment_runs_distributed_dp_and_refuses_what_cannot_work(tmp_path):
+    """``mode = "distributed"`` deploys: the aggregator's stage accounts, its SecAgg+ settings
+    carry the [privacy] section's protocol keys and noise. Central DP with secure aggregation
+    (the aggregator would clip what it never sees) and a [runtime.secagg] key that
+    contradicts [privacy] are refused, naming the keys."""
+    from fedloom.deploy.roles import aggregator
+    from fedloom.privacy.ddp_noise import SkellamShares
+    from fedloom.privacy.distributed_net import DeployedDistributedDP
+
+    keys = {
+        "privacy.mode": "distributed", "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5,
+        "runtime.secagg.stage_timeout": 7.0,
+    }  # fmt: skip
+    exp = fedloom.Experiment.from_config(
+        None, run_overrides(tmp_path, "net", **keys), backend=aggregator("127.0.0.1:0")
+    )
+    try:
+        (stage,) = exp.federation.strategy.stages  # type: ignore[attr-defined]
+        assert isinstance(stage, DeployedDistributedDP)
+        assert stage.step == pytest.approx(2 * 0.5 / (2**16 - 1))
+        settings = exp.federation.backend.secagg.settings  # type: ignore[attr-defined]
+        assert settings.noise == SkellamShares(1.0, 0.5)
+        assert (settings.clipping_range, settings.stage_timeout) == (0.5, 7.0)
+    finally:
+        exp.federation.backend.stop()  # type: ignore[attr-defined]
+
+    refused = [
+        ({"privacy.mode": "central", "privacy.secure_aggregation": True},
+         r"privacy\.secure_aggregation runs in simulation"),
+        ({"privacy.mode": "central"}, r"'central' cannot be combined with \[runtime\.secagg\]"),
+        ({"runtime.secagg.clipping_range": 1.0},
+         r"runtime\.secagg\.clipping_range = 1\.0 differs from the privacy section's 0\.5"),
+        ({"privacy.noise_multiplier": "drop"}, r"needs privacy\.noise_multiplier"),
+    ]  # fmt: skip
+    for change, match in refused:
+        changed = {k: v for k, v in {**keys, **change}.items() if v != "drop"}
+        with pytest.raises(ConfigError, match=match):
+            fedloom.Experiment.from_config(
+                None, run_overrides(tmp_path, "bad", **changed),
+                backend=aggregator("127.0.0.1:0"),
+            )  # fmt: skip
 
 
 @pytest.mark.parametrize(

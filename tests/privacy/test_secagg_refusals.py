@@ -14,6 +14,7 @@ import pytest
 from numpy.typing import NDArray
 
 from fedloom.privacy.secagg import (
+    AdvertiseKeys,
     ClientMessage,
     Dropouts,
     EncryptedShare,
@@ -250,26 +251,65 @@ def test_clients_refuse_to_unmask_when_the_server_claims_too_few_survivors() -> 
     assert server.stage == "aborted"
 
 
-def test_an_altered_share_in_the_unmask_stage_aborts_instead_of_a_wrong_sum() -> None:
-    cfg, ups = config(n=6, k=5, t=3), updates(6)
+def alter(kind: str) -> Callable[[Message], Message]:
+    """A transit that flips one bit of client 0's first ``kind`` share in the unmask stage."""
 
-    def alter(kind: str) -> Callable[[Message], Message]:
+    def transit(m: Message) -> Message:
+        if isinstance(m, UnmaskShares) and m.sender == 0:
+            pairs = getattr(m, kind)
+            owner, share = pairs[0]
+            changed = ((owner, (int.from_bytes(share, "big") ^ 1).to_bytes(66, "big")),)
+            return dataclasses.replace(m, **{kind: changed + pairs[1:]})
+        return m
+
+    return transit
+
+
+def test_an_altered_share_with_spare_shares_is_counted_and_the_sum_still_right() -> None:
+    """More than t shares: the secret of the first t fails its check (the seed's commitment,
+    the key's public key), is counted ``inconsistent``, and t shares without the altered
+    one rebuild it."""
+    cfg, ups = config(n=6, k=5, t=3), updates(6)
+    drop = Dropouts(after_share_keys=frozenset({5}))
+    for kind in ("seed_shares", "key_shares"):
+        run = simulate_round(cfg, ups, SEED, drop, transit=alter(kind))
+        assert run.server.refused == {"inconsistent": 1}, kind
+        assert_sum_of(run.result, ups, {0, 1, 2, 3, 4})
+
+
+def test_an_altered_share_with_exactly_t_shares_is_detected_and_aborts() -> None:
+    """k = t = 3: each secret has exactly t shares, so no other set can be tried. Without the
+    commitment an altered seed share would unmask a wrong sum unnoticed; with it the round
+    aborts with a clear error and the mismatch is counted."""
+    cfg, ups = config(n=6, k=3, t=3), updates(6)
+    server = SecAggServer(cfg)
+    with pytest.raises(SecAggAbort, match=r"seed shares of client \d: inconsistent with what"):
+        simulate_round(cfg, ups, SEED, server=server, transit=alter("seed_shares"))
+    assert server.refused == {"inconsistent": 1}
+    assert_sum_of(simulate_round(cfg, ups, SEED).result, ups, set(range(6)))
+
+
+def test_a_wrong_seed_commitment_is_refused_or_caught() -> None:
+    """A commitment of the wrong size is refused when advertised; one of the right size
+    that does not match the seed aborts the unmasking, counted."""
+    cfg, ups = config(n=6, k=3, t=3), updates(6)
+
+    def commitment(value: bytes) -> Callable[[Message], Message]:
         def transit(m: Message) -> Message:
-            if isinstance(m, UnmaskShares) and m.sender == 0:
-                pairs = getattr(m, kind)
-                owner, share = pairs[0]
-                changed = ((owner, (int.from_bytes(share, "big") ^ 1).to_bytes(66, "big")),)
-                return dataclasses.replace(m, **{kind: changed + pairs[1:]})
+            if isinstance(m, AdvertiseKeys) and m.sender == 2:
+                return dataclasses.replace(m, seed_commitment=value)
             return m
 
         return transit
 
-    drop = Dropouts(after_share_keys=frozenset({5}))
-    with pytest.raises(SecAggAbort, match=r"unmask: seed shares of client 0: .*inconsistent"):
-        simulate_round(cfg, ups, SEED, drop, transit=alter("seed_shares"))
-    with pytest.raises(SecAggAbort, match="key shares of client 5"):
-        simulate_round(cfg, ups, SEED, drop, transit=alter("key_shares"))
-    assert simulate_round(cfg, ups, SEED, drop).result is not None
+    server = SecAggServer(cfg)
+    with pytest.raises(SecAggAbort, match="seed shares of client 2: inconsistent"):
+        simulate_round(cfg, ups, SEED, server=server, transit=commitment(b"x" * 32))
+    assert server.refused == {"inconsistent": 1}
+    cfg, ups = config(n=8, k=5, t=3), updates(8)
+    server = SecAggServer(cfg)
+    run = simulate_round(cfg, ups, SEED, server=server, transit=commitment(b"x" * 31))
+    assert server.refused["malformed"] == 1 and 2 not in run.result.survivors  # type: ignore
 
 
 def test_no_pickle_in_the_protocol() -> None:

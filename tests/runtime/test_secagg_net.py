@@ -248,6 +248,36 @@ def test_too_many_dropouts_skip_the_round_with_a_clear_error_and_the_run_goes_on
     assert not client_threads.errors
 
 
+def test_an_altered_seed_share_with_exactly_t_shares_is_counted_and_aborts_the_round(
+    servers, client_threads, caplog
+):
+    """num_shares = threshold = 3: each self-mask seed has exactly t shares. Client 2 flips
+    a bit of one seed share it sends in round 1: the rebuilt seed misses the commitment its
+    owner advertised, so instead of unmasking a wrong sum the round aborts (skipped, counted
+    as ``secagg_inconsistent``); round 2, all honest, is aggregated."""
+    from fedloom.privacy.secagg import UnmaskShares
+
+    class Altering(SecAggSession):
+        def exchange(self, message: ClientMessage) -> ServerMessage | None:
+            if isinstance(message, UnmaskShares) and self.index == 2 and self.config.round == 1:
+                (owner, share), *rest = message.seed_shares
+                flipped = (int.from_bytes(share, "big") ^ 1).to_bytes(len(share), "big")
+                seeds = ((owner, flipped), *rest)
+                message = UnmaskShares(message.round, message.sender, seeds, message.key_shares)
+            return super().exchange(message)
+
+    settings = SecAggSettings(num_shares=3, reconstruction_threshold=3, stage_timeout=5)
+    fed, server, initial = secure_run(
+        servers, client_threads, task_of(), settings, rounds=2, session=Altering,
+        short_round="skip",
+    )  # fmt: skip
+    first, second = fed.history
+    assert "inconsistent with what it advertised" in str(first.get("skipped")), first
+    assert server.tally.total["secagg_inconsistent"] == 1, server.tally.total
+    assert second["round"] == 2 and "skipped" not in second
+    assert not torch.equal(fed.params, initial)
+
+
 # -- hostile messages ------------------------------------------------------------------------
 def test_malformed_and_replayed_stage_messages_are_refused_and_counted(servers, client_threads):
     """Client 3 sends, before its real share-keys message, a replay of its advertise, a
@@ -265,7 +295,9 @@ def test_malformed_and_replayed_stage_messages_are_refused_and_counted(servers, 
             if me != 3 or stage != 2:
                 return super().exchange(message)
             head = dict(self.header, session=self.config.round, index=self.index)
-            advertise = AdvertiseKeys(self.config.round, self.index, b"k" * 32, b"m" * 32)
+            advertise = AdvertiseKeys(
+                self.config.round, self.index, b"k" * 32, b"m" * 32, b"c" * 32
+            )
             real = pb.SecAggRequest(**head, stage=2, **request_payload(message))
             tries = {
                 "replay": pb.SecAggRequest(**head, stage=1, **request_payload(advertise)),

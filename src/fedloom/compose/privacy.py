@@ -3,6 +3,11 @@
 The stage needs the run's rounds and sampling rate (to calibrate a noise multiplier from
 ``target_epsilon`` and to account each round), so it is built once the task's client count
 is known. Combinations that would break the guarantee are refused with the keys named.
+
+In a deployment, ``mode = "distributed"`` runs the network runtime's SecAgg+ with the
+``[privacy]`` section's protocol keys (:func:`deployed_secagg`; ``[runtime.secagg]`` may add
+its ``stage_timeout``), each client adding its own noise; the aggregator's stage only
+accounts (:class:`~fedloom.privacy.distributed_net.DeployedDistributedDP`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from ..algorithms.base import Strategy
 from ..config import Config
 from ..errors import ConfigError
 from ..privacy import privacy_stage
+from ..privacy.ddp_noise import SkellamShares
 from ..privacy.distributed import DistributedDP
+from ..privacy.distributed_net import DeployedDistributedDP
 from ..privacy.dpsgd import DPSGD
 from ..privacy.local import LocalDP
 from ..privacy.secagg import SecureAggregation
+from ..runtime.secagg_round import SecAggSettings
 from ..stages import Stage, Staged
 
 SECAGG_KEYS = ("num_shares", "reconstruction_threshold", "quantization_range", "modulus")
@@ -36,10 +44,17 @@ def with_privacy(
         )
     if cfg.topology is not None:
         raise ConfigError(f"{where} cannot be combined with [topology]: edges aggregate in clear")
-    if (p.secure_aggregation or p.mode == "distributed") and networked:
+    if p.secure_aggregation and networked:
         raise ConfigError(
-            f"{where} with privacy.secure_aggregation runs in simulation; a deployment "
-            "aggregates securely with [runtime.secagg] (the network runtime's SecAgg+)"
+            f"{where} with privacy.secure_aggregation runs in simulation: central DP clips "
+            "each update at the aggregator, which secure aggregation hides; a deployment "
+            "aggregates securely with [runtime.secagg], or with privacy.mode = 'distributed'"
+        )
+    if p.mode == "central" and networked and cfg.runtime.secagg is not None:
+        raise ConfigError(
+            f"{where} cannot be combined with [runtime.secagg]: the aggregator would clip and "
+            "noise the securely aggregated mean, not each client's update; use "
+            "privacy.mode = 'distributed' (each client adds its share of the noise)"
         )
     if p.mode in ("local", "dpsgd") and networked and cfg.runtime.secagg is not None:
         raise ConfigError(
@@ -53,6 +68,9 @@ def with_privacy(
         )
     rate = strategy.cohort_size(num_clients) / num_clients
     try:
+        if p.mode == "distributed" and networked:
+            deployed_secagg(cfg)  # refuses conflicting keys now
+            return Staged(strategy, [_deployed(cfg, rate)])
         return Staged(strategy, _stages(cfg, rate))
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -64,6 +82,7 @@ def _stages(cfg: Config, rate: float) -> list[Stage]:
     p = cfg.privacy
     assert p is not None
     secagg = {k: getattr(p, k) for k in SECAGG_KEYS}
+    clip = p.clip_norm if p.clipping_range is None else p.clipping_range
     if p.mode == "distributed":
         z = p.noise_multiplier
         if z is None:
@@ -93,21 +112,83 @@ def _stages(cfg: Config, rate: float) -> list[Stage]:
                 )
         kind = LocalDP if p.mode == "local" else DPSGD
         stages: list[Stage] = [kind(z, p.clip_norm, p.delta, accountant=p.accountant)]
-    else:
-        stages = [_central(cfg, rate)]
+    else:  # with secure aggregation after it, the noise covers its rounding too
+        step = 2 * clip / (p.quantization_range - 1) if p.secure_aggregation else 0.0
+        stages = [_central(cfg, rate, rounding_step=step)]
     if p.secure_aggregation:
-        clip = p.clip_norm if p.clipping_range is None else p.clipping_range
         stages.append(SecureAggregation(clipping_range=clip, **secagg))
     return stages
 
 
-def _central(cfg: Config, rate: float) -> Stage:
-    """Central DP's stage from the section's values (calibrated from a target epsilon)."""
+def _central(cfg: Config, rate: float, rounding_step: float = 0.0) -> Stage:
+    """Central DP's stage from the section's values (calibrated from a target epsilon);
+    ``rounding_step``: secure aggregation's fixed-point step, which the noise covers."""
     p = cfg.privacy
     assert p is not None
     central = {"secure_aggregation", "clipping_range", "dropout_tolerance", *SECAGG_KEYS}
     options = p.model_dump(exclude={"mode", "noise_multiplier", *central}, exclude_none=True)
+    if rounding_step:
+        options["rounding_step"] = rounding_step
     return privacy_stage(
         p.mode, rounds=cfg.rounds, sampling_rate=rate, noise_multiplier=p.noise_multiplier,
         **options,
     )  # fmt: skip
+
+
+def _shares(cfg: Config) -> tuple[SkellamShares, float]:
+    """Distributed DP's noise calibration and the quantiser's clipping range."""
+    p = cfg.privacy
+    assert p is not None
+    if p.noise_multiplier is None:
+        raise ConfigError("privacy.mode = 'distributed' needs privacy.noise_multiplier")
+    try:
+        shares = SkellamShares(p.noise_multiplier, p.clip_norm, p.dropout_tolerance)
+    except ValueError as e:
+        raise ConfigError(f"privacy: {e}") from None
+    return shares, p.clip_norm if p.clipping_range is None else p.clipping_range
+
+
+def _deployed(cfg: Config, rate: float) -> Stage:
+    """The aggregator's distributed-DP stage: it accounts the noisy sums."""
+    p = cfg.privacy
+    assert p is not None
+    shares, clipping_range = _shares(cfg)
+    return DeployedDistributedDP(
+        shares, 2 * clipping_range / (p.quantization_range - 1), p.delta,
+        target_epsilon=p.target_epsilon, sampling_rate=rate, accountant=p.accountant,
+    )  # fmt: skip
+
+
+def deployed_secagg(cfg: Config) -> SecAggSettings | None:
+    """The network aggregator's SecAgg+ settings for ``privacy.mode = "distributed"`` (None
+    for any other run): the ``[privacy]`` section's protocol keys and noise, and
+    ``[runtime.secagg]``'s ``stage_timeout``; a protocol key that ``[runtime.secagg]`` sets
+    to another value is refused, naming both."""
+    p = cfg.privacy
+    if p is None or p.mode != "distributed":
+        return None
+    shares, clipping_range = _shares(cfg)
+    ours = {
+        "num_shares": p.num_shares,
+        "reconstruction_threshold": p.reconstruction_threshold,
+        "clipping_range": clipping_range,
+        "quantization_range": p.quantization_range,
+    }
+    sa = cfg.runtime.secagg
+    if sa is not None:
+        for key in sorted(sa.model_fields_set & ours.keys()):
+            if getattr(sa, key) != ours[key]:
+                raise ConfigError(
+                    f"runtime.secagg.{key} = {getattr(sa, key)!r} differs from the privacy "
+                    f"section's {ours[key]!r}: with privacy.mode = 'distributed' [privacy] "
+                    f"sets the protocol; leave runtime.secagg.{key} out"
+                )
+    return SecAggSettings(
+        num_shares=p.num_shares,
+        reconstruction_threshold=p.reconstruction_threshold,
+        clipping_range=clipping_range,
+        quantization_range=p.quantization_range,
+        stage_timeout=30.0 if sa is None else sa.stage_timeout,
+        modulus=p.modulus,
+        noise=shares,
+    )

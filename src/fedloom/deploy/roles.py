@@ -20,6 +20,7 @@ import torch
 from .. import privacy as _privacy  # noqa: F401 - registers the privacy client parts
 from ..algorithms.asynchronous import AsyncStrategy
 from ..compose.engines import EngineBuilder
+from ..compose.privacy import deployed_secagg
 from ..compose.strategy import build_strategy
 from ..compose.task import determinism, load_task
 from ..config import Config, RuntimeConfig, load_config
@@ -123,6 +124,8 @@ SECAGG_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "f
 
 def secagg_settings(cfg: Config, asynchronous: bool) -> SecAggSettings | None:
     """``[runtime.secagg]`` as the aggregator takes it; refuses what it cannot serve."""
+    if (deployed := deployed_secagg(cfg)) is not None:  # privacy.mode = "distributed"
+        return deployed
     sa = cfg.runtime.secagg
     if sa is None:
         return None

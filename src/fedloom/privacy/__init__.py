@@ -20,7 +20,9 @@ from .accountant import Accountant, calibrate_noise_multiplier
 from .central import CentralDP
 from .clipping import AdaptiveClip, clip_
 from .compat import check_central
+from .ddp_noise import SkellamShares
 from .distributed import DistributedDP
+from .distributed_net import DeployedDistributedDP
 from .dpsgd import DPSGD
 from .local import LocalDP
 from .modes import MODES, privacy_stage
@@ -32,9 +34,11 @@ __all__ = [
     "Accountant",
     "AdaptiveClip",
     "CentralDP",
+    "DeployedDistributedDP",
     "DistributedDP",
     "LocalDP",
     "SecureAggregation",
+    "SkellamShares",
     "Stage",
     "Staged",
     "calibrate_noise_multiplier",

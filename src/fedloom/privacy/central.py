@@ -11,10 +11,19 @@ round would take it past ``target_epsilon``.
 
 Noise is drawn from a generator seeded by (run seed, round) on the CPU: the same seed gives
 the same numbers on any device, and a resumed run equals an uninterrupted one.
+
+With secure aggregation after it (``rounding_step``, the quantiser's step), each client's
+contribution to the sum is its clipped delta *stochastically rounded* to the fixed-point
+grid: off by less than one step per coordinate, so its L2 norm is at most
+``C + sqrt(d) * step``, not C. The stage therefore noises with std
+``z * (C + sqrt(d) * step)``: the sensitivity the rounding really leaves, so the accounted z
+(and a z calibrated from ``target_epsilon``) keeps its meaning. The extra noise is small
+when the grid is fine (``sqrt(d) * step << C``); a coarse grid costs noise, not privacy.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -51,6 +60,8 @@ class CentralDP(Stage):
             each round as cohort / available clients (the budget check then starts after
             the first round).
         accountant: ``"rdp"`` or ``"pld"`` (see :class:`~fedloom.privacy.Accountant`).
+        rounding_step: the fixed-point step of a secure aggregation that rounds each clipped
+            delta after this stage (0: none); the sensitivity becomes ``C + sqrt(d) * step``.
     """
 
     key = "privacy"
@@ -67,7 +78,11 @@ class CentralDP(Stage):
         target_epsilon: float | None = None,
         sampling_rate: float | None = None,
         accountant: Method = "rdp",
+        rounding_step: float = 0.0,
     ):
+        if not (isinstance(rounding_step, int | float) and 0 <= rounding_step < math.inf):
+            raise ValueError(f"rounding_step must be a finite number >= 0, got {rounding_step!r}")
+        self.rounding_step = float(rounding_step)
         self.noise_multiplier = check_noise("noise_multiplier", noise_multiplier)
         self.clip_norm = check_clip_norm(clip_norm)
         self.delta = check_delta(delta)
@@ -93,6 +108,7 @@ class CentralDP(Stage):
         self._cohort = 0
         self._q: float | None = self.sampling_rate
         self._used_clip = self.clip_norm
+        self._sensitivity = self.clip_norm
         self._scratch: torch.Tensor | None = None
 
     @property
@@ -133,23 +149,30 @@ class CentralDP(Stage):
             update.version,
         )
 
+    def sensitivity(self, clip: float, length: int) -> float:
+        """One client's largest effect on the sum: C, plus ``sqrt(d) * step`` of rounding
+        when a secure aggregation rounds the clipped deltas (see the module's text)."""
+        return clip + math.sqrt(length) * self.rounding_step
+
     def process_aggregate(self, round: int, total: torch.Tensor, count: int) -> torch.Tensor:
-        """Add N(0, (z C)^2) to the sum (with adaptive clipping z is the delta's share, and
-        a second draw noises the unclipped count); account the round."""
+        """Add N(0, (z S)^2) to the sum, S the sensitivity (C, plus the rounding's share);
+        with adaptive clipping z is the delta's share, and a second draw noises the
+        unclipped count. Account the round."""
         if self._seed is None:
             raise RuntimeError("CentralDP: start(seed) was not called")
         gen = torch.Generator().manual_seed(derive_seed(self._seed, "privacy-noise", round))
         clip = self.current_clip_norm
+        sens = self.sensitivity(clip, total.numel())
         z = self.noise_multiplier
         if self._adaptive is not None:
             z = self._adaptive.delta_noise_multiplier(z, self._cohort)
         if z > 0:
             noise = torch.randn(total.shape, generator=gen, dtype=total.dtype)
-            total.add_(noise.to(total.device), alpha=z * clip)
+            total.add_(noise.to(total.device), alpha=z * sens)
         if self._adaptive is not None:
             draw = float(torch.randn(1, generator=gen, dtype=torch.float64))
             self._adaptive.update(self._cohort, draw)
-        self._used_clip = clip
+        self._used_clip, self._sensitivity = clip, sens
         if self._q is None:
             raise RuntimeError("CentralDP: configure(...) was not called")
         self.accountant.step(self._q, self.noise_multiplier)
@@ -157,6 +180,8 @@ class CentralDP(Stage):
 
     def round_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"clip_norm": self._used_clip}
+        if self.rounding_step > 0:
+            record["sensitivity"] = self._sensitivity
         if self.noise_multiplier > 0:
             record["epsilon"] = self.accountant.epsilon()
         return record

@@ -7,50 +7,34 @@ model carries the noise of central DP-FedAvg: total variance ``(z * sensitivity)
 quantisation levels, i.e. std ``z * (C + sqrt(d) * step)`` in float units (the ``sqrt(d)``
 term pays for stochastic rounding).
 
-Accounting: dp-accounting has no multi-dimensional Skellam (or summed discrete Gaussian)
-event; its discrete Gaussian PLD is one-dimensional. Each round is therefore accounted with
-the project's :class:`~.accountant.Accountant` as the sampled Gaussian mechanism of the same
-variance, ``z_eff = sqrt(survivors * client variance) / sensitivity`` (the noise actually in
-the released sum). That is an approximation whose error Agarwal et al. 2021 (Theorem 3.5)
-bound: Skellam's RDP exceeds the Gaussian's by a term of order 1/mu, ``mu`` the Skellam
-parameter; the relative excess over the accountant's orders is recorded each round
-(``skellam_rdp_excess``) and a warning is logged above 1%. It is tiny whenever the noise
-spans many quantisation levels (std >> 1 level), the regime the defaults put it in. The
-subsampling amplification is the Gaussian's (q as in central DP); against the aggregator,
-who knows the cohort, set ``sampling_rate=1``.
+Accounting (:class:`~.ddp_account.DDPAccount`): each round as the sampled Gaussian
+mechanism of the same variance as the noise in the released sum, with Skellam's RDP excess
+recorded. The subsampling amplification is the Gaussian's (q as in central DP); against the
+aggregator, who knows the cohort, set ``sampling_rate=1``. The noise of each client derives
+here from the run seed (a simulation is reproducible); a deployment
+(:class:`~.distributed_net.DeployedDistributedDP`) draws it from each client's own secret
+randomness, which the aggregator never learns.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from dp_accounting import rdp
 from numpy.typing import NDArray
 
 from ..algorithms.base import RoundPlan, Strategy
-from ..errors import ConfigError
 from ..seeding import derive_seed
-from .accountant import (
-    Accountant,
-    Method,
-    budget_stop,
-    check_delta,
-    check_noise,
-    check_rate,
-)
+from .accountant import Accountant, Method, check_noise
 from .clipping import check_clip_norm, clip_
+from .ddp_account import DDPAccount
+from .ddp_noise import SkellamShares
 from .secagg.compat import check_secagg
 from .secagg.config import SecAggConfig
 from .secagg.stage import DropoutSchedule, SecureAggregation
-from .skellam import fits_modulus, l2_sensitivity, rdp_excess, skellam
-
-log = logging.getLogger("fedloom")
-EXCESS_WARNING = 0.01
+from .skellam import skellam
 
 
 class DistributedDP(SecureAggregation):
@@ -99,31 +83,24 @@ class DistributedDP(SecureAggregation):
         self.noise_multiplier = check_noise("noise_multiplier", noise_multiplier)
         if self.noise_multiplier == 0:
             raise ValueError("noise_multiplier must be > 0 (without noise use SecureAggregation)")
-        if target_epsilon is not None and not (
-            isinstance(target_epsilon, int | float) and target_epsilon > 0
-        ):
-            raise ValueError(f"target_epsilon must be a number > 0, got {target_epsilon!r}")
-        self.target_epsilon = None if target_epsilon is None else float(target_epsilon)
-        self.delta = check_delta(delta)
-        self.sampling_rate = (
-            None if sampling_rate is None else check_rate("sampling_rate", sampling_rate)
+        self.shares = SkellamShares(self.noise_multiplier, self.clip_norm, dropout_tolerance)
+        self.dropout_tolerance = self.shares.dropout_tolerance
+        self._account = DDPAccount(
+            self.shares, delta, target_epsilon, sampling_rate, accountant
         )
-        if not 0 <= dropout_tolerance < 1:
-            raise ValueError(f"dropout_tolerance must be in [0, 1), got {dropout_tolerance!r}")
-        self.dropout_tolerance = float(dropout_tolerance)
-        self.accountant = Accountant(self.delta, accountant)
-        self._q: float | None = self.sampling_rate
-        self._cohort = 0
-        self._last_z: float | None = None
+        self.delta, self.target_epsilon = self._account.delta, self._account.target_epsilon
+        self.sampling_rate = self._account.sampling_rate
+
+    @property
+    def accountant(self) -> Accountant:
+        return self._account.accountant
 
     def check(self, strategy: Strategy) -> None:
         check_secagg(strategy, "privacy.mode = 'distributed'")
 
     def configure(self, round: int, plan: RoundPlan, available: int) -> None:
         super().configure(round, plan, available)
-        self._cohort = len(plan.clients)
-        if self.sampling_rate is None and available:
-            self._q = min(1.0, self._cohort / available)
+        self._account.configure(len(plan.clients), available)
 
     def client_input(self, delta: torch.Tensor) -> torch.Tensor:
         """The delta clipped to L2 norm C (what bounds one client's share of the sum)."""
@@ -133,26 +110,15 @@ class DistributedDP(SecureAggregation):
     # -- the noise -------------------------------------------------------------------------
     def sensitivity(self, cfg: SecAggConfig) -> float:
         """One client's largest effect on the integer sum (L2, in levels)."""
-        return l2_sensitivity(self.clip_norm, cfg.step, cfg.vector_length)
+        return self.shares.sensitivity(cfg)
 
     def client_variance(self, cfg: SecAggConfig) -> float:
         """Each client's share of the noise variance, in levels squared."""
-        share = max(1, math.ceil((1 - self.dropout_tolerance) * max(self._cohort, 1)))
-        return (self.noise_multiplier * self.sensitivity(cfg)) ** 2 / share
+        return self.shares.client_variance(cfg, self._account.cohort)
 
     def check_fits(self, cfg: SecAggConfig) -> None:
         """Refuse a modulus the noisy sum of ``cfg.num_clients`` could wrap around."""
-        variance = cfg.num_clients * self.client_variance(cfg)
-        ok, need = fits_modulus(
-            cfg.num_clients, cfg.quantization_range, variance, cfg.vector_length, cfg.modulus
-        )
-        if not ok:
-            raise ConfigError(
-                f"privacy.modulus = {cfg.modulus} cannot hold the noisy sum of "
-                f"{cfg.num_clients} clients without wrapping (it needs 2 * {need:.4g}); "
-                "lower privacy.quantization_range or privacy.noise_multiplier, or raise the "
-                "modulus (at most 2^32)"
-            )
+        self.shares.check_fits(cfg, self._account.cohort)
 
     def client_noise(
         self, round: int, attempt: int, cfg: SecAggConfig
@@ -169,42 +135,13 @@ class DistributedDP(SecureAggregation):
 
     # -- accounting ------------------------------------------------------------------------
     def after_round(self, round: int, cfg: SecAggConfig, survivors: int) -> None:
-        variance = survivors * self.client_variance(cfg)
-        sens = self.sensitivity(cfg)
-        z = math.sqrt(variance) / sens
-        if self._q is None:
-            raise RuntimeError("DistributedDP: configure(...) was not called")
-        self.accountant.step(self._q, z)
-        self._last_z = z
-        orders = np.asarray(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
-        excess = rdp_excess(sens, math.sqrt(cfg.vector_length) * sens, variance, orders)
-        if excess > EXCESS_WARNING:
-            log.warning(
-                "round %d: the Skellam noise's RDP exceeds the Gaussian's by up to %.2g%%; "
-                "the recorded epsilon understates it (raise quantization_range)",
-                round, 100 * excess,
-            )  # fmt: skip
-        self._record.update(
-            epsilon=self.accountant.epsilon(),
-            clip_norm=self.clip_norm,
-            noise_multiplier_effective=z,
-            noise_std=math.sqrt(variance) * cfg.step,
-            skellam_rdp_excess=excess,
-        )
+        self._record.update(self._account.released(round, cfg, survivors))
 
     def stop_reason(self) -> str | None:
-        z = min(self.noise_multiplier, self._last_z or math.inf)  # the noise actually reached
-        return budget_stop(self.accountant, self._q, z, self.target_epsilon, self.delta)
+        return self._account.stop_reason()
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"accountant": self.accountant.state_dict()}
-        if self._q is not None:
-            state["q"] = self._q
-        if self._last_z is not None:
-            state["last_z"] = self._last_z
-        return state
+        return self._account.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.accountant.load_state_dict(state.get("accountant", {}))
-        self._q = float(state["q"]) if "q" in state else self.sampling_rate
-        self._last_z = float(state["last_z"]) if "last_z" in state else None
+        self._account.load_state_dict(state)

@@ -8,11 +8,18 @@ answers with the next stage's message. Every answer is checked field by field
 (:mod:`.secagg_wire`) and by the protocol's client before use. A refused message, an aborted
 round or a stage that closed without this client ends its part: the round goes on without it.
 Its secrets come from ``os.urandom``, new for every session.
+
+Distributed DP: when the parameters say so (checked by
+:func:`~.secagg_wire.noise_from_proto`), the client clips its delta to L2 norm
+``clip_norm`` and adds its Skellam share of the noise to the quantised delta before any
+mask. The share is drawn from this client's own secret randomness (``secrets``), never from
+the run seed, which the aggregator chooses and knows: the aggregator cannot subtract it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +39,13 @@ from ..privacy.secagg import (
     UnmaskRequest,
 )
 from .proto import fedloom_pb2 as pb
-from .secagg_wire import STAGE_OF, params_from_proto, request_payloads, server_message
+from .secagg_wire import (
+    STAGE_OF,
+    noise_from_proto,
+    params_from_proto,
+    request_payloads,
+    server_message,
+)
 
 log = logging.getLogger("fedloom.client")
 
@@ -49,6 +62,8 @@ class SecAggSession:
         vector_length: the model's length; the parameters must agree with it.
         give_up: seconds to wait for any one answer before leaving the round (the server's
             deadlines end a stage long before that).
+        noise_seed: tests only: a client-local seed of the distributed-DP noise (with the
+            session and index); None, always in a deployment: secret randomness.
     """
 
     def __init__(
@@ -58,10 +73,13 @@ class SecAggSession:
         params: pb.SecAggParams,
         vector_length: int,
         give_up: float | None = None,
+        noise_seed: int | None = None,
     ):
         self.call, self.header = call, header
         self.config: SecAggConfig
         self.config, self.index = params_from_proto(params, vector_length)
+        self.noise = noise_from_proto(params, self.config)
+        self.noise_seed = noise_seed
         self.give_up = give_up if give_up is not None else 4 * params.stage_timeout_s + 600.0
         self.outcome = ""  # "done", or why this client left the round
 
@@ -75,7 +93,11 @@ class SecAggSession:
             shares = self.exchange(client.share_keys(keys))
             if not isinstance(shares, ForwardedShares):
                 return False
-            request = self.exchange(client.masked_input(shares, delta))
+            noise = None
+            if self.noise is not None:
+                delta = clip_l2(delta, self.noise.clip_norm)
+                noise = self.noise.draw(self._noise_rng(), self.config)
+            request = self.exchange(client.masked_input(shares, delta, noise))
             if not isinstance(request, UnmaskRequest):
                 return False
             self.exchange(client.unmask(request))
@@ -84,6 +106,11 @@ class SecAggSession:
             log.warning("client %s: secure aggregation: %s", self.header["client_id"], e)
             return False
         return self.outcome == "done"
+
+    def _noise_rng(self) -> np.random.Generator:
+        if self.noise_seed is None:
+            return np.random.default_rng(secrets.randbits(128))
+        return np.random.default_rng([self.noise_seed, self.config.round, self.index])
 
     def exchange(self, message: ClientMessage) -> ServerMessage | None:
         """Send ``message``; the server's next message for this client, or None when this
@@ -118,3 +145,12 @@ class SecAggSession:
             self.outcome,
         )
         return None
+
+
+def clip_l2(delta: NDArray[np.floating], bound: float) -> NDArray[np.float64]:
+    """``delta`` scaled down to L2 norm ``bound`` if longer (a new float64 vector)."""
+    out = np.asarray(delta, dtype=np.float64).copy()
+    norm = float(np.linalg.norm(out))
+    if norm > bound:
+        out *= bound / norm
+    return out

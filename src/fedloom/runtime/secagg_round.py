@@ -13,7 +13,11 @@ stage), and unmasks only the sum of the survivors' quantised deltas.
 uniform mean of the survivors' deltas (each clipped to ``clipping_range`` per coordinate and
 quantised; off by less than one quantisation step per coordinate), weighted by the survivors'
 declared sample counts in total. FedAvg of that one update is the update itself, so the
-round's model is the uniform average of the survivors' models. Too few survivors
+round's model is the uniform average of the survivors' models. With distributed DP
+(``SecAggSettings.noise``) the instruction also carries the noise calibration: each client
+clips its delta to L2 norm ``clip_norm`` and adds its Skellam share before masking, so the
+unmasked sum is noisy, decoded with :func:`~fedloom.privacy.secagg.decode_centred` (the
+noise may take it below zero). Too few survivors
 (:class:`~fedloom.privacy.secagg.SecAggAbort`) end the round with :class:`QuorumError`: the
 loop retries or skips it, as any short round. Each attempt is its own protocol session, so a
 message replayed from an earlier one is refused (``stale_round``).
@@ -32,6 +36,7 @@ import torch
 
 from ..algorithms.base import RoundPlan
 from ..errors import ConfigError, QuorumError
+from ..privacy.ddp_noise import SkellamShares
 from ..privacy.secagg import (
     AggregateResult,
     ClientMessage,
@@ -41,6 +46,7 @@ from ..privacy.secagg import (
     SecAggRefused,
     SecAggServer,
     ServerMessage,
+    decode_centred,
     recommended_num_shares,
 )
 from ..update import ClientUpdate
@@ -66,6 +72,7 @@ class SecAggSettings:
     below n); ``reconstruction_threshold`` defaults to a majority of the shares,
     ``num_shares // 2 + 1``. ``stage_timeout`` bounds each stage after the first (keys are
     advertised after training, so the first waits as long as the round, ``round_timeout``).
+    ``noise``: distributed DP, each client's share of the noise (None: no noise).
     """
 
     num_shares: int | None = None
@@ -73,6 +80,8 @@ class SecAggSettings:
     clipping_range: float = 1.0
     quantization_range: int = 2**16
     stage_timeout: float = 30.0
+    modulus: int = 2**32
+    noise: SkellamShares | None = None
 
     def __post_init__(self) -> None:
         bad = [
@@ -106,6 +115,7 @@ class SecAggSettings:
             reconstruction_threshold=t,
             clipping_range=self.clipping_range,
             quantization_range=self.quantization_range,
+            modulus=self.modulus,
             round=session,
             graph_seed=graph_seed,
         )
@@ -169,6 +179,8 @@ class SecAggRounds(SyncRounds):
             config = self.settings.config(
                 len(clients), self.vector_length, self.sessions, self.graph_seed
             )
+            if self.settings.noise is not None:
+                self.settings.noise.check_fits(config)
             self._server = SecAggServer(config)
 
     def collect(self) -> Iterator[ClientUpdate]:
@@ -194,7 +206,10 @@ class SecAggRounds(SyncRounds):
         """The protocol parameters a TRAIN instruction carries to ``cid`` (lock held)."""
         if self._server is None or cid not in self._index:
             return None
-        return params_to_proto(self._server.config, self._index[cid], self.settings.stage_timeout)
+        return params_to_proto(
+            self._server.config, self._index[cid], self.settings.stage_timeout,
+            self.settings.noise,
+        )  # fmt: skip
 
     def claim(self, cid: int, round: int, version: int) -> tuple[bool, bool]:
         """No plain upload is wanted: updates arrive masked, through :meth:`exchange`."""
@@ -297,7 +312,12 @@ class SecAggRounds(SyncRounds):
                 self.cv.notify_all()
                 log.info("round %d: secagg stage %d closed: %d clients", rnd, stage, len(replies))
                 self._wait_stage(stage + 1, set(replies), time.monotonic() + stage_timeout)
-            return server.unmask()
+            before = server.refused["inconsistent"]
+            try:
+                return server.unmask()
+            finally:  # shares that rebuild no advertised secret: counted as refusals
+                for _ in range(server.refused["inconsistent"] - before):
+                    self.tally.count("secagg_inconsistent", f"round {rnd}: shares inconsistent")
 
     def _wait_stage(self, stage: int, expected: set[int], deadline: float | None) -> None:
         """Wait (lock held) until every expected client sent its stage message, is gone, or
@@ -317,7 +337,11 @@ class SecAggRounds(SyncRounds):
         """Global model + the survivors' mean delta, as one update of their total weight."""
         ids = {i: cid for cid, i in self._index.items()}
         survivors = [ids[i] for i in result.survivors]
-        mean = torch.from_numpy(result.total / len(survivors))
+        total = result.total
+        if self.settings.noise is not None:  # signed noise: the sum may leave [0, m (L - 1)]
+            assert self._server is not None
+            total = decode_centred(result.quantized_sum, len(survivors), self._server.config)
+        mean = torch.from_numpy(total / len(survivors))
         params = (self._global.double() + mean).to(self._global.dtype)
         with self.cv:
             weight = sum(

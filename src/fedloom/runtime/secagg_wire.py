@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError
+from ..privacy.ddp_noise import SkellamShares
 from ..privacy.secagg import (
     AdvertiseKeys,
     ClientMessage,
@@ -32,7 +33,7 @@ from ..privacy.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from ..privacy.secagg.crypto import NONCE_BYTES, PUBLIC_KEY_BYTES
+from ..privacy.secagg.crypto import COMMITMENT_BYTES, NONCE_BYTES, PUBLIC_KEY_BYTES
 from ..privacy.secagg.messages import SHARE_CIPHERTEXT_BYTES
 from ..privacy.secagg.shamir import SHARE_BYTES
 from .proto import fedloom_pb2 as pb
@@ -68,7 +69,20 @@ def _count(items: Iterable[object], n: int, what: str) -> None:
 
 
 # -- parameters -------------------------------------------------------------------------------
-def params_to_proto(config: SecAggConfig, index: int, stage_timeout: float) -> pb.SecAggParams:
+def params_to_proto(
+    config: SecAggConfig,
+    index: int,
+    stage_timeout: float,
+    noise: SkellamShares | None = None,
+) -> pb.SecAggParams:
+    dp: dict[str, Any] = {}
+    if noise is not None:
+        dp = dict(
+            distributed_dp=True,
+            dp_clip_norm=noise.clip_norm,
+            dp_noise_multiplier=noise.noise_multiplier,
+            dp_dropout_tolerance=noise.dropout_tolerance,
+        )
     return pb.SecAggParams(
         session=config.round,
         index=index,
@@ -81,6 +95,7 @@ def params_to_proto(config: SecAggConfig, index: int, stage_timeout: float) -> p
         modulus=config.modulus,
         graph_seed=config.graph_seed,
         stage_timeout_s=stage_timeout,
+        **dp,
     )
 
 
@@ -114,6 +129,25 @@ def params_from_proto(p: pb.SecAggParams, vector_length: int) -> tuple[SecAggCon
     return config, _id(p.index, config.num_clients, "index")
 
 
+def noise_from_proto(p: pb.SecAggParams, config: SecAggConfig) -> SkellamShares | None:
+    """The distributed-DP noise calibration the parameters carry (None: no DP). A round that
+    says distributed DP with no noise, a clip that is not a positive number, a tolerance
+    outside [0, 1), or a noisy sum the modulus could wrap is refused as malformed; DP
+    values in a round that does not say distributed DP are refused too (a typo or a
+    downgrade)."""
+    values = (p.dp_clip_norm, p.dp_noise_multiplier, p.dp_dropout_tolerance)
+    if not p.distributed_dp:
+        if any(v != 0 for v in values):
+            raise _malformed(f"distributed DP values {values} in a round without it")
+        return None
+    try:
+        noise = SkellamShares(p.dp_noise_multiplier, p.dp_clip_norm, p.dp_dropout_tolerance)
+        noise.check_fits(config)
+    except (ValueError, ConfigError) as e:
+        raise _malformed(f"distributed DP: {e}") from None
+    return noise
+
+
 # -- client messages --------------------------------------------------------------------------
 def request_payloads(message: ClientMessage) -> list[dict[str, Any]]:
     """The ``SecAggRequest`` payloads that carry ``message``, in order: one, or for a masked
@@ -141,6 +175,7 @@ def request_payload(message: ClientMessage) -> dict[str, Any]:
             client=message.sender,
             cipher_public_key=message.cipher_public_key,
             mask_public_key=message.mask_public_key,
+            seed_commitment=message.seed_commitment,
         )
         return {"advertise": keys}
     if isinstance(message, ShareKeys):
@@ -172,6 +207,7 @@ def client_message(request: pb.SecAggRequest, config: SecAggConfig) -> ClientMes
             sender,
             _bytes(k.cipher_public_key, PUBLIC_KEY_BYTES, "cipher key"),
             _bytes(k.mask_public_key, PUBLIC_KEY_BYTES, "mask key"),
+            _bytes(k.seed_commitment, COMMITMENT_BYTES, "seed commitment"),
         )
     if which == "share_keys":
         return ShareKeys(r, sender, _shares_from_proto(request.share_keys, r, n))

@@ -69,7 +69,7 @@ class SecAggClient:
 
     # -- stage 1 ---------------------------------------------------------------------------
     def advertise(self) -> AdvertiseKeys:
-        """This client's two public keys."""
+        """This client's two public keys and its self-mask seed's commitment."""
         self._enter("advertise")
         self.stage = "share_keys"
         return AdvertiseKeys(
@@ -77,6 +77,7 @@ class SecAggClient:
             sender=self.id,
             cipher_public_key=crypto.public_bytes(self._cipher_key),
             mask_public_key=crypto.public_bytes(self._mask_key),
+            seed_commitment=crypto.commit_seed(self._self_mask_seed, self.config.round, self.id),
         )
 
     # -- stage 2 ---------------------------------------------------------------------------

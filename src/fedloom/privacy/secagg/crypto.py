@@ -6,6 +6,7 @@ replayed from another round, or handed to another client, fails authentication.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PUBLIC_KEY_BYTES = 32
 NONCE_BYTES = 12
+COMMITMENT_BYTES = 32
 TAG_BYTES = 16
 _DOMAIN = b"fedloom-secagg/v1"
 
@@ -87,3 +89,13 @@ def decrypt_share(
         return AESGCM(key).decrypt(nonce, ciphertext, associated_data(round, sender, receiver))
     except InvalidTag:
         return None
+
+
+def commit_seed(seed: bytes, round: int, client: int) -> bytes:
+    """SHA-256 over a domain-separated encoding of a client's self-mask seed, its round and
+    its id: advertised with the keys, so the server can check the seed that shares rebuild.
+    An altered share rebuilds another seed, which is otherwise undetectable with exactly t
+    shares (the mask key has its public key for this). The seed is 32 random bytes, so the
+    hash hides it."""
+    header = _DOMAIN + b"/self-mask seed commitment" + struct.pack(">QQI", round, client, len(seed))
+    return hashlib.sha256(header + seed).digest()

@@ -27,12 +27,14 @@ SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + TAG_BYTES
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 1: a client's two public keys (share encryption, mask agreement)."""
+    """Stage 1: a client's two public keys (share encryption, mask agreement) and the
+    commitment to its self-mask seed (:func:`~.crypto.commit_seed`)."""
 
     round: int
     sender: int
     cipher_public_key: bytes
     mask_public_key: bytes
+    seed_commitment: bytes
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,17 @@
 ``forward_shares``, ``request_unmask``, ``unmask``) fixes who took part in it and returns the
 next messages; clients that sent nothing are dropouts. If fewer than the threshold are left
 the round aborts with :class:`SecAggAbort`. The server sees only public keys, ciphertexts,
-masked vectors and the shares it needs; never a single client's input.
+masked vectors and the shares it needs; never a single client's input. Every secret it
+rebuilds is checked against what its owner advertised (a self-mask seed against its SHA-256
+commitment, a mask key against its public key), so an altered share is caught even when
+exactly the threshold of shares arrived.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Container, Sized
+from collections.abc import Callable, Container, Sized
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -38,6 +42,8 @@ from .messages import (
     well_formed_share,
 )
 from .quantize import dequantize
+
+log = logging.getLogger("fedloom")
 
 _EXPECTED: dict[str, type] = {
     "advertise": AdvertiseKeys,
@@ -126,6 +132,10 @@ class SecAggServer:
             crypto.valid_public_key(m.cipher_public_key)
             and crypto.valid_public_key(m.mask_public_key),
             "malformed", f"public keys of {m.sender}: not 32-byte X25519 keys of full order",
+        )
+        refuse_unless(
+            type(m.seed_commitment) is bytes and len(m.seed_commitment) == crypto.COMMITMENT_BYTES,
+            "malformed", f"seed commitment of {m.sender}: not {crypto.COMMITMENT_BYTES} bytes",
         )
 
     def _check_shares(self, m: ShareKeys) -> None:
@@ -229,12 +239,10 @@ class SecAggServer:
         seeds = [dict(m.seed_shares) for m in self._unmask.values()]
         keys = [dict(m.key_shares) for m in self._unmask.values()]
         for i in sorted(self._inputs):
-            seed = self._reconstruct(i, "seed", seeds)
+            seed = self._reconstruct(i, "seed", seeds, self._seed_check(i))
             np.subtract(total, prg.mask(seed, d), out=total)
         for j in sorted(self._shares.keys() - self._inputs.keys()):
-            key = crypto.private_key(self._reconstruct(j, "key", keys))
-            if crypto.public_bytes(key) != self._keys[j].mask_public_key:
-                self._abort(f"the key shares of client {j} do not match its public key")
+            key = crypto.private_key(self._reconstruct(j, "key", keys, self._key_check(j)))
             for i in sorted(self._graph[j] & self._inputs.keys()):
                 shared = crypto.shared_secret(key, self._keys[i].mask_public_key)
                 pair = crypto.mask_key(shared, cfg.round, j, i)
@@ -245,7 +253,22 @@ class SecAggServer:
         self.stage = "done"
         return AggregateResult(cfg.round, survivors, total, dequantize(total, len(survivors), cfg))
 
-    def _reconstruct(self, owner: int, what: str, sources: list[dict[int, bytes]]) -> bytes:
+    def _seed_check(self, owner: int) -> Callable[[bytes], bool]:
+        commitment, r = self._keys[owner].seed_commitment, self.config.round
+        return lambda seed: crypto.commit_seed(seed, r, owner) == commitment
+
+    def _key_check(self, owner: int) -> Callable[[bytes], bool]:
+        public = self._keys[owner].mask_public_key
+        return lambda key: crypto.public_bytes(crypto.private_key(key)) == public
+
+    def _reconstruct(
+        self, owner: int, what: str, sources: list[dict[int, bytes]], valid: Callable[[bytes], bool]
+    ) -> bytes:
+        """``owner``'s secret from the shares that arrived, checked by ``valid`` against what
+        it advertised (the seed's commitment, the key's public key). The first t shares
+        are tried; if their secret fails the check (an altered share: counted as
+        ``inconsistent``) and spare shares arrived, each set of t that leaves one share out
+        is tried, which survives one altered share; else the round aborts."""
         shares = {
             sender + 1: found[owner]
             for sender, found in zip(self._unmask, sources, strict=True)
@@ -254,16 +277,25 @@ class SecAggServer:
         t = self.config.reconstruction_threshold
         if len(shares) < t:
             self._abort(f"{len(shares)} {what} shares of client {owner} arrived, {t} needed")
-        try:
-            secret = shamir.combine(shares, t)
-            # with spare shares, the last t must give the same secret as the first t: one
-            # altered share is caught when more than t arrived (with exactly t it is not)
-            last = dict(sorted(shares.items())[-t:])
-            if len(shares) > t and shamir.combine(last, t) != secret:
-                raise ValueError("inconsistent shares")
-        except ValueError as e:
-            self._abort(f"{what} shares of client {owner}: {e}")
-        return secret
+        xs = sorted(shares)
+        subsets = [xs[:t]]
+        if len(xs) > t:  # spare shares: leave each of the first t out in turn
+            subsets += [[x for x in xs if x != out][:t] for out in xs[:t]]
+        for n, subset in enumerate(subsets):
+            try:
+                secret: bytes | None = shamir.combine({x: shares[x] for x in subset}, t)
+            except ValueError:
+                secret = None
+            if secret is not None and valid(secret):
+                return secret
+            if n == 0:
+                self.refused["inconsistent"] += 1
+                log.warning("secagg round %d: %s shares of client %d are inconsistent with "
+                            "what it advertised", self.config.round, what, owner)  # fmt: skip
+        self._abort(
+            f"{what} shares of client {owner}: inconsistent with what it advertised "
+            f"({len(shares)} shares, threshold {t}: no set of {t} tried rebuilds it)"
+        )
 
     def _close(self, stage: str, got: Sized, then: str) -> None:
         if self.stage != stage:

@@ -130,6 +130,10 @@ class SecAggParams(Message):
     modulus: int
     graph_seed: int
     stage_timeout_s: float
+    distributed_dp: bool
+    dp_clip_norm: float
+    dp_noise_multiplier: float
+    dp_dropout_tolerance: float
     def __init__(
         self,
         *,
@@ -144,14 +148,24 @@ class SecAggParams(Message):
         modulus: int = ...,
         graph_seed: int = ...,
         stage_timeout_s: float = ...,
+        distributed_dp: bool = ...,
+        dp_clip_norm: float = ...,
+        dp_noise_multiplier: float = ...,
+        dp_dropout_tolerance: float = ...,
     ) -> None: ...
 
 class SecAggKeys(Message):
     client: int
     cipher_public_key: bytes
     mask_public_key: bytes
+    seed_commitment: bytes
     def __init__(
-        self, *, client: int = ..., cipher_public_key: bytes = ..., mask_public_key: bytes = ...
+        self,
+        *,
+        client: int = ...,
+        cipher_public_key: bytes = ...,
+        mask_public_key: bytes = ...,
+        seed_commitment: bytes = ...,
     ) -> None: ...
 
 class SecAggShare(Message):
