@@ -137,7 +137,7 @@ def test_skellam_draws_and_the_tail_bound():
 def test_refusals_name_the_keys():
     with pytest.raises(ValueError, match=r"privacy\.mode = 'distributed'") as e:
         Staged(FedAvg(aggregator=Krum(1)), [DistributedDP(1.0)])
-    assert "strategy.aggregator = 'krum'" in str(e.value)
+    assert "strategy.options.aggregator = 'krum'" in str(e.value)
     for kwargs, name in [
         ({"noise_multiplier": 0.0}, "noise_multiplier"),
         ({"clip_norm": -1.0}, "clip_norm"),

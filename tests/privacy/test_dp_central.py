@@ -149,9 +149,9 @@ def test_it_wraps_server_optimisers_and_fedavg_subclasses(inner):
 @pytest.mark.parametrize(
     ("strategy", "keys"),
     [
-        (FedAvg(aggregator=Krum(1)), "strategy.aggregator = 'krum'"),
-        (FedAvg(aggregator=CoordinateMedian()), "strategy.aggregator = 'median'"),
-        (FedAdam(0.1, aggregator=TrimmedMean(0.1)), "strategy.aggregator = 'trimmed_mean'"),
+        (FedAvg(aggregator=Krum(1)), "strategy.options.aggregator = 'krum'"),
+        (FedAvg(aggregator=CoordinateMedian()), "strategy.options.aggregator = 'median'"),
+        (FedAdam(0.1, aggregator=TrimmedMean(0.1)), "strategy.options.aggregator = 'trimmed_mean'"),
         (Scaffold(), "strategy.name = 'scaffold'"),
     ],
 )

@@ -45,7 +45,7 @@ def test_target_epsilon_alone_calibrates_the_noise_and_stops_within_budget(tmp_p
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        ({"strategy.options.aggregator": "median"}, "strategy.aggregator = 'median'"),
+        ({"strategy.options.aggregator": "median"}, "strategy.options.aggregator = 'median'"),
         ({"strategy.name": "scaffold"}, "strategy.name = 'scaffold'"),
         ({"strategy.name": "fedasync"}, "strategy.name = 'fedasync'"),
         ({"privacy.mode": "shuffle"}, "privacy.mode"),

@@ -129,9 +129,9 @@ def test_the_message_sizes_count_every_field():
 @pytest.mark.parametrize(
     ("strategy", "keys"),
     [
-        (FedAvg(aggregator=Krum(1)), "strategy.aggregator = 'krum'"),
-        (FedAvg(aggregator=CoordinateMedian()), "strategy.aggregator = 'median'"),
-        (FedAdam(0.1, aggregator=TrimmedMean(0.1)), "strategy.aggregator = 'trimmed_mean'"),
+        (FedAvg(aggregator=Krum(1)), "strategy.options.aggregator = 'krum'"),
+        (FedAvg(aggregator=CoordinateMedian()), "strategy.options.aggregator = 'median'"),
+        (FedAdam(0.1, aggregator=TrimmedMean(0.1)), "strategy.options.aggregator = 'trimmed_mean'"),
         (Scaffold(), "strategy.name = 'scaffold'"),
     ],
 )

@@ -50,8 +50,8 @@ def check_mean_strategy(
     if type(strategy.aggregator) is not WeightedMean:
         agg = registered_name(AGGREGATORS, strategy.aggregator)
         raise ValueError(
-            f"{setting} cannot be combined with strategy.aggregator = {agg!r}: {mean_why}; "
-            "use strategy.aggregator = 'mean'"
+            f"{setting} cannot be combined with strategy.options.aggregator = {agg!r}: "
+            f"{mean_why}; use strategy.options.aggregator = 'mean'"
         )
     return strategy
 
