@@ -19,15 +19,23 @@ from ..metrics import METRICS_FILE, read_metrics
 from .state import LiveState
 from .summary import run_info
 
+CONFIG_HEADING = "## Configuration"  # report.md's config table, left out like report.json's
+
 
 def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """``report.json`` with ``report.md``'s text as ``markdown``; None before the run ends."""
+    """``report.json`` with ``report.md``'s text as ``markdown``, both without their config
+    (it may hold tokens; the page shows :func:`~.summary.config_summary` instead); None
+    before the run ends."""
     try:
         report: dict[str, Any] = json.loads((run_dir / "report.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(report, dict):
+        return None
+    report.pop("config", None)
     with contextlib.suppress(OSError):  # the JSON alone is the report too
-        report["markdown"] = (run_dir / "report.md").read_text()
+        text = (run_dir / "report.md").read_text()
+        report["markdown"] = text.split(f"\n{CONFIG_HEADING}", 1)[0].rstrip() + "\n"
     return report
 
 

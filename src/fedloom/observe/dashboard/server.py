@@ -50,6 +50,10 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A page that left or spoke plain HTTP to HTTPS: a debug line, not a traceback."""
+        log.debug("dashboard request from %s failed", client_address, exc_info=True)
+
 
 class _HTTPServer6(_HTTPServer):
     address_family = socket.AF_INET6
