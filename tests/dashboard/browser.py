@@ -40,11 +40,12 @@ def chromium(width: int = 1280, height: int = 1700) -> Iterator[Any]:
     binary = next((b for b in map(shutil.which, BROWSERS) if b), None)
     driver_path = shutil.which("chromedriver")
     if binary is None or driver_path is None:
-        _missing("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+        _missing("chromium or chromedriver missing (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},{height}", "--no-first-run", "--no-proxy-server"):  # fmt: skip
+    args = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+            f"--window-size={width},{height}", "--no-first-run", "--no-proxy-server"]  # fmt: skip
+    for arg in args:
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from fedloom.federation import Callback, Federation
-
 # procs: the runtime tests' fixture (processes killed, whole sessions, in teardown)
 from runtime.conftest import procs  # noqa: F401
+
+from fedloom.federation import Callback, Federation
 
 SCREENSHOT_ENV = "FEDLOOM_DASHBOARD_SCREENSHOT"  # also copy the screenshot there (the README's)
 

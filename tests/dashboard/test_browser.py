@@ -47,8 +47,11 @@ def test_a_live_run_advances_round_by_round_in_chromium(tmp_path: Path, gate: Ro
                 page.wait_round(rnd)
                 assert page.round() == rnd  # held there: the counter shows exactly this round
                 for metric in ("accuracy", "loss", "bytes", "seconds"):
-                    page.wait(f"{metric} point {rnd}", lambda m=metric: page.chart_points(m) == rnd,
-                              10)  # fmt: skip
+                    page.wait(
+                        f"{metric} point {rnd}",
+                        lambda m=metric, n=rnd: page.chart_points(m) == n,
+                        10,
+                    )
                 assert page.text("rounds-total") == str(ROUNDS)
                 gate.step()
             page.wait("the finished phase", lambda: page.text("phase") == "finished", 30)
@@ -81,19 +84,21 @@ def test_a_killed_client_shows_as_dropped(tmp_path: Path, procs) -> None:
     config = write_config(tmp_path / "deployed.json", cfg)
     server = procs.fedloom("aggregator", "server", str(config), "--dashboard", "127.0.0.1:0")
     url = wait_until(lambda: _dashboard_url(server.output()), 120, "the dashboard's URL")
+    slow = ["--set", "train.local_epochs=5000"]  # client 2 is still training when killed
     clients = {
-        i: procs.fedloom(f"client {i}", "client", str(config), "--server", address,
-                         "--client-id", str(i), *(["--set", "train.local_epochs=5000"] if i == 2
-                                                  else []))  # fmt: skip
+        i: procs.fedloom(
+            f"client {i}", "client", str(config), "--server", address, "--client-id", str(i),
+            *(slow if i == 2 else []),
+        )
         for i in range(3)
-    }
+    }  # fmt: skip
     with chromium() as driver:
         driver.get(url)
         page = Page(driver)
         page.wait("three clients", lambda: all(page.client_state(i) for i in range(3)), 120)
         page.wait("client 2 training", lambda: page.client_state(2) == "training", 60)
-        page.wait("clients 0, 1 uploaded",
-                  lambda: {page.client_state(0), page.client_state(1)} == {"uploaded"}, 60)  # fmt: skip
+        both = lambda: {page.client_state(0), page.client_state(1)} == {"uploaded"}  # noqa: E731
+        page.wait("clients 0, 1 uploaded", both, 60)
         assert page.round() == 0
         clients[2].popen.send_signal(signal.SIGKILL)
         page.wait("client 2 dropped", lambda: page.client_state(2) == "dropped", 30)
