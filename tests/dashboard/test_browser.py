@@ -139,3 +139,36 @@ def test_the_checker_fails_when_the_page_stops_updating(tmp_path: Path) -> None:
             page.wait("a second accuracy point", lambda: page.chart_points("accuracy") == 2, 1)
         lost = ("reconnecting", "disconnected")
         page.wait("the lost connection badge", lambda: page.text("conn") in lost, 10)
+
+
+def test_the_topology_graph_shows_each_nodes_status(tmp_path: Path) -> None:
+    """A root over two relays in a deployment: relay edge1 dropped, edge0 training; each node
+    of the graph says so, with its metrics in its tooltip."""
+    from fedloom.observe.dashboard import ClientTable
+
+    section = {
+        "nodes": [{"name": "root"}, {"name": "edge0", "clients": "0-4"},
+                  {"name": "edge1", "clients": "5-9"}],
+        "edges": [["edge0", "root"], ["edge1", "root"]],
+    }  # fmt: skip
+    table = ClientTable(names=["edge0", "edge1"])
+    info = run_info({"name": "tree", "topology": section}, name="tree", rounds=4,
+                    deployment=True, relays=["edge0", "edge1"])  # fmt: skip
+    state = LiveState(info, clients=table)
+    state.started(0)
+    table.checked_in(0)
+    table.checked_in(1)
+    state.record({"round": 1, "accuracy": 0.5, "nodes": {"edge0": {"accuracy": 0.61}}})
+    state.state("train", 2)
+    table.planned([0, 1])
+    table.dropped(1)
+    with DashboardServer(state) as server, chromium() as driver:
+        driver.get(server.url)
+        page = Page(driver)
+        status = "return document.querySelector('g[data-node=\"{}\"]')?.dataset.status"
+        page.wait("the graph", lambda: page.js(status.format("edge1")) == "dropped", 20)
+        assert page.js(status.format("edge0")) == "training"
+        assert page.js(status.format("root")) == "training"
+        tip = page.js("return document.querySelector('g[data-node=\"edge0\"] title').textContent")
+        assert "accuracy 0.61" in tip
+        assert page.console_errors() == []

@@ -168,3 +168,27 @@ def test_the_feed_reports_a_finished_run() -> None:
     assert snap["status"]["phase"] == "finished" and snap["status"]["state"] == "finish"
     assert snap["report"]["stop_reason"] == "max_rounds"
     assert snap["report"]["final_metrics"] == pytest.approx(result.final_metrics)
+
+
+def test_a_hierarchy_run_publishes_its_graph_and_node_metrics(tmp_path) -> None:
+    """examples/hierarchy.toml, shortened: the page gets the topology (5 nodes, 4 edges) and
+    each round's per-node metrics (the NodeMetrics callback runs before the feed)."""
+    from fedloom.compose.dashboard import open_dashboard
+    from fedloom.experiment import Experiment
+
+    sets = ["rounds=2", "model.name='logreg'", "train.local_epochs=1", "topology.edge_rounds=1",
+            f"output.dir='{tmp_path.as_posix()}'", "output.progress=false",
+            "output.figures=false", "output.tensorboard=false"]  # fmt: skip
+    exp = Experiment.from_config("examples/hierarchy.toml", sets)
+    page = open_dashboard(exp.config, exp.federation, "127.0.0.1:0", announce=False)
+    try:
+        exp.run()
+    finally:
+        page.stop()
+    snap = page.state.snapshot()
+    topology = snap["run"]["topology"]
+    assert [n["name"] for n in topology["nodes"]] == ["root", "edge0", "edge1", "edge2", "edge3"]
+    assert sorted(topology["edges"]) == [[f"edge{i}", "root"] for i in range(4)]
+    assert [n["clients"] for n in topology["nodes"]] == [0, 10, 10, 10, 10]
+    assert set(snap["records"][-1]["nodes"]) >= {"edge0", "edge1", "edge2", "edge3"}
+    assert snap["status"]["phase"] == "finished"

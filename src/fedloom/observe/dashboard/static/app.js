@@ -76,7 +76,7 @@
     $("rounds-total").textContent = s.rounds === null ? "?" : s.rounds;
     $("round-bar").style.width = s.rounds ? (100 * s.round / s.rounds) + "%" : "0";
     $("clients-done").textContent = s.done;
-    $("clients-planned").textContent = s.planned;
+    $("clients-planned").textContent = s.planned || "–";  // an asynchronous run plans none
     $("status-panel").dataset.state = s.state || "";
     for (const span of $("states").children) {
       span.classList.toggle("on", span.dataset.state === s.state && s.phase === "running");
