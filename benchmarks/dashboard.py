@@ -7,7 +7,9 @@
    the browser of a person watching runs elsewhere; ``--browser`` uses headless Chromium on
    this machine instead, whose drawing then competes for these CPUs too). Rounds alternate
    between the copies, the order flipping every pair, so machine noise hits both alike; the
-   figure is the median of the per-pair ratios of round wall time.
+   figures are the medians of the per-pair ratios of round wall time and of the process's
+   CPU time per round (all its threads: the loop's and the page's), the latter much less
+   sensitive to other jobs on a shared machine.
 2. A page of 200 connected clients. A clients table of 200 entries fed through the real hook
    (the aggregator's :class:`~fedloom.runtime.membership.Membership` watchers and heartbeats,
    200 check-ins), a publisher playing rounds in which all 200 report; headless Chromium
@@ -57,13 +59,14 @@ def experiment(out: Path, name: str) -> Experiment:
     return Experiment.from_config(None, sets, overwrite=True)
 
 
-def one_round(fed: Federation, rnd: int) -> float:
-    """A round as ``Federation.run`` plays it (the callbacks' round end included)."""
-    t0 = time.perf_counter()
+def one_round(fed: Federation, rnd: int) -> tuple[float, float]:
+    """A round as ``Federation.run`` plays it (the callbacks' round end included): its wall
+    seconds and this process's CPU seconds (every thread: the loop's and the page's)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     record = fed.run_round(rnd)
     for cb in fed.callbacks:
         cb.on_round_end(fed, record)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -85,12 +88,15 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             one_round(plain.federation, r)
             one_round(watched.federation, r)
         times: dict[str, list[float]] = {"plain": [], "watched": []}
+        cpu: dict[str, list[float]] = {"plain": [], "watched": []}
         for i in range(args.pairs):
             r = args.warmup + i + 1
             order = ("plain", "watched") if i % 2 == 0 else ("watched", "plain")
             for which in order:
                 fed = (plain if which == "plain" else watched).federation
-                times[which].append(one_round(fed, r))
+                wall, used = one_round(fed, r)
+                times[which].append(wall)
+                cpu[which].append(used)
         if browser is not None:
             browser.check_round(args.warmup + args.pairs)
     finally:
@@ -101,6 +107,7 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         page.stop()
     assert torch.equal(plain.federation.params, watched.federation.params)  # same work done
     ratios = [w / p for w, p in zip(times["watched"], times["plain"])]
+    cpu_ratios = [w / p for w, p in zip(cpu["watched"], cpu["plain"])]
     return {
         "reader": "chromium" if args.browser else "process",
         "rounds_each": args.pairs,
@@ -108,7 +115,12 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "round_s_watched": statistics.median(times["watched"]),
         "ratio_median": statistics.median(ratios),
         "overhead_pct": 100 * (statistics.median(ratios) - 1),
+        "cpu_s_plain": statistics.median(cpu["plain"]),
+        "cpu_s_watched": statistics.median(cpu["watched"]),
+        "cpu_ratio_median": statistics.median(cpu_ratios),
+        "cpu_overhead_pct": 100 * (statistics.median(cpu_ratios) - 1),
         "times": times,
+        "cpu": cpu,
     }
 
 
@@ -293,6 +305,7 @@ def main() -> None:
         heads["round_s_plain"] = f"{rt['round_s_plain']:.4f}"
         heads["round_s_with_dashboard"] = f"{rt['round_s_watched']:.4f}"
         heads["round_time_change_pct"] = f"{rt['overhead_pct']:+.2f}"
+        heads["round_cpu_change_pct"] = f"{rt['cpu_overhead_pct']:+.2f}"
     mc = results["many_clients"]
     heads["page_load_s_200_clients"] = f"{mc['page_load_s']:.3f}"
     heads["update_latency_ms_median"] = f"{mc['update_latency_ms_median']:.1f}"
