@@ -8,8 +8,9 @@
    this machine instead, whose drawing then competes for these CPUs too). Rounds alternate
    between the copies, the order flipping every pair, so machine noise hits both alike; the
    figures are the medians of the per-pair ratios of round wall time and of the process's
-   CPU time per round (all its threads: the loop's and the page's), the latter much less
-   sensitive to other jobs on a shared machine.
+   CPU time per round (all its threads: the loop's and the page's), and, least sensitive to
+   other jobs on a shared machine, the dashboard's own CPU (its loop hooks, timed, plus its
+   server threads' CPU clocks) as a share of the plain rounds' CPU.
 2. A page of 200 connected clients. A clients table of 200 entries fed through the real hook
    (the aggregator's :class:`~fedloom.runtime.membership.Membership` watchers and heartbeats,
    200 check-ins), a publisher playing rounds in which all 200 report; headless Chromium
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -39,7 +41,7 @@ from common import print_headlines, write_results
 
 from fedloom.compose.dashboard import open_dashboard
 from fedloom.experiment import Experiment
-from fedloom.federation import Federation
+from fedloom.federation import Callback, Federation
 from fedloom.observe.dashboard import ClientTable, DashboardServer, LiveState, run_info
 from fedloom.runtime.membership import Membership
 
@@ -69,12 +71,52 @@ def one_round(fed: Federation, rnd: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+class Timed(Callback):
+    """Another callback, with the CPU seconds its hooks take in the loop's thread."""
+
+    def __init__(self, inner: Callback) -> None:
+        self.inner, self.cpu = inner, 0.0
+
+    def _timed(self, hook: Any, *args: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return hook(*args)
+        finally:
+            self.cpu += time.thread_time() - t0
+
+    def on_start(self, fed: Any) -> None:
+        self._timed(self.inner.on_start, fed)
+
+    def on_state(self, fed: Any, state: Any, round: int) -> None:
+        self._timed(self.inner.on_state, fed, state, round)
+
+    def on_update(self, fed: Any, update: Any, error: str | None) -> None:
+        self._timed(self.inner.on_update, fed, update, error)
+
+    def on_round_end(self, fed: Any, record: dict[str, Any]) -> Any:
+        return self._timed(self.inner.on_round_end, fed, record)
+
+
+def other_threads_cpu() -> float:
+    """CPU seconds of this process's threads other than the main one (the page's server and
+    stream threads; torch runs one thread here), by their POSIX CPU clocks."""
+    total = 0.0
+    for t in threading.enumerate():
+        if t is threading.main_thread() or t.ident is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            total += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+    return total
+
+
 def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     plain, watched = experiment(out, "plain"), experiment(out, "watched")
     page = open_dashboard(
         watched.config, watched.federation, "127.0.0.1:0", run_dir=watched.run_dir,
         announce=False,
     )  # fmt: skip
+    feed = Timed(watched.federation.callbacks[-1])  # the dashboard's LiveFeed, timed
+    watched.federation.callbacks[-1] = feed
     reader = browser = None
     if args.browser:
         browser = Chromium(page.url)
@@ -89,6 +131,7 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             one_round(watched.federation, r)
         times: dict[str, list[float]] = {"plain": [], "watched": []}
         cpu: dict[str, list[float]] = {"plain": [], "watched": []}
+        feed.cpu, threads0 = 0.0, other_threads_cpu()
         for i in range(args.pairs):
             r = args.warmup + i + 1
             order = ("plain", "watched") if i % 2 == 0 else ("watched", "plain")
@@ -97,6 +140,7 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 wall, used = one_round(fed, r)
                 times[which].append(wall)
                 cpu[which].append(used)
+        threads_cpu = other_threads_cpu() - threads0
         if browser is not None:
             browser.check_round(args.warmup + args.pairs)
     finally:
@@ -119,6 +163,10 @@ def round_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "cpu_s_watched": statistics.median(cpu["watched"]),
         "cpu_ratio_median": statistics.median(cpu_ratios),
         "cpu_overhead_pct": 100 * (statistics.median(cpu_ratios) - 1),
+        # the dashboard's own CPU (its loop hooks + its threads) over the plain rounds' CPU
+        "feed_cpu_s": feed.cpu,
+        "server_threads_cpu_s": threads_cpu,
+        "attributed_pct": 100 * (feed.cpu + threads_cpu) / sum(cpu["plain"]),
         "times": times,
         "cpu": cpu,
     }
@@ -306,6 +354,7 @@ def main() -> None:
         heads["round_s_with_dashboard"] = f"{rt['round_s_watched']:.4f}"
         heads["round_time_change_pct"] = f"{rt['overhead_pct']:+.2f}"
         heads["round_cpu_change_pct"] = f"{rt['cpu_overhead_pct']:+.2f}"
+        heads["dashboard_cpu_share_pct"] = f"{rt['attributed_pct']:.3f}"
     mc = results["many_clients"]
     heads["page_load_s_200_clients"] = f"{mc['page_load_s']:.3f}"
     heads["update_latency_ms_median"] = f"{mc['update_latency_ms_median']:.1f}"

@@ -4,7 +4,8 @@ The standard library's threading server, read-only (GET only), one thread per pa
 stream sends a snapshot, then what changed, at most ``1 / min_interval`` times a second
 (bursts of events coalesce into one message), a keep-alive comment when idle, and a last
 ``end`` event once the run is over, so the page stops listening instead of reconnecting.
-At most ``max_streams`` pages listen at once; the next is told 503.
+At most ``max_streams`` pages listen at once; the next is told 503, and a page that stops
+reading for 30 s is let go, so a stalled browser holds one thread and no memory that grows.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ class DashboardServer:
             time.sleep(0.05)
         self._stopping.set()
         self.state.close()
-        self.httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever that never began
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
         self.httpd.server_close()
-        self._thread.join(timeout=5)
 
     def __enter__(self) -> DashboardServer:
         return self.start()
@@ -171,6 +173,7 @@ class DashboardServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "fedloom-dashboard"
             protocol_version = "HTTP/1.1"
+            timeout = 30  # a page that stops reading (or an idle connection) is let go
 
             def do_GET(self) -> None:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
