@@ -30,7 +30,7 @@ def _missing(why: str) -> None:
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 1700) -> Iterator[Any]:
+def chromium(width: int = 1280, height: int = 1900) -> Iterator[Any]:
     """A headless Chromium WebDriver with the console log kept; quit afterwards."""
     try:
         from selenium import webdriver

@@ -54,6 +54,7 @@ def test_no_secret_of_the_config_reaches_the_page(tmp_path: Path) -> None:
         "name": "s", "rounds": 1, "data": {"dataset": "mnist5k", "root": "/home/me/data"},
         "notify": {"telegram_token": "TG-SECRET", "webhook_url": "https://hook/SECRET"},
         "runtime": {"tokens": {"0": "TOK-SECRET"}, "tls_key": "/k.pem", "quorum": 2},
+        "privacy": {"noise_multiplier": 1.0, "secret_seed": "SECRET"},
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "report.json").write_text(json.dumps({"rounds": 1, "config": config}))
@@ -63,7 +64,7 @@ def test_no_secret_of_the_config_reaches_the_page(tmp_path: Path) -> None:
     )
     text = json.dumps(load_run_dir(tmp_path).snapshot())
     assert "SECRET" not in text and "/home/me" not in text and "/k.pem" not in text
-    assert "Run report: s" in text and '["runtime.quorum", 2]' in text
+    assert "Run report: s" in text and '["privacy.noise_multiplier", 1.0]' in text
 
 
 def test_a_run_directory_being_written_is_followed(tmp_path: Path) -> None:
