@@ -172,3 +172,14 @@ def test_the_topology_graph_shows_each_nodes_status(tmp_path: Path) -> None:
         tip = page.js("return document.querySelector('g[data-node=\"edge0\"] title').textContent")
         assert "accuracy 0.61" in tip
         assert page.console_errors() == []
+
+
+@pytest.mark.parametrize(
+    "ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_browser_is_skipped_only_outside_ci(monkeypatch, ci, outcome) -> None:
+    """Without Chromium the browser tests skip here, but CI=true makes them fail."""
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(outcome, match=r"chromium|selenium"), chromium():
+        pass
