@@ -141,9 +141,10 @@ def test_the_checker_fails_when_the_page_stops_updating(tmp_path: Path) -> None:
         page.wait("the lost connection badge", lambda: page.text("conn") in lost, 10)
 
 
-def test_the_topology_graph_shows_each_nodes_status(tmp_path: Path) -> None:
+def test_the_topology_graph_and_the_privacy_chart(tmp_path: Path) -> None:
     """A root over two relays in a deployment: relay edge1 dropped, edge0 training; each node
-    of the graph says so, with its metrics in its tooltip."""
+    of the graph says so, with its metrics in its tooltip. The round's epsilon (central DP
+    records it) gets its chart."""
     from fedloom.observe.dashboard import ClientTable
 
     section = {
@@ -158,7 +159,8 @@ def test_the_topology_graph_shows_each_nodes_status(tmp_path: Path) -> None:
     state.started(0)
     table.checked_in(0)
     table.checked_in(1)
-    state.record({"round": 1, "accuracy": 0.5, "nodes": {"edge0": {"accuracy": 0.61}}})
+    state.record({"round": 1, "accuracy": 0.5, "epsilon": 0.8,
+                  "nodes": {"edge0": {"accuracy": 0.61}}})  # fmt: skip
     state.state("train", 2)
     table.planned([0, 1])
     table.dropped(1)
@@ -171,6 +173,8 @@ def test_the_topology_graph_shows_each_nodes_status(tmp_path: Path) -> None:
         assert page.js(status.format("root")) == "training"
         tip = page.js("return document.querySelector('g[data-node=\"edge0\"] title').textContent")
         assert "accuracy 0.61" in tip
+        assert page.chart_points("epsilon") == 1
+        assert "epsilon 0.8" in page.text("chart-grid")
         assert page.console_errors() == []
 
 
