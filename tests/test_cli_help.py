@@ -18,7 +18,8 @@ from fedloom.config import load_config, parse_override
 from fedloom.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "demo", "partition", "topology", "server", "client", "start", "node", "launch"]
+COMMANDS = ["run", "demo", "partition", "topology", "server", "client", "start", "node",
+            "launch", "dashboard"]  # fmt: skip
 RST = re.compile(r"``|:(class|func|mod|meth|attr|data):`")
 
 

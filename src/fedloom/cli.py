@@ -17,6 +17,12 @@ from pathlib import Path
 from .errors import ConfigError, FedloomError
 
 DEMO_OVERRIDES = ['name="demo"']
+DASHBOARD = "127.0.0.1:8765"  # the --dashboard address when none is given: loopback only
+DASHBOARD_HELP = (
+    f"serve a live page of the run at HOST:PORT (default {DASHBOARD}; port 0 takes a free "
+    "one); another address than loopback needs a token (env FEDLOOM_DASHBOARD_TOKEN, or one "
+    "is made and shown in the URL)"
+)
 CONFIG_HELP = "a .toml or .json config file"
 # named in --engine's help; a test checks the list against the registry
 BUILTIN_ENGINES = ("sequential", "vectorized", "pool", "torchrun", "hierarchy")
@@ -177,10 +183,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="run even when the task has more clients than the N-1 started (it then trains "
         "a different federation from `fedloom run`)",
     )
+    p_launch.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=DASHBOARD,
+        metavar="HOST:PORT",
+        type=_dashboard_type,
+        help="the aggregator (or a topology's root) serves a live page: " + DASHBOARD_HELP,
+    )
     p_launch.add_argument("target", help="a config file, or a .py script run in every process")
     p_launch.add_argument("args", nargs=argparse.REMAINDER, help="passed on to each process")
 
+    p_dash = sub.add_parser(
+        "dashboard", help="serve the live page of a run directory, read-only (runs/NAME)"
+    )
+    p_dash.add_argument("run_dir", type=Path, help="a run's directory, e.g. runs/demo")
+    p_dash.add_argument(
+        "--address",
+        default=DASHBOARD,
+        type=_dashboard_type,
+        help=f"HOST:PORT to serve the page at (default {DASHBOARD})",
+    )
     return parser
+
+
+def _dashboard_type(text: str) -> str:
+    """An argparse type: the dashboard's HOST:PORT."""
+    from .observe.dashboard.access import split_address
+
+    try:
+        split_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
             return _partition(args)
         if args.command == "topology":
             return _topology(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
         if args.command in ("server", "client", "start", "launch", "node"):
             return _runtime(args)
         source = None if args.command == "demo" else args.config
         overrides = (DEMO_OVERRIDES if args.command == "demo" else []) + _engine(args)
         overrides += args.overrides
-        return _run(source, overrides, args.resume, args.overwrite, args.progress)
+        return _run(
+            source, overrides, args.resume, args.overwrite, args.progress, args.dashboard
+        )
     except (FedloomError, OSError) as e:  # expected: bad input, a missing or unwritable file
         if args.verbose:
             traceback.print_exc()
@@ -263,6 +302,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="replace an earlier run of the same name (refused otherwise)",
     )
     p.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=DASHBOARD,
+        metavar="HOST:PORT",
+        type=_dashboard_type,
+        help=DASHBOARD_HELP,
+    )
+    p.add_argument(
         "--engine",
         metavar="NAME",
         help="how the simulation trains a round's clients (simulation.engine): "
@@ -302,14 +349,28 @@ def _engine(args: argparse.Namespace) -> list[str]:
 
 
 def _run(
-    source: Path | None, overrides: list[str], resume: bool, overwrite: bool, progress: bool | None
+    source: Path | None,
+    overrides: list[str],
+    resume: bool,
+    overwrite: bool,
+    progress: bool | None,
+    dashboard: str | None = None,
 ) -> int:
     from .experiment import Experiment
 
     exp = Experiment.from_config(
         source, overrides, resume=resume, overwrite=overwrite, progress=progress
     )
-    result = exp.run()
+    page = None
+    if dashboard is not None and exp.recorder is not None:  # rank 0 of torchrun serves it
+        from .compose.dashboard import open_dashboard
+
+        page = open_dashboard(exp.config, exp.federation, dashboard, run_dir=exp.run_dir)
+    try:
+        result = exp.run()
+    finally:
+        if page is not None:
+            page.stop(linger=1.0)
     if exp.recorder is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
@@ -323,13 +384,14 @@ def _runtime(args: argparse.Namespace) -> int:
 
     if args.command == "launch":
         if args.nproc is None:
-            return launch.launch_topology(args.target, args.args)
+            return launch.launch_topology(args.target, args.args, dashboard=args.dashboard)
         return launch.launch(
             args.nproc,
             args.target,
             args.args,
             master_port=args.master_port,
             allow_fewer_clients=args.allow_fewer_clients,
+            dashboard=args.dashboard,
         )
     if args.command == "node":
         from .deploy.relay import run_node
@@ -348,6 +410,7 @@ def _runtime(args: argparse.Namespace) -> int:
             client_id = env_role.client_id
         if env_role is not None and role_name == "server" and "WORLD_SIZE" in os.environ:
             overrides.insert(0, f"runtime.min_clients={int(os.environ['WORLD_SIZE']) - 1}")
+    dashboard = getattr(args, "dashboard", None)
     if role_name == "server":
         result = roles.run_server(
             args.config,
@@ -356,10 +419,13 @@ def _runtime(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=args.progress,
+            dashboard=dashboard,
         )
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
         print(f"fedloom: aggregator done: {result.rounds} rounds ({result.stop_reason}); {final}")
         return 0
+    if dashboard is not None:
+        raise ConfigError("--dashboard: the aggregator serves the dashboard, not a client")
     if client_id is None:
         raise ConfigError("a client needs --client-id")
     if getattr(args, "data", None):
@@ -375,6 +441,33 @@ def _runtime(args: argparse.Namespace) -> int:
     )
     print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """Serve a run directory's page until Ctrl-C; a run still being written is followed."""
+    import time
+
+    from .observe.dashboard import (
+        Access,
+        DashboardServer,
+        RunDirFollower,
+        load_run_dir,
+        split_address,
+    )
+
+    state = load_run_dir(args.run_dir)
+    host, port = split_address(args.address)
+    access = Access.for_address(host, os.environ.get("FEDLOOM_DASHBOARD_TOKEN"))
+    follower = RunDirFollower(state, args.run_dir).start()
+    with DashboardServer(state, port, access=access) as page:
+        print(f"fedloom: dashboard of {args.run_dir} at {page.url} (Ctrl-C stops it)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            follower.stop()
 
 
 def _partition(args: argparse.Namespace) -> int:

@@ -85,16 +85,20 @@ def launch(
     grace: float = 10.0,
     out: TextIO | None = None,
     allow_fewer_clients: bool = False,
+    dashboard: str | None = None,
 ) -> int:
     """Run ``nproc`` processes; returns 0 when the aggregator and every client succeeded.
     A config whose task has more clients than ``nproc - 1`` is refused unless
-    ``allow_fewer_clients`` (:func:`check_clients`); a script must ask for its role."""
+    ``allow_fewer_clients`` (:func:`check_clients`); a script must ask for its role.
+    ``dashboard`` (HOST:PORT, a config only) has the aggregator serve the live page."""
     if nproc < 2:
         raise ConfigError(f"--nproc must be >= 2 (an aggregator and a client), got {nproc}")
     if not Path(target).is_file():
         raise ConfigError(f"{target}: no such file")
     if target.endswith(".py"):
         check_script(target)
+        if dashboard is not None:
+            raise ConfigError("--dashboard serves a config's run; a script starts its own")
     else:  # one error line now, not one from every process
         cfg = load_config(target, _overrides(args))
         num_clients = cfg.data.num_clients
@@ -119,16 +123,23 @@ def launch(
             PYTHONUNBUFFERED="1",
         )
         label = "aggregator" if rank == 0 else f"client {rank - 1}"
-        commands.append((label, command_for(target, args), env))
+        extra = ["--dashboard", dashboard] if rank == 0 and dashboard is not None else []
+        commands.append((label, command_for(target, [*args, *extra]), env))
     return _run_all(commands, grace, out)
 
 
 def launch_topology(
-    config: str, args: Sequence[str] = (), *, grace: float = 10.0, out: TextIO | None = None
+    config: str,
+    args: Sequence[str] = (),
+    *,
+    grace: float = 10.0,
+    out: TextIO | None = None,
+    dashboard: str | None = None,
 ) -> int:
     """Start a config's whole ``[topology]`` here: the root (``fedloom server``), every relay
     (``fedloom node``) and every client under a relay (``fedloom client``), at the addresses
-    the topology gives; logs prefixed by role, all ended together as :func:`launch` does."""
+    the topology gives; logs prefixed by role, all ended together as :func:`launch` does.
+    ``dashboard`` (HOST:PORT) has the root serve the live page."""
     if not Path(config).is_file():
         raise ConfigError(f"{config}: no such file")
     overrides = list(args)  # --set K=V pairs, passed on to every process
@@ -140,7 +151,10 @@ def launch_topology(
     topology = Topology.from_config(cfg.topology)
     topology.validate(network=True)
     fedloom = [sys.executable, "-m", "fedloom"]
-    roles: list[tuple[str, list[str]]] = [("root", [*fedloom, "server", config, *overrides])]
+    page = ["--dashboard", dashboard] if dashboard is not None else []
+    roles: list[tuple[str, list[str]]] = [
+        ("root", [*fedloom, "server", config, *overrides, *page])
+    ]
     for name, node in topology.nodes.items():
         if not topology.parents(name):
             continue

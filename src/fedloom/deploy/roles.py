@@ -198,8 +198,10 @@ def run_server(
     overwrite: bool = False,
     progress: bool | None = None,
     linger: float = 2.0,
+    dashboard: str | None = None,
 ) -> RunResult:
-    """Run the aggregator for a config until the run ends; clients are told to stop."""
+    """Run the aggregator for a config until the run ends; clients are told to stop.
+    ``dashboard`` (HOST:PORT) serves a live page of the run with its clients table."""
     exp = Experiment.from_config(
         source,
         overrides,
@@ -214,6 +216,18 @@ def run_server(
     if rt.round_timeout is not None:
         wait += f"{', ' if wait else ''}at most {rt.round_timeout:g} s"
     exp.federation.callbacks.append(AggregatorLog(server, names, wait))
+    page = None
+    if dashboard is not None:
+        from ..compose.dashboard import open_dashboard
+
+        page = open_dashboard(
+            exp.config,
+            exp.federation,
+            dashboard,
+            membership=server.membership,
+            relays=names,
+            run_dir=exp.run_dir,
+        )
     try:
         with relay_names("fedloom.server", dict(enumerate(names))):
             result = exp.run()
@@ -221,6 +235,8 @@ def run_server(
         time.sleep(linger)  # let polling clients hear STOP before the port closes
         return result
     finally:
+        if page is not None:
+            page.stop(linger=1.0)
         server.stop()
 
 

@@ -7,6 +7,8 @@ one of its polls or receiving one of its uploads (both prove it alive). A client
 while a member restarted: the caller hands its round's work out again.
 
 The aggregator's one lock (``cv``) guards the members; methods named so expect it held.
+Watchers (:class:`MembershipWatcher`, e.g. the live dashboard's clients table) hear of every
+check-in and drop; they are told with the lock held, so they only note it and return.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import QuorumError
 
@@ -29,6 +32,13 @@ class Member:
     num_samples: int  # declared at check-in: it bounds the weight of each of its updates
     last_seen: float
     joined_round: int
+
+
+class MembershipWatcher(Protocol):
+    """Told of each check-in and drop (lock held): note it and return, never block."""
+
+    def checked_in(self, cid: int) -> None: ...
+    def dropped(self, cid: int) -> None: ...
 
 
 class Membership:
@@ -60,6 +70,13 @@ class Membership:
         self._polling: dict[int, int] = {}  # clients whose poll is being held: alive
         self._started = False
         self._created = time.monotonic()
+        self.watchers: list[MembershipWatcher] = []  # read-only observers (the dashboard)
+
+    def heartbeats(self) -> dict[int, float]:
+        """Seconds since each member was last heard from (takes the lock, briefly)."""
+        with self.cv:
+            now = time.monotonic()
+            return {cid: now - m.last_seen for cid, m in self.members.items()}
 
     def check_in(self, cid: int, num_samples: int, round: int) -> bool:
         """Record a check-in (lock held); True when ``cid`` was a member already (restarted)."""
@@ -70,6 +87,8 @@ class Membership:
         else:  # a client checks in once per process: it restarted, so its work is lost
             member.last_seen, member.num_samples = time.monotonic(), num_samples
             log.info("client %d checked in again (restarted?): its round's work is re-sent", cid)
+        for w in self.watchers:
+            w.checked_in(cid)
         self.cv.notify_all()
         return member is not None
 
@@ -97,6 +116,8 @@ class Membership:
                     continue  # an upload under way is alive (its deadline bounds it)
                 del self.members[cid]
                 self.on_drop(cid)
+                for w in self.watchers:
+                    w.dropped(cid)
                 log.warning("client %d silent for %.0f s: dropped", cid, now - m.last_seen)
 
     def wait_for_clients(self, round: int) -> list[int]:
