@@ -67,7 +67,8 @@ class SecAggServer:
         self._graph = neighbours(config.num_clients, config.num_shares, config.graph_seed)
         self._keys: dict[int, AdvertiseKeys] = {}  # U1
         self._shares: dict[int, ShareKeys] = {}  # U2
-        self._inputs: dict[int, MaskedInput] = {}  # U3
+        self._inputs: dict[int, tuple[int, ...]] = {}  # U3: whom each one masked with
+        self._sum = np.zeros(config.vector_length, dtype=np.uint32)  # their vectors, summed
         self._unmask: dict[int, UnmaskShares] = {}  # U4
 
     # -- receiving -------------------------------------------------------------------------
@@ -113,10 +114,8 @@ class SecAggServer:
             self._shares[sender] = message
         elif isinstance(message, MaskedInput):
             self._check_input(message)
-            vector = np.array(message.vector, dtype=np.uint32, copy=True)
-            self._inputs[sender] = MaskedInput(
-                self.config.round, sender, message.masked_with, vector
-            )
+            np.add(self._sum, message.vector, out=self._sum)  # summed now: no copy kept
+            self._inputs[sender] = message.masked_with
         elif isinstance(message, UnmaskShares):
             self._check_unmask(message)
             self._unmask[sender] = message
@@ -222,15 +221,13 @@ class SecAggServer:
     def unmask(self) -> AggregateResult:
         """Close stage 4: reconstruct the secrets, remove every mask, return the sum."""
         self._close("unmask", self._unmask, "unmask")
-        cfg, d = self.config, self.config.vector_length
-        total = np.zeros(d, dtype=np.uint32)
-        for m in self._inputs.values():
-            np.add(total, m.vector, out=total)
+        cfg = self.config
+        total = self._sum
         seeds = [dict(m.seed_shares) for m in self._unmask.values()]
         keys = [dict(m.key_shares) for m in self._unmask.values()]
         for i in sorted(self._inputs):
             seed = self._reconstruct(i, "seed", seeds)
-            np.subtract(total, prg.mask(seed, d), out=total)
+            prg.add_mask(total, seed, subtract=True)
         for j in sorted(self._shares.keys() - self._inputs.keys()):
             key = crypto.private_key(self._reconstruct(j, "key", keys))
             if crypto.public_bytes(key) != self._keys[j].mask_public_key:
@@ -239,7 +236,7 @@ class SecAggServer:
                 shared = crypto.shared_secret(key, self._keys[i].mask_public_key)
                 pair = crypto.mask_key(shared, cfg.round, j, i)
                 # client i added the mask if i < j, subtracted it otherwise: undo that
-                (np.subtract if i < j else np.add)(total, prg.mask(pair, d), out=total)
+                prg.add_mask(total, pair, subtract=i < j)
         np.bitwise_and(total, np.uint32(cfg.modulus - 1), out=total)
         survivors = tuple(sorted(self._inputs))
         self.stage = "done"
