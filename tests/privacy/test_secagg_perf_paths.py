@@ -2,11 +2,13 @@
 
 ``prg.add_mask`` (the keystream added a piece at a time through per-thread buffers) against
 adding the whole ``prg.mask``; ``quantize`` (in cached pieces) against the whole-array
-expression; both on lengths around the piece size, from several threads at once.
+expression, on lengths around the piece size (masks from several threads at once);
+``shamir.combine`` (one modular inverse) against Lagrange term by term.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fedloom.privacy.secagg import SecAggConfig, prg
+from fedloom.privacy.secagg import SecAggConfig, prg, shamir
 from fedloom.privacy.secagg.quantize import CHUNK, quantize
 
 LENGTHS = [1, 3, 17, prg.CHUNK_VALUES - 1, prg.CHUNK_VALUES, prg.CHUNK_VALUES + 5, 200_003]
@@ -100,3 +102,36 @@ def test_quantize_equals_the_whole_array_expression(levels: int, clip: float) ->
         got = quantize(x, cfg, np.random.default_rng(7))
         assert got.dtype == np.uint32 and got.shape == want.shape
         assert np.array_equal(got, want), x.shape
+
+
+def reference_combine(shares: dict[int, bytes], threshold: int) -> int:
+    """Lagrange interpolation at 0 term by term: a modular inverse per term."""
+    p = shamir.PRIME
+    points = [(x, shamir.share_value(shares[x])) for x in sorted(shares)[:threshold]]
+    secret = 0
+    for i, (xi, yi) in enumerate(points):
+        num, den = 1, 1
+        for j, (xj, _) in enumerate(points):
+            if i != j:
+                num, den = num * -xj % p, den * (xi - xj) % p
+        secret = (secret + yi * num * pow(den, -1, p)) % p
+    return secret
+
+
+def test_combine_with_one_inverse_equals_lagrange_term_by_term() -> None:
+    r = random.Random(0)
+    for _ in range(200):
+        t = r.randint(1, 20)
+        xs = r.sample(range(1, 2000), r.randint(t, 30))
+        secret = r.randbytes(32)
+        shares = shamir.split(secret, xs, t, r.randbytes(shamir.randomness_needed(t)))
+        assert shamir.combine(shares, t) == secret
+        assert reference_combine(shares, t) == int.from_bytes(secret, "big")
+        # arbitrary field values: the same element, refused when it is no 32-byte secret
+        noise = {x: r.randrange(shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big") for x in xs}
+        want = reference_combine(noise, t)
+        if want < 2**256:
+            assert int.from_bytes(shamir.combine(noise, t), "big") == want
+        else:
+            with pytest.raises(ValueError, match="inconsistent"):
+                shamir.combine(noise, t)

@@ -223,8 +223,12 @@ class SecAggServer:
         self._close("unmask", self._unmask, "unmask")
         cfg = self.config
         total = self._sum
-        seeds = [dict(m.seed_shares) for m in self._unmask.values()]
-        keys = [dict(m.key_shares) for m in self._unmask.values()]
+        seeds: dict[int, dict[int, bytes]] = {}  # owner -> {x: share}, one pass over them
+        keys: dict[int, dict[int, bytes]] = {}
+        for sender, m in self._unmask.items():
+            for found, pairs in ((seeds, m.seed_shares), (keys, m.key_shares)):
+                for owner, share in pairs:
+                    found.setdefault(owner, {})[sender + 1] = share
         for i in sorted(self._inputs):
             seed = self._reconstruct(i, "seed", seeds)
             prg.add_mask(total, seed, subtract=True)
@@ -242,12 +246,8 @@ class SecAggServer:
         self.stage = "done"
         return AggregateResult(cfg.round, survivors, total, dequantize(total, len(survivors), cfg))
 
-    def _reconstruct(self, owner: int, what: str, sources: list[dict[int, bytes]]) -> bytes:
-        shares = {
-            sender + 1: found[owner]
-            for sender, found in zip(self._unmask, sources, strict=True)
-            if owner in found
-        }
+    def _reconstruct(self, owner: int, what: str, sources: dict[int, dict[int, bytes]]) -> bytes:
+        shares = sources.get(owner, {})
         t = self.config.reconstruction_threshold
         if len(shares) < t:
             self._abort(f"{len(shares)} {what} shares of client {owner} arrived, {t} needed")
