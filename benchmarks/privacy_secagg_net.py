@@ -14,9 +14,10 @@ the two differ only in how updates reach the aggregator. All clients take part i
   difference is reported (within one quantisation step where no delta reached the clip).
 * protocol split: one extra protocol run at the same n and d, driven stage by stage, timing
   the clients' calls and the server's calls apart: a client's own cost per round, and the
-  aggregator's. With a core per client (a deployment) a round takes about its training plus
-  one client's protocol cost plus the aggregator's, not the sum over all clients;
-  ``parallel_ratio`` is that estimate against the training plus the plain aggregation.
+  aggregator's. With a core per client (a deployment) a round takes about one client's
+  training, then one client's protocol cost and the aggregator's (the plain aggregation,
+  timed apart, and the server's protocol work), not the sum over all clients;
+  ``parallel_ratio`` is that estimate against one client's training plus the aggregation.
 * processes: an :class:`~fedloom.runtime.AggregatorServer` (gRPC on 127.0.0.1) in this
   process, with or without ``secagg=SecAggSettings(...)``, and the n clients as
   :class:`~fedloom.runtime.RuntimeClient` threads spread over ``--procs`` client processes
@@ -32,7 +33,7 @@ protocol work over the total training work; ``parallel_ratio`` is what a core pe
 would see. Round times exclude evaluation (none until the end) and a warm-up round.
 
 Writes ``benchmarks/results/privacy_secagg_net.json`` (``..._quick.json`` with ``--quick``,
-or ``--out``); ends with ``name: value`` lines. :func:`run` is the entry for
+or ``--out``); ends with ``name: value`` lines. :func:`measure` is the entry for
 ``benchmarks/privacy.py``.
 
     .venv/bin/python benchmarks/privacy_secagg_net.py                    # n = 100, 500 (~15 min)
@@ -68,6 +69,7 @@ from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.secagg_client import SecAggSession
 from fedloom.runtime.secagg_round import SecAggSettings
+from fedloom.update import ClientUpdate
 
 HIDDEN = 680  # 784-680-680-10: 1,003,690 parameters
 CLIP = 0.5  # SecAgg's clipping range per coordinate of a delta
@@ -173,7 +175,24 @@ def protocol_split(n: int, d: int, seed: int) -> dict[str, float]:
         "client_s_max": float(spent.max()),
         "server_s": server_s,
         "num_shares": cfg.num_shares,
+        "parameters": d,
     }
+
+
+def plain_aggregation_cpu(n: int, d: int) -> float:
+    """CPU seconds of FedAvg's aggregation of n updates of d parameters (what a plain round
+    does after training), through the strategy API; the best of three."""
+    updates = [torch.randn(d) for _ in range(n)]
+    best = math.inf
+    for _ in range(3):
+        strategy = FedAvg(clients_per_round=n, weighted=False)
+        strategy.configure(1, list(range(n)), np.random.default_rng(0))
+        batch = iter([ClientUpdate(i, u.clone(), 1) for i, u in enumerate(updates)])
+        model = torch.zeros(d)
+        t0 = time.thread_time()
+        strategy.aggregate(1, model, batch)
+        best = min(best, time.thread_time() - t0)
+    return best
 
 
 def simulation_row(n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -181,10 +200,12 @@ def simulation_row(n: int, args: argparse.Namespace) -> dict[str, Any]:
     secure = simulate(n, True, args)
     diff = float((plain.pop("after_round_1") - secure.pop("after_round_1")).abs().max())
     split = protocol_split(n, plain["model_bytes"] // 4, args.seed)
-    # a plain round's CPU over n: one client's training with its share of the aggregation
-    train = plain["median_round_cpu_s"] / n
-    parallel_plain = train
-    parallel_secure = train + split["client_s_mean"] + split["server_s"]
+    # a core per client: one client's training, then the aggregator's serial part (FedAvg's
+    # sum; with SecAgg also the server's protocol work, after a client's protocol work)
+    aggregate_s = plain_aggregation_cpu(n, int(split["parameters"]))
+    train = max(0.0, plain["median_round_cpu_s"] - aggregate_s) / n
+    parallel_plain = train + aggregate_s
+    parallel_secure = parallel_plain + split["client_s_mean"] + split["server_s"]
     row = {
         "clients": n,
         "parameters": plain["model_bytes"] // 4,
@@ -195,6 +216,8 @@ def simulation_row(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "max_abs_model_diff_after_round_1": diff,
         "quantisation_step": 2 * CLIP / (2**16 - 1),
         "protocol_split": split,
+        "plain_aggregation_cpu_s": aggregate_s,
+        "client_train_cpu_s": train,
         "parallel_round_s_plain": parallel_plain,
         "parallel_round_s_secure": parallel_secure,
         "parallel_ratio": parallel_secure / parallel_plain,
@@ -447,15 +470,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"results": results, "headlines": heads}
 
 
+def measure(argv: list[str] | None = None) -> dict[str, Any]:
+    """The rows for command-line options ``argv`` (e.g. ``["--quick"]``), without writing a
+    file: ``{"results": ..., "headlines": {name: value}}``. What ``benchmarks/privacy.py``
+    calls."""
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.sim_clients, args.net_clients, args.procs = "6,12", "6", 1
+        args.hidden, args.samples, args.rounds, args.warmup = 32, 600, 1, 1
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.worker:
         worker_main(args)
         return 0
-    if args.quick:
-        args.sim_clients, args.net_clients, args.procs = "6,12", "6", 1
-        args.hidden, args.samples, args.rounds, args.warmup = 32, 600, 1, 1
-    out = run(args)
+    out = measure(argv)
     name = "privacy_secagg_net_quick" if args.quick else "privacy_secagg_net"
     if args.out:
         path = Path(args.out)
