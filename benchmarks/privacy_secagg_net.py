@@ -28,6 +28,10 @@ the two differ only in how updates reach the aggregator. All clients take part i
   session apart) and the protocol's bytes (protobuf sizes of every SecAgg request and reply);
   the aggregator's CPU seconds per round are this process's.
 
+Memory: the client processes inherit the environment; with ``MALLOC_ARENA_MAX=2`` a process
+of 25 clients at 1M parameters peaked at 1.0 GB (plain) and 1.9 GB (secure) instead of 4.5 GB
+(glibc's per-thread arenas). 500 clients over processes would still need tens of GB.
+
 On a 2-core machine every party's compute is serialised, so the measured ratio is the total
 protocol work over the total training work; ``parallel_ratio`` is what a core per client
 would see. Round times exclude evaluation (none until the end) and a warm-up round.
