@@ -11,6 +11,9 @@ client before masking) is timed too. The simulation runs the n clients' work ser
 time is the sum of all parties' compute, not a deployment's wall time (there the clients
 work in parallel: ``secagg_seconds_per_client`` is the amortised share of one party).
 
+This times the aggregation alone (no training); whole rounds with real local training, in
+simulation and over loopback processes, are ``benchmarks/privacy_secagg_net.py``.
+
 Writes ``benchmarks/results/privacy_secagg.json`` (``privacy_secagg_quick.json`` with
 ``--quick``); ends with ``name: value`` lines.
 

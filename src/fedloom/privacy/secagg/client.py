@@ -162,13 +162,13 @@ class SecAggClient:
                 raise ValueError(f"noise must be an integer vector of length {d}")
             noisy = np.mod(vector.astype(np.int64) + noise.astype(np.int64), self.config.modulus)
             vector = noisy.astype(np.uint32)
-        np.add(vector, prg.mask(self._self_mask_seed, d), out=vector)
+        prg.add_mask(vector, self._self_mask_seed)
         masked_with = tuple(sorted(set(self._held) - {self.id}))
         for j in masked_with:
             shared = crypto.shared_secret(self._mask_key, self._peers[j].mask_public_key)
             key = crypto.mask_key(shared, self.config.round, self.id, j)
             # the lower id adds, the higher subtracts: the pair cancels in the sum
-            (np.add if self.id < j else np.subtract)(vector, prg.mask(key, d), out=vector)
+            prg.add_mask(vector, key, subtract=self.id > j)
         np.bitwise_and(vector, np.uint32(self.config.modulus - 1), out=vector)
         self.stage = "unmask"
         return MaskedInput(self.config.round, self.id, masked_with, vector)

@@ -12,18 +12,38 @@ from numpy.typing import NDArray
 
 from .config import SecAggConfig
 
+CHUNK = 1 << 16  # values per piece: its few scratch buffers stay in cache
+
 
 def quantize(
     values: NDArray[np.floating], config: SecAggConfig, rng: np.random.Generator
 ) -> NDArray[np.uint32]:
-    """Clip, scale to ``[0, L - 1]`` and stochastically round ``values``."""
-    c = config.clipping_range
-    scaled = (np.clip(values.astype(np.float64), -c, c) + c) / config.step
-    floor = np.floor(scaled)
-    up = rng.random(scaled.shape) < (scaled - floor)
-    levels = np.minimum(floor + up, config.quantization_range - 1)
-    quantized: NDArray[np.uint32] = levels.astype(np.uint32)
-    return quantized
+    """Clip, scale to ``[0, L - 1]`` and stochastically round ``values``.
+
+    Computed a piece at a time in reused buffers (a piece stays in cache; no fresh pages
+    per step), with the same float64 operations in the same order and the same draws (the
+    generator's stream continues across pieces), so the levels are those of the plain
+    whole-array expression ``min(floor(s) + (u < s - floor(s)), L - 1)``."""
+    c, step = config.clipping_range, config.step
+    top = np.uint32(config.quantization_range - 1)
+    flat = np.ravel(values)
+    out = np.empty(flat.shape, dtype=np.uint32)
+    size = max(1, min(CHUNK, flat.size))
+    scaled, draws, up = np.empty(size), np.empty(size), np.empty(size, dtype=bool)
+    for start in range(0, flat.size, size):
+        n = min(size, flat.size - start)
+        s, u, b, levels = scaled[:n], draws[:n], up[:n], out[start : start + n]
+        np.copyto(s, flat[start : start + n], casting="unsafe")  # as astype(float64)
+        np.clip(s, -c, c, out=s)
+        s += c
+        s /= step  # now in [0, L - 1] (up to rounding): its floor is its truncation
+        np.copyto(levels, s, casting="unsafe")
+        s -= levels  # the fractional part, exactly
+        rng.random(out=u)
+        np.less(u, s, out=b)
+        levels += b
+        np.minimum(levels, top, out=levels)
+    return out.reshape(np.shape(values))
 
 
 def dequantize(total: NDArray[np.uint32], count: int, config: SecAggConfig) -> NDArray[np.float64]:

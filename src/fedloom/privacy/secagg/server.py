@@ -73,7 +73,8 @@ class SecAggServer:
         self._graph = neighbours(config.num_clients, config.num_shares, config.graph_seed)
         self._keys: dict[int, AdvertiseKeys] = {}  # U1
         self._shares: dict[int, ShareKeys] = {}  # U2
-        self._inputs: dict[int, MaskedInput] = {}  # U3
+        self._inputs: dict[int, tuple[int, ...]] = {}  # U3: whom each one masked with
+        self._sum = np.zeros(config.vector_length, dtype=np.uint32)  # their vectors, summed
         self._unmask: dict[int, UnmaskShares] = {}  # U4
 
     # -- receiving -------------------------------------------------------------------------
@@ -119,10 +120,8 @@ class SecAggServer:
             self._shares[sender] = message
         elif isinstance(message, MaskedInput):
             self._check_input(message)
-            vector = np.array(message.vector, dtype=np.uint32, copy=True)
-            self._inputs[sender] = MaskedInput(
-                self.config.round, sender, message.masked_with, vector
-            )
+            np.add(self._sum, message.vector, out=self._sum)  # summed now: no copy kept
+            self._inputs[sender] = message.masked_with
         elif isinstance(message, UnmaskShares):
             self._check_unmask(message)
             self._unmask[sender] = message
@@ -232,22 +231,24 @@ class SecAggServer:
     def unmask(self) -> AggregateResult:
         """Close stage 4: reconstruct the secrets, remove every mask, return the sum."""
         self._close("unmask", self._unmask, "unmask")
-        cfg, d = self.config, self.config.vector_length
-        total = np.zeros(d, dtype=np.uint32)
-        for m in self._inputs.values():
-            np.add(total, m.vector, out=total)
-        seeds = [dict(m.seed_shares) for m in self._unmask.values()]
-        keys = [dict(m.key_shares) for m in self._unmask.values()]
+        cfg = self.config
+        total = self._sum
+        seeds: dict[int, dict[int, bytes]] = {}  # owner -> {x: share}, one pass over them
+        keys: dict[int, dict[int, bytes]] = {}
+        for sender, m in self._unmask.items():
+            for found, pairs in ((seeds, m.seed_shares), (keys, m.key_shares)):
+                for owner, share in pairs:
+                    found.setdefault(owner, {})[sender + 1] = share
         for i in sorted(self._inputs):
             seed = self._reconstruct(i, "seed", seeds, self._seed_check(i))
-            np.subtract(total, prg.mask(seed, d), out=total)
+            prg.add_mask(total, seed, subtract=True)
         for j in sorted(self._shares.keys() - self._inputs.keys()):
             key = crypto.private_key(self._reconstruct(j, "key", keys, self._key_check(j)))
             for i in sorted(self._graph[j] & self._inputs.keys()):
                 shared = crypto.shared_secret(key, self._keys[i].mask_public_key)
                 pair = crypto.mask_key(shared, cfg.round, j, i)
                 # client i added the mask if i < j, subtracted it otherwise: undo that
-                (np.subtract if i < j else np.add)(total, prg.mask(pair, d), out=total)
+                prg.add_mask(total, pair, subtract=i < j)
         np.bitwise_and(total, np.uint32(cfg.modulus - 1), out=total)
         survivors = tuple(sorted(self._inputs))
         self.stage = "done"
@@ -262,18 +263,19 @@ class SecAggServer:
         return lambda key: crypto.public_bytes(crypto.private_key(key)) == public
 
     def _reconstruct(
-        self, owner: int, what: str, sources: list[dict[int, bytes]], valid: Callable[[bytes], bool]
+        self,
+        owner: int,
+        what: str,
+        sources: dict[int, dict[int, bytes]],
+        valid: Callable[[bytes], bool],
     ) -> bytes:
-        """``owner``'s secret from the shares that arrived, checked by ``valid`` against what
-        it advertised (the seed's commitment, the key's public key). The first t shares
-        are tried; if their secret fails the check (an altered share: counted as
-        ``inconsistent``) and spare shares arrived, each set of t that leaves one share out
-        is tried, which survives one altered share; else the round aborts."""
-        shares = {
-            sender + 1: found[owner]
-            for sender, found in zip(self._unmask, sources, strict=True)
-            if owner in found
-        }
+        """``owner``'s secret from the shares that arrived (``sources``: owner -> {x: share}),
+        checked by ``valid`` against what it advertised (the seed's commitment, the key's
+        public key). The first t shares are tried; if their secret fails the check (an
+        altered share: counted as ``inconsistent``) and spare shares arrived, each set of t
+        that leaves one share out is tried, which survives one altered share; else the round
+        aborts."""
+        shares = sources.get(owner, {})
         t = self.config.reconstruction_threshold
         if len(shares) < t:
             self._abort(f"{len(shares)} {what} shares of client {owner} arrived, {t} needed")

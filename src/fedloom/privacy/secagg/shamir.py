@@ -64,14 +64,26 @@ def combine(shares: Mapping[int, bytes], threshold: int) -> bytes:
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, {threshold} needed")
     points = [(x, share_value(shares[x])) for x in sorted(shares)[:threshold]]
-    secret = 0
-    for i, (xi, yi) in enumerate(points):
+    # Lagrange at 0: secret = sum y_i num_i / den_i. The ids are small, so num_i and den_i
+    # are small exact products; the t divisions take one modular inverse (Montgomery's trick)
+    nums, dens = [], []
+    for i, (xi, _) in enumerate(points):
         num, den = 1, 1
         for j, (xj, _) in enumerate(points):
             if i != j:
-                num = num * -xj % PRIME
-                den = den * (xi - xj) % PRIME
-        secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
+                num *= -xj
+                den *= xi - xj
+        nums.append(num % PRIME)
+        dens.append(den % PRIME)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)  # of the product of every den
+    secret = 0
+    for i in reversed(range(len(points))):
+        secret += points[i][1] * nums[i] % PRIME * (inverse * prefix[i] % PRIME)
+        inverse = inverse * dens[i] % PRIME  # now the inverse of prefix[i]
+    secret %= PRIME
     if secret >= 2 ** (8 * SECRET_BYTES):
         raise ValueError("the shares do not combine to a 32-byte secret (inconsistent shares)")
     return secret.to_bytes(SECRET_BYTES, "big")
