@@ -72,7 +72,7 @@ def config(args: argparse.Namespace, name: str, up: list[str]) -> dict[str, Any]
         "model": {"name": args.model},
         "train": {"local_epochs": 1, "batch_size": 10, "lr": args.lr, "optimizer": "sgd"},
         "strategy": {"name": "fedavg", "clients_per_round": 10},
-        "eval": {"every": 1},
+        "eval": {"every": args.eval_every},
         "compression": {"up": up},
         "output": {
             "dir": str(BENCH_DIR / "results" / "runs"),
@@ -132,8 +132,9 @@ def figure(runs: dict[str, dict[str, Any]], path: str) -> None:
         total, xs, ys = 0, [], []
         for h in run["history"]:
             total += h["bytes_up"]
-            xs.append(total / 1e6)
-            ys.append(h["accuracy"])
+            if h["accuracy"] is not None:  # rounds between tests have none
+                xs.append(total / 1e6)
+                ys.append(h["accuracy"])
         ax.plot(xs, ys, marker=".", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink MB")
@@ -152,12 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--eval-every", type=int, default=5, help="test every N rounds (the last round always)"
+    )
     parser.add_argument("--chains", nargs="*", default=list(CHAINS), choices=list(CHAINS))
     parser.add_argument("--mnist-root", default=None, help="default: $FEDLOOM_MNIST or shared")
     parser.add_argument("--quick", action="store_true", help="smoke run: mlp, 10 rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.model, args.rounds = "mlp", 10
+        args.model, args.rounds, args.eval_every = "mlp", 10, 1
     torch.set_num_threads(args.threads)
     names = ["plain", *(n for n in args.chains if n != "plain")]
     runs = {name: run_chain(args, name, CHAINS[name]) for name in names}
@@ -168,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = "compression_quick" if args.quick else "compression"
     fig_path = str(BENCH_DIR / "results" / f"{bench}.png")
     figure(runs, fig_path)
-    setting = {k: getattr(args, k) for k in ("rounds", "model", "lr", "seed", "quick")}
+    keys = ("rounds", "model", "lr", "seed", "quick", "eval_every")
+    setting = {k: getattr(args, k) for k in keys}
     path = write_results(bench, {"setting": setting, "figure": fig_path, "runs": runs})
     print(f"results: {path}; figure: {fig_path}", flush=True)
     headlines: dict[str, Any] = {}
