@@ -40,8 +40,14 @@ def build_engine(cfg: Config, task: Task, network: EngineBuilder | None = None) 
     """The network runtime's backend when ``network`` is given, else the simulation engine
     :func:`engine_name` chooses."""
     if network is not None:
-        # the runtime does not encode yet (its integration: fedloom.compression.link)
-        _no_compression(cfg, "the network runtime")
+        if cfg.topology is not None:  # relays aggregate and re-send without the chains
+            _no_compression(cfg, "a [topology] (relays)")
+        if cfg.runtime.secagg is not None and cfg.compression.up:
+            raise ConfigError(
+                f"compression.up = {cfg.compression.up} with runtime.secagg: secure "
+                "aggregation quantises and masks the uploads itself; remove compression.up "
+                "(compression.down may stay)"
+            )
         if cfg.train.state_memory_mb is not None:
             log.warning("train.state_memory_mb applies to the simulation only: ignored")
         if cfg.simulation.engine != "sequential":
@@ -87,7 +93,8 @@ def _no_compression(cfg: Config, engine: str | None = None) -> None:
         where = engine or f"simulation.engine = {cfg.simulation.engine!r}"
         raise ConfigError(
             f"{' and '.join(keys)} with {where}: compression runs in the 'sequential' engine "
-            "only; set simulation.engine = 'sequential' or remove the chains"
+            "and the network runtime without a topology; set simulation.engine = "
+            "'sequential' or remove the chains"
         )
 
 

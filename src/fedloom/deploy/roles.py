@@ -19,7 +19,7 @@ import torch
 
 from .. import privacy as _privacy  # noqa: F401 - registers the privacy client parts
 from ..algorithms.asynchronous import AsyncStrategy
-from ..compose.engines import EngineBuilder
+from ..compose.engines import EngineBuilder, compression
 from ..compose.strategy import build_strategy
 from ..compose.task import load_task
 from ..config import Config, RuntimeConfig, load_config
@@ -167,6 +167,7 @@ def aggregator(address: str | None = None) -> EngineBuilder:
                 tokens=tokens_for(rt, keys),
                 mode="async" if asynchronous else "sync",
                 secagg=secagg_settings(cfg, asynchronous),
+                compression=compression(cfg),
                 **server_options(rt),
             ).start()
 
@@ -255,5 +256,6 @@ def run_client(
         tls=client_tls(rt),
         retry_for=rt.retry_for,
         use_bulk=rt.bulk,
+        compression=compression(cfg),
     )
     return client.run()

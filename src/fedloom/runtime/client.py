@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..compression.link import Compression
 from ..errors import FedloomError
 from ..params import ParamSpec
 from ..simulation import InProcessClients
 from ..task import Task
-from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
+from ..wire import MAX_EXTRAS
 from .channel import RETRYABLE, ClientChannel, RefusedError, UnreachableError, log
+from .coding import ClientCoding
 from .proto import fedloom_pb2 as pb
 from .secagg_client import SecAggSession
 from .security import TLSConfig
@@ -48,6 +50,8 @@ class RuntimeClient(ClientChannel):
             ``seed``, as :class:`InProcessClients`); a relay node passes its own edge loop.
         num_samples: the weight announced at check-in (default: the task's count for
             ``client_id``; a relay announces its whole population).
+        compression: the run's chains (``[compression]``, the aggregator's config): models
+            arrive and updates leave as their packets (:class:`~.coding.ClientCoding`).
     """
 
     #: what runs a secure round's stages (a test may stand in one that stops at a stage)
@@ -68,6 +72,7 @@ class RuntimeClient(ClientChannel):
         use_bulk: bool = True,
         engine: Any = None,
         num_samples: int | None = None,
+        compression: Compression | None = None,
     ):
         super().__init__(
             server,
@@ -83,6 +88,7 @@ class RuntimeClient(ClientChannel):
         self.engine: Any = engine
         self.num_samples = num_samples
         self.rounds_done = 0
+        self.coding = ClientCoding(self.client_id, compression)
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -107,7 +113,7 @@ class RuntimeClient(ClientChannel):
         data = self._fetch(ins, limit)
         if data is None:  # the round closed before we started
             return
-        params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
+        params, tensors = self.coding.model(ins.round, data, self.engine.spec)
         config = json.loads(ins.config_json or "{}")
         plan = RoundPlan.from_wire(config, [self.client_id], tensors)
         self.engine.distribute(ins.round, plan, params)
@@ -119,12 +125,7 @@ class RuntimeClient(ClientChannel):
             self._send_masked(ins, params, update.params, bool(update.extras.get("tensors")))
             self._trained(ins, metrics)
             return
-        meta = {"round": ins.round}
-        if update.extras.get("tensors"):  # e.g. SCAFFOLD's control-variate change
-            bundle = encode_bundle(update.params, self.engine.spec, update.extras["tensors"], meta)
-            parts = (bundle, memoryview(b""))
-        else:
-            parts = encode_parts(update.params, self.engine.spec, meta)
+        parts = self.coding.update(ins.round, self.engine, params, update)
         reply = self._send(ins, parts, update.num_samples, metrics)
         if not reply.accepted:
             log.warning(
@@ -177,6 +178,7 @@ class RuntimeClient(ClientChannel):
         return self.task.num_samples(self.client_id)
 
     def _on_check_in(self, reply: pb.CheckInReply, spec: ParamSpec) -> None:
+        self.coding.reseed(reply.seed)
         if self.engine is None:
             self.engine = InProcessClients(self.task, reply.seed)
         elif self.engine.seed != reply.seed:
