@@ -4,6 +4,7 @@ the bytes the transports carried, and corrupt packets refused while the run goes
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 import torch
 from conftest import make_tiny_task
 
-from fedloom import ConfigError, Experiment, FedAvg, Federation, ParamSpec
-from fedloom.federation.async_loop import AsyncFederation
+from fedloom import ConfigError, Experiment, FedAvg, Federation, ParamSpec, decode, encode
+from fedloom.algorithms.base import RoundPlan
+from fedloom.compression import CodecState, Encoded
 from fedloom.compression.link import STATE_KEY, Compression, codec_state
-from fedloom.compression.packet import overhead
-from fedloom.runtime import AggregatorServer, RuntimeClient, bulk
+from fedloom.compression.packet import pack
+from fedloom.federation.async_loop import AsyncFederation
+from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.simulation.engine import InProcessClients
 from fedloom.strategies import FedBuff, Scaffold
@@ -72,7 +75,8 @@ def network(servers, client_threads, up, down, strategy=None, rounds=2, client=R
     loop = AsyncFederation if isinstance(strategy, FedBuff) else Federation
     fed = loop(task, strategy or FedAvg(fraction=1.0), make, rounds=rounds, seed=0)
     server = fed.backend
-    clients = [client(task, server.address, c, compression=chains(up, down), **kw) for c in range(6)]
+    address = server.address
+    clients = [client(task, address, c, compression=chains(up, down), **kw) for c in range(6)]
     for c in clients:
         client_threads.start(c)
     result = fed.run()
@@ -255,3 +259,159 @@ def test_bytes_in_the_metrics_are_what_the_transport_carried(
         f"\n{'bulk' if use_bulk else 'gRPC'}: bytes_up {bytes_up} (+{moved['up'][1]} framing), "
         f"bytes_down {bytes_down} (+{moved['down'][1]} framing)"
     )
+
+
+# -- real processes: `fedloom server` and `fedloom client` --------------------------------------
+@pytest.mark.parametrize(
+    "up,down",
+    [(["q8"], []), (["topk:0.1", "q8", "zstd"], ["fp16", "zstd"])],
+    ids=["q8", "topk+q8+zstd"],
+)
+def test_a_compressed_sync_run_over_processes_equals_the_simulation(tmp_path, procs, up, down):
+    address = f"127.0.0.1:{free_port()}"
+    cfg = base_config(tmp_path / "net", "packed", address=address, min_clients=4)
+    cfg["compression"] = {"up": up, "down": down}
+    config = write_config(tmp_path / "packed.json", cfg)
+    server = procs.fedloom("aggregator", "server", str(config), "--address", address)
+    clients = start_clients(procs, config, address, range(4))
+
+    sim, spec = simulate(cfg, tmp_path / "sim")  # meanwhile, in this process
+
+    assert server.wait(180) == 0, procs.logs()
+    for c in clients.values():
+        assert c.wait(60) == 0, procs.logs()
+    assert torch.equal(saved_params(run_dir(cfg), spec), sim.params)
+    keys = ("round", "clients", "rejected", "accuracy", "bytes_up", "bytes_down")
+    metrics = read_metrics(run_dir(cfg))
+    assert [{k: r[k] for k in keys} for r in metrics] == [
+        {k: r[k] for k in keys} for r in sim.history
+    ]
+    plain = 3 * (4 * spec.numel)  # three float32 models a round, without the wire headers
+    print(
+        f"\n{up} / {down}: bytes_up {[r['bytes_up'] for r in metrics]}, bytes_down "
+        f"{[r['bytes_down'] for r in metrics]}; float32 models: {plain} a round each way"
+    )
+    assert all(r["bytes_up"] < plain / 3.5 for r in metrics)
+
+
+# -- corrupt packets sent to a real aggregator --------------------------------------------------
+def corruptions(comp: Compression, rnd: int, model: torch.Tensor, spec: ParamSpec):
+    """(name, bytes) of uploads the aggregator's up chain must refuse, from a valid packet."""
+    trained = model + 0.01
+    good = comp.pack_update(rnd, 5, trained, model, CodecState())
+    enc = comp.encode_update(rnd, 5, trained, model, CodecState())
+    other = Compression(("topk:0.5", "q8", "zstd"), (), 0)
+    named = good[:4] + bytes([1]) + good[5:] + bytes([3]) + b"a b" + (0).to_bytes(4, "little")
+    return [
+        ("empty", b""),
+        ("truncated", good[:-7]),
+        ("trailing byte", good + b"\0"),
+        ("wrong magic", b"XXXX" + good[4:]),
+        ("the plain wire format", encode(trained, spec)),
+        ("another chain", other.pack_update(rnd, 5, trained, model, CodecState())),
+        ("17 tensors", good[:4] + bytes([17]) + good[5:]),
+        ("model length past the end", good[:5] + (len(good)).to_bytes(4, "little") + good[9:]),
+        ("a bad tensor name", named),
+        ("n of another model", pack(Encoded({**enc.header, "n": spec.numel + 1}, enc.payload)
+                                    .to_bytes(), {})),
+        ("k of another fraction", pack(Encoded(_stage(enc.header, 0, k=1), enc.payload)
+                                       .to_bytes(), {})),
+        ("random bytes", random.Random(rnd).randbytes(len(good))),
+    ]
+
+
+def _stage(header: dict[str, Any], i: int, **change: Any) -> dict[str, Any]:
+    stages = [dict(s) for s in header["stages"]]
+    stages[i].update(change)
+    return {**header, "stages": stages}
+
+
+def test_corrupt_packets_are_refused_counted_and_the_run_finishes(servers, client_threads):
+    """Client 5 uploads a different corruption of a valid packet each round; clients 0-4
+    train honestly. Every bad packet is refused as malformed and the run completes."""
+    up = ("topk:0.2", "q8", "zstd")
+    task = make_tiny_task()
+    spec = ParamSpec.from_module(task.build_model())
+    cases = corruptions(chains(up, ()), 1, torch.zeros(spec.numel), spec)
+    sent: list[tuple[str, pb.UploadReply]] = []
+
+    def rogue(address: str) -> None:
+        comp = chains(up, ())
+        with stub_for(address) as stub:
+            check_in(stub, 5, samples=1)
+            for i in range(len(cases)):
+                ins = poll_for_train(stub, 5)
+                model = decode(download_bytes(stub, 5, ins, spec), spec)[0]
+                name, data = corruptions(comp, ins.round, model, spec)[i]
+                reply = upload(stub, 5, data, round=ins.round, version=ins.version, samples=1)
+                sent.append((name, reply))
+
+    def make(spec: ParamSpec) -> AggregatorServer:
+        server = AggregatorServer(
+            spec, address="127.0.0.1:0", poll_interval=0.02, min_clients=6,
+            compression=chains(up, ()),
+        )  # fmt: skip
+        servers.append(server)
+        return server.start()
+
+    fed = Federation(task, FedAvg(fraction=1.0), make, rounds=len(cases), seed=0)
+    server = fed.backend
+    for cid in range(5):
+        client_threads.start(RuntimeClient(task, server.address, cid, compression=chains(up, ())))
+    bad = threading.Thread(target=rogue, args=(server.address,), daemon=True)
+    bad.start()
+    result = fed.run()
+    server.finish()
+    bad.join(30)
+    client_threads.join(60)
+    assert not client_threads.errors, client_threads.errors
+    assert [name for name, _ in sent] == [name for name, _ in cases]
+    assert not any(reply.accepted for _, reply in sent), [(n, r.reason) for n, r in sent]
+    assert [(r["clients"], r["rejected"]) for r in result.history] == [(5, 1)] * len(cases)
+    assert server.tally.total["malformed"] == len(cases)
+    reasons = {n: r.reason for n, r in sent}
+    assert "chain" in reasons["another chain"] and "magic" in reasons["wrong magic"]
+    assert torch.isfinite(result.params).all()
+
+
+def test_the_network_refuses_what_it_cannot_compress_naming_the_keys(tmp_path) -> None:
+    from fedloom.deploy.roles import aggregator
+
+    cfg = base_config(tmp_path, "refused")
+    cfg["compression"] = {"up": ["q8"]}
+    secagg = with_changes(cfg, **{"runtime.secagg": {"num_shares": 3}})
+    with pytest.raises(ConfigError, match=r"compression\.up = \['q8'\] with runtime\.secagg"):
+        Experiment.from_config(secagg, backend=aggregator("127.0.0.1:0"))
+    tree = with_changes(cfg)
+    tree["topology"] = {
+        "nodes": [
+            {"name": "root", "address": f"127.0.0.1:{free_port()}"},
+            {"name": "a", "address": f"127.0.0.1:{free_port()}", "clients": "0-1"},
+            {"name": "b", "address": f"127.0.0.1:{free_port()}", "clients": "2-3"},
+        ],
+        "edges": [["a", "root"], ["b", "root"]],
+    }
+    with pytest.raises(ConfigError, match=r"compression\.up with a \[topology\]"):
+        Experiment.from_config(tree, backend=aggregator("127.0.0.1:0"))
+
+
+def test_a_side_without_the_chain_is_told_so(servers, client_threads) -> None:
+    """A client whose config lacks compression.down stops with one line saying so; an
+    aggregator without compression.up refuses a packet, naming the key."""
+    task = make_tiny_task()
+    spec = ParamSpec.from_module(task.build_model())
+    server = AggregatorServer(
+        spec, address="127.0.0.1:0", poll_interval=0.02, compression=chains((), ("fp16",))
+    )
+    servers.append(server.start())
+    server.distribute(1, RoundPlan([0, 1]), torch.zeros(spec.numel))
+    client_threads.start(RuntimeClient(task, server.address, 0, retry_for=5))
+    client_threads.join(30)
+    assert "has no compression.down" in str(client_threads.errors[0])
+    with stub_for(server.address) as stub:
+        check_in(stub, 1)
+        ins = poll_for_train(stub, 1)
+        packet = chains(("q8",), ()).pack_update(1, 1, torch.ones(spec.numel),
+                                                 torch.zeros(spec.numel), CodecState())
+        reply = upload(stub, 1, packet, round=ins.round, version=ins.version)
+    assert not reply.accepted and "has no compression.up" in reply.reason

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..compression.link import STATE_KEY, Compression, codec_state
+from ..compression.packet import MAGIC
 from ..errors import FedloomError, WireError
 from ..params import ParamSpec
 from ..update import ClientUpdate
@@ -44,6 +45,12 @@ class ClientCoding:
         """(global model, plan tensors) of a downloaded model."""
         c = self.compression
         if c is None or c.down is None:
+            if bytes(memoryview(data)[: len(MAGIC)]) == MAGIC:
+                raise FedloomError(
+                    f"client {self.client_id}: the aggregator sends round {rnd}'s model "
+                    "compressed (compression.down) and this client's config has no "
+                    "compression.down; run the same config on both sides"
+                )
             params, tensors, _ = decode_bundle(data, spec, copy=False)
             return params, tensors
         try:

@@ -31,6 +31,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from ..compression.link import Compression
+from ..compression.packet import MAGIC as PACKET
 from ..errors import WireError
 from ..params import ParamSpec
 from ..update import ClientUpdate, parse_metrics
@@ -187,7 +188,10 @@ class Uploads:
         except (WireError, ValueError) as e:
             with self.cv:
                 self.rounds.release(data)
-            return self._reject(cid, head.round, str(e))
+            why = str(e)
+            if self.coded is None and data[: len(PACKET)] == PACKET:
+                why = "a compressed packet; this aggregator's config has no compression.up"
+            return self._reject(cid, head.round, why)
         update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
         if tensors:
             update.extras["tensors"] = tensors
