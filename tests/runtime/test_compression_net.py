@@ -415,3 +415,12 @@ def test_a_side_without_the_chain_is_told_so(servers, client_threads) -> None:
                                                  torch.zeros(spec.numel), CodecState())
         reply = upload(stub, 1, packet, round=ins.round, version=ins.version)
     assert not reply.accepted and "has no compression.up" in reply.reason
+
+
+def test_an_own_loop_federation_refuses_compression(tmp_path) -> None:
+    from fedloom import LocalFederation
+
+    cfg = base_config(tmp_path, "own")
+    cfg["compression"] = {"down": ["fp16"]}
+    with pytest.raises(ConfigError, match=r"compression\.down with a LocalFederation"):
+        LocalFederation.from_config(cfg)
