@@ -6,7 +6,11 @@ as ``MAGIC | u8 tensor count | u32 model length | model | per tensor: u8 name le
 u32 length | bytes``. Tensors go sorted by name. The framing costs
 ``PREFIX + sum(5 + len(name))`` bytes (:func:`overhead`): 9 without tensors. A packet is
 what the network moves inside its chunk stream or bulk body, and what the simulation counts,
-so ``bytes_up`` / ``bytes_down`` are the same number in both.
+so ``bytes_up`` / ``bytes_down`` are the same number in both. What a transport adds around
+a packet is not counted: on the bulk port, per message a 4-byte length and its JSON header
+(:mod:`fedloom.runtime.bulk`); on gRPC, per Chunk message its protobuf fields (the header
+fields on the first, a 1-byte tag and a length varint on each; :mod:`fedloom.runtime.transport`),
+and below those gRPC's 5-byte message prefix and HTTP/2 frames.
 
 :func:`unpack` checks the framing before a part is used: the magic, the count against
 :data:`~fedloom.wire.MAX_EXTRAS`, every length against what is left, each name (as the wire

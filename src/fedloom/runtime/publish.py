@@ -37,7 +37,8 @@ class Published:
     version: int
     model: bytes = b""  # the wire bytes: the bulk channel sends them
     chunks: list[bytes] = field(default_factory=list)  # serialised Chunks: gRPC streams them
-    base: torch.Tensor | None = None  # with compression.up: the global uploads decode against
+    # with compression.up: the global that uploads of this version decode against
+    base: torch.Tensor | None = field(default=None, compare=False)
 
 
 class Publisher:
