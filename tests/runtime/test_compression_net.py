@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import socket
 import threading
 from typing import Any
@@ -14,7 +15,16 @@ import pytest
 import torch
 from conftest import make_tiny_task
 
-from fedloom import ConfigError, Experiment, FedAvg, Federation, ParamSpec, decode, encode
+from fedloom import (
+    ConfigError,
+    Experiment,
+    FedAvg,
+    Federation,
+    ParamSpec,
+    decode,
+    encode,
+    load_checkpoint,
+)
 from fedloom.algorithms.base import RoundPlan
 from fedloom.compression import CodecState, Encoded
 from fedloom.compression.link import STATE_KEY, Compression, codec_state
@@ -37,6 +47,7 @@ from .conftest import (
     simulate,
     stub_for,
     upload,
+    wait_until,
     with_changes,
     write_config,
 )
@@ -424,3 +435,43 @@ def test_an_own_loop_federation_refuses_compression(tmp_path) -> None:
     cfg["compression"] = {"down": ["fp16"]}
     with pytest.raises(ConfigError, match=r"compression\.down with a LocalFederation"):
         LocalFederation.from_config(cfg)
+
+
+def test_error_feedback_survives_an_aggregator_killed_and_resumed(tmp_path, procs):
+    """kill -9 the aggregator once round 2's checkpoint exists and resume it: the client
+    processes keep their residuals (in their engines' state) across the check-in again, and
+    the run equals the simulation (it would not without them: top-k keeps 10% a round)."""
+    address = f"127.0.0.1:{free_port()}"
+    runtime = {"address": address, "min_clients": 2, "retry_for": 120.0}
+    cfg = base_config(tmp_path / "net", "packed-resumed", **runtime)
+    cfg = with_changes(
+        cfg,
+        rounds=5,
+        **{"data.num_clients": 2, "strategy.clients_per_round": 2, "model.name": "mlp"},
+    )
+    cfg["compression"] = {"up": ["topk:0.1", "q8"]}
+    config = write_config(tmp_path / "packed-resumed.json", cfg)
+    directory = run_dir(cfg)
+    checkpoint = directory / "checkpoint.pt"
+
+    def checkpoint_round() -> int:
+        try:
+            return int(load_checkpoint(checkpoint)["round"]) if checkpoint.exists() else 0
+        except Exception:  # noqa: BLE001 - being replaced right now: look again
+            return 0
+
+    first = procs.fedloom("aggregator", "server", str(config), "--address", address)
+    clients = start_clients(procs, config, address, range(2))
+    wait_until(lambda: checkpoint_round() >= 2, 120, "round 2's checkpoint", step=0.02)
+    first.popen.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert 2 <= checkpoint_round() < cfg["rounds"], "the run ended before the kill"
+    second = procs.fedloom(
+        "aggregator (resumed)", "server", str(config), "--address", address, "--resume"
+    )
+    sim, spec = simulate(cfg, tmp_path / "sim")  # meanwhile, in this process
+    assert second.wait(180) == 0, procs.logs()
+    for c in clients.values():
+        assert c.wait(60) == 0, procs.logs()
+    assert [r["round"] for r in read_metrics(directory)] == [1, 2, 3, 4, 5]
+    assert torch.equal(saved_params(directory, spec), sim.params)

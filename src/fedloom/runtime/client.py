@@ -178,7 +178,7 @@ class RuntimeClient(ClientChannel):
         return self.task.num_samples(self.client_id)
 
     def _on_check_in(self, reply: pb.CheckInReply, spec: ParamSpec) -> None:
-        self.coding.reseed(reply.seed)
+        self.coding.checked_in(reply.seed)
         if self.engine is None:
             self.engine = InProcessClients(self.task, reply.seed)
         elif self.engine.seed != reply.seed:

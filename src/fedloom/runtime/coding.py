@@ -6,7 +6,10 @@ the round's model is the aggregator's packet, decoded with this client's own cha
 (:meth:`~fedloom.compression.link.Compression.unpack_model`); with an up chain the update is
 packed against the global the client decoded, its error-feedback residual kept under
 :data:`~fedloom.compression.link.STATE_KEY` in the engine's state for this client, as the
-simulation keeps it (so a network run equals the simulation bit for bit).
+simulation keeps it (so a network run equals the simulation bit for bit). An aggregator that
+restarts resumes from its last checkpoint and hands out the round it lost again: a client that
+checked in again and is asked for a round it already trained starts from the residual it had
+before that round (kept for the last round trained), as the checkpointed simulation would.
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ class ClientCoding:
     def __init__(self, client_id: int, compression: Compression | None = None):
         self.client_id = client_id
         self.compression = compression if compression else None
+        self._before: tuple[int, dict[str, torch.Tensor] | None] | None = None
+        self._again = False  # checked in again since the last round trained
 
-    def reseed(self, seed: int) -> None:
-        """Draw as the aggregator's run seed says (sent at check-in), as the simulation does."""
+    def checked_in(self, seed: int) -> None:
+        """Draw as the aggregator's run seed says (sent at every check-in), as the simulation
+        does; a check-in after training may mean the aggregator lost rounds."""
         if self.compression is not None:
             self.compression.seed = seed
+        self._again = self._before is not None
 
     def model(
         self, rnd: int, data: Bytes, spec: ParamSpec
@@ -80,7 +87,11 @@ class ClientCoding:
             return b"", memoryview(b"")
         cid = self.client_id
         state = engine.states.get(cid, {})
-        codec = codec_state(state.get(STATE_KEY))
+        saved = state.get(STATE_KEY)
+        if self._again and self._before is not None and rnd <= self._before[0]:
+            saved = self._before[1]  # the aggregator lost that round: train it from before
+        self._before, self._again = (rnd, saved), False
+        codec = codec_state(saved)
         flat = update.params.float()
         data = c.pack_update(rnd, cid, flat, received.float(), codec, extras)
         if len(codec):  # the residual, where the engine keeps this client's other state
