@@ -18,8 +18,9 @@ at once. The network runtime calls the halves where the bytes are made and read:
 :meth:`~Compression.pack_model` once per published version
 (:class:`~fedloom.runtime.publish.Publisher`), the client :meth:`~Compression.unpack_model` on
 receipt and, after training, :meth:`~Compression.pack_update` with its ``CodecState`` kept
-under :data:`STATE_KEY` in its engine's per-client state (so it is checkpointed, or survives
-an aggregator restart, wherever the client's other state does); the server
+under :data:`STATE_KEY` in its engine's per-client state (checkpointed in simulation; in a
+client process it survives aggregator restarts, not a restart of the process, as the
+client's other state; :mod:`fedloom.runtime.coding`); the server
 :meth:`~Compression.unpack_update` against the global of the version the client trained on,
 before the update's checks (:class:`~fedloom.runtime.uploads.Uploads`). Each side decodes
 with its own configured chain only: a header naming another chain or parameter is refused.
