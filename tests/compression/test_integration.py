@@ -14,6 +14,7 @@ from fedloom import ConfigError, Federation, load_config
 from fedloom.algorithms.base import Strategy
 from fedloom.compression import Chain
 from fedloom.compression.link import STATE_KEY, Compression
+from fedloom.compression.packet import overhead
 from fedloom.federation.loop import Callback, RoundState
 from fedloom.simulation.engine import InProcessClients
 from fedloom.strategies import FedAvg, Scaffold
@@ -90,9 +91,9 @@ def test_bytes_up_is_the_sum_of_the_encoded_uploads(monkeypatch) -> None:
     encodes = Encodes(monkeypatch)
     fed = federation(("topk:0.1", "q8", "zstd"), rounds=1, strategy=Scaffold(clients_per_round=3))
     record = fed.run().history[0]
-    # per client: the update, then its control-variate change (the one extra)
+    # per client: the update, then its control-variate change (the one extra), in a packet
     assert len(encodes.sizes) == 6
-    assert record["bytes_up"] == sum(encodes.sizes)
+    assert record["bytes_up"] == sum(encodes.sizes) + 3 * overhead(["scaffold_dc"])
     # the downlink is not compressed: the wire format's size (model and SCAFFOLD's c)
     c = fed.plan.tensors
     assert record["bytes_down"] == 3 * len(
@@ -104,7 +105,7 @@ def test_bytes_down_is_the_encoded_global_model_per_client(monkeypatch) -> None:
     encodes = Encodes(monkeypatch)
     record = federation((), ("fp16", "zstd"), rounds=1).run().history[0]
     assert len(encodes.sizes) == 1  # once per round, the same bytes for every client
-    assert record["bytes_down"] == 3 * encodes.sizes[0]
+    assert record["bytes_down"] == 3 * (encodes.sizes[0] + overhead([]))
     assert record["bytes_up"] == plain().history[0]["bytes_up"]
 
 

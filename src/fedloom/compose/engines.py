@@ -40,8 +40,14 @@ def build_engine(cfg: Config, task: Task, network: EngineBuilder | None = None) 
     """The network runtime's backend when ``network`` is given, else the simulation engine
     :func:`engine_name` chooses."""
     if network is not None:
-        # the runtime does not encode yet (its integration: fedloom.compression.link)
-        _no_compression(cfg, "the network runtime")
+        if cfg.topology is not None:  # relays aggregate and re-send without the chains
+            no_compression(cfg, "a [topology] (relays)")
+        if cfg.runtime.secagg is not None and cfg.compression.up:
+            raise ConfigError(
+                f"compression.up = {cfg.compression.up} with runtime.secagg: secure "
+                "aggregation quantises and masks the uploads itself; remove compression.up "
+                "(compression.down may stay)"
+            )
         if cfg.train.state_memory_mb is not None:
             log.warning("train.state_memory_mb applies to the simulation only: ignored")
         if cfg.simulation.engine != "sequential":
@@ -79,15 +85,17 @@ def _no_state_memory(cfg: Config) -> None:
         )
 
 
-def _no_compression(cfg: Config, engine: str | None = None) -> None:
-    """Refuse ``[compression]`` where the engine does not run the chains."""
+def no_compression(cfg: Config, engine: str | None = None) -> None:
+    """Refuse ``[compression]`` where the engine (or the runtime's part) does not run the
+    chains, as a ConfigError naming the keys and ``engine``."""
     c = cfg.compression
     keys = [k for k, v in (("compression.up", c.up), ("compression.down", c.down)) if v]
     if keys:
         where = engine or f"simulation.engine = {cfg.simulation.engine!r}"
         raise ConfigError(
             f"{' and '.join(keys)} with {where}: compression runs in the 'sequential' engine "
-            "only; set simulation.engine = 'sequential' or remove the chains"
+            "and between fedloom server and fedloom client (no topology, no own loop); set "
+            "simulation.engine = 'sequential' or remove the chains"
         )
 
 
@@ -111,7 +119,7 @@ register_engine("sequential", sequential)
 def vectorized(cfg: Config, task: Task) -> BackendFactory:
     """All of a round's clients at once (:class:`VectorizedClients`)."""
     _no_state_memory(cfg)
-    _no_compression(cfg)
+    no_compression(cfg)
     return lambda spec: VectorizedClients(task, cfg.seed)
 
 
@@ -121,7 +129,7 @@ register_engine("vectorized", vectorized)
 def pool(cfg: Config, task: Task) -> BackendFactory:
     """``simulation.workers`` forked processes (:class:`ProcessPoolClients`)."""
     _no_state_memory(cfg)
-    _no_compression(cfg)
+    no_compression(cfg)
     sim = cfg.simulation
     return lambda spec: ProcessPoolClients(
         task, cfg.seed, workers=sim.workers, threads=sim.threads
@@ -133,7 +141,7 @@ register_engine("pool", pool)
 
 def torchrun(cfg: Config, task: Task) -> BackendFactory:
     """Under torchrun each rank trains a share of every round (:class:`DistributedClients`)."""
-    _no_compression(cfg, "torchrun")
+    no_compression(cfg, "torchrun")
     if not in_distributed_env():
         raise ConfigError(
             "simulation.engine = 'torchrun': start the run under torchrun "
@@ -150,7 +158,7 @@ register_engine("torchrun", torchrun)
 def hierarchy(cfg: Config, task: Task) -> Callable[[Any], HierarchicalClients]:
     """The root's backend for a ``[topology]`` run: edges run ``edge_strategy`` (the run's
     strategy with the section's keys on top) for ``edge_rounds`` rounds per root round."""
-    _no_compression(cfg, "a [topology] (the hierarchy engine)")
+    no_compression(cfg, "a [topology] (the hierarchy engine)")
     section = cfg.topology
     if section is None:
         raise ConfigError("simulation.engine = 'hierarchy' needs a [topology] section")

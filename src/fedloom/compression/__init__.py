@@ -17,6 +17,7 @@ from .link import Compression
 from .names import CODECS, register_codec
 from .qsgd import QSGD
 from .randk import RandK
+from .sparse import FractionSparsifier
 from .state import CodecState
 from .topk import TopK
 from .zstd import Zstd
@@ -35,6 +36,7 @@ __all__ = [
     "Compression",
     "Encoded",
     "Fp16",
+    "FractionSparsifier",
     "RandK",
     "Sparsifier",
     "TopK",

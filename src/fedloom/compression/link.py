@@ -9,16 +9,23 @@ would need one residual per receiver). Strategy tensors (SCAFFOLD's control vari
 cluster models) travel losslessly in both directions, through the chain's byte codec, and are
 counted. Every draw is seeded from (run seed, round, client), so a run repeats bit for bit.
 
-Where it runs: the simulation engine (:class:`~fedloom.simulation.engine.InProcessClients`)
-calls :meth:`Compression.download` in ``distribute`` and :meth:`Compression.upload` after
-each client's local training, and reports the bytes in ``round_stats``. The network runtime
-calls the same halves at the same places: the server ``encode_model`` (and
-``encode_tensors(plan.tensors, up=False)``) once per round where it publishes the model, the
-client ``decode_model`` on receipt and, after training, ``encode_update(rnd, cid, trained,
-received, state)`` (its ``CodecState`` kept under :data:`STATE_KEY` in its engine state)
-plus ``encode_tensors(extras, up=True)``; the server ``decode_update(data, its global)``
-on receipt, before the update's checks. Until it does, ``[compression]`` with the runtime is
-refused (:func:`fedloom.compose.engines.build_engine`).
+Where it runs: both ends go through :mod:`.packet` (the encoded model and the strategy's
+tensors in one checked frame), so a packet's length is what ``bytes_up`` / ``bytes_down``
+count, in simulation and over the network alike. The simulation engine
+(:class:`~fedloom.simulation.engine.InProcessClients`) calls :meth:`Compression.download` in
+``distribute`` and :meth:`Compression.upload` after each client's local training: both halves
+at once. The network runtime calls the halves where the bytes are made and read: the server
+:meth:`~Compression.pack_model` once per published version
+(:class:`~fedloom.runtime.publish.Publisher`), the client :meth:`~Compression.unpack_model` on
+receipt and, after training, :meth:`~Compression.pack_update` with its ``CodecState`` kept
+under :data:`STATE_KEY` in its engine's per-client state (checkpointed in simulation; in a
+client process it survives aggregator restarts, not a restart of the process, as the
+client's other state; :mod:`fedloom.runtime.coding`); the server
+:meth:`~Compression.unpack_update` against the global of the version the client trained on,
+before the update's checks (:class:`~fedloom.runtime.uploads.Uploads`). Each side decodes
+with its own configured chain only: a header naming another chain or parameter is refused.
+A direction without a chain sends the plain wire format. Relays (a ``[topology]``) do not
+encode: :func:`fedloom.compose.engines.build_engine` refuses ``[compression]`` with one.
 
 With privacy (:mod:`fedloom.compose.privacy` refuses what breaks): secure aggregation
 quantises and masks the sum itself, so ``compression.up`` with it is refused; central DP clips
@@ -36,7 +43,10 @@ from ..seeding import derive_seed
 from .cast import F32
 from .chain import Chain
 from .encoded import Encoded
+from .packet import pack, unpack
 from .state import CodecState
+
+Data = bytes | bytearray | memoryview
 
 STATE_KEY = "codec"  # where a client's codec state lives in its per-client state
 
@@ -65,7 +75,7 @@ class Compression:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "compress-down", rnd))
         return (self.down or Chain()).encode(params.detach().reshape(-1), None, gen)
 
-    def decode_model(self, data: bytes | Encoded, numel: int) -> torch.Tensor:
+    def decode_model(self, data: Data | Encoded, numel: int) -> torch.Tensor:
         """The global model a client decodes (``WireError`` on bad input)."""
         return (self.down or Chain()).decode(data, numel)
 
@@ -85,7 +95,7 @@ class Compression:
         x = flat if chain.lossless else flat - received.reshape(-1)
         return chain.encode(x, state, gen)
 
-    def decode_update(self, data: bytes | Encoded, server_global: torch.Tensor) -> torch.Tensor:
+    def decode_update(self, data: Data | Encoded, server_global: torch.Tensor) -> torch.Tensor:
         """The model the server takes from an upload: its own global plus the decoded delta
         (the decoded model itself for a lossless chain); ``WireError`` on bad input."""
         chain = self.up or Chain()
@@ -100,18 +110,55 @@ class Compression:
             for n in sorted(tensors)
         }
 
-    def decode_tensor(self, data: bytes | Encoded, numel: int, up: bool) -> torch.Tensor:
+    def decode_tensor(self, data: Data | Encoded, numel: int, up: bool) -> torch.Tensor:
         return (self._extras_up if up else self._extras_down).decode(data, numel)
+
+    # -- whole transfers: the model (or update) and the strategy's tensors in one packet --------
+    def pack_model(
+        self, rnd: int, params: torch.Tensor, tensors: Mapping[str, torch.Tensor]
+    ) -> bytes:
+        """What the server sends every client of round ``rnd`` (the plan's ``tensors`` too)."""
+        parts = self.encode_tensors(tensors, up=False)
+        return pack(self.encode_model(rnd, params).to_bytes(), _bytes(parts))
+
+    def unpack_model(self, data: Data, numel: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(global model, plan tensors) a client decodes; every tensor is ``numel`` long (laid
+        out like the model, as the wire format's extras are); ``WireError`` on bad input."""
+        model, tensors = unpack(data)
+        decoded = {n: self.decode_tensor(t, numel, up=False) for n, t in tensors.items()}
+        return self.decode_model(model, numel), decoded
+
+    def pack_update(
+        self,
+        rnd: int,
+        cid: int,
+        trained: torch.Tensor,
+        received: torch.Tensor,
+        state: CodecState,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> bytes:
+        """Client ``cid``'s upload (:meth:`encode_update`) with its extras (``tensors``)."""
+        update = self.encode_update(rnd, cid, trained, received, state)
+        return pack(update.to_bytes(), _bytes(self.encode_tensors(tensors or {}, up=True)))
+
+    def unpack_update(
+        self, data: Data, server_global: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the model the server takes, the extras) of an upload (:meth:`decode_update`);
+        ``WireError`` on bad input."""
+        model, tensors = unpack(data)
+        n = server_global.numel()
+        decoded = {name: self.decode_tensor(t, n, up=True) for name, t in tensors.items()}
+        return self.decode_update(model, server_global), decoded
 
     # -- in simulation: both ends at once, through the bytes ---------------------------------
     def download(
         self, rnd: int, params: torch.Tensor, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """(the global model a client decodes, the plan's tensors it decodes, bytes per client)."""
-        enc = self.encode_model(rnd, params)
-        model = self.decode_model(enc.to_bytes(), params.numel())
-        decoded, nbytes = self._roundtrip(tensors, up=False)
-        return model, decoded, enc.nbytes + nbytes
+        data = self.pack_model(rnd, params, tensors)
+        model, decoded = self.unpack_model(data, params.numel())
+        return model, _like(decoded, tensors), len(data)
 
     def upload(
         self,
@@ -128,20 +175,9 @@ class Compression:
         ``received`` is the global the client trained from (the downlink's decoding),
         ``server_global`` the server's own; ``state`` is the client's error-feedback state.
         """
-        enc = self.encode_update(rnd, cid, trained, received, state)
-        model = self.decode_update(enc.to_bytes(), server_global)
-        decoded, nbytes = self._roundtrip(tensors or {}, up=True)
-        return model, decoded, enc.nbytes + nbytes
-
-    def _roundtrip(
-        self, tensors: Mapping[str, torch.Tensor], up: bool
-    ) -> tuple[dict[str, torch.Tensor], int]:
-        out, nbytes = {}, 0
-        for name, enc in self.encode_tensors(tensors, up).items():
-            t = tensors[name]
-            out[name] = self.decode_tensor(enc.to_bytes(), t.numel(), up).view_as(t).to(t.dtype)
-            nbytes += enc.nbytes
-        return out, nbytes
+        data = self.pack_update(rnd, cid, trained, received, state, tensors)
+        model, decoded = self.unpack_update(data, server_global)
+        return model, _like(decoded, tensors or {}), len(data)
 
 
 def codec_state(saved: Mapping[str, torch.Tensor] | None) -> CodecState:
@@ -150,6 +186,17 @@ def codec_state(saved: Mapping[str, torch.Tensor] | None) -> CodecState:
     if saved:
         state.load_state_dict(dict(saved))
     return state
+
+
+def _bytes(parts: Mapping[str, Encoded]) -> dict[str, bytes]:
+    return {name: enc.to_bytes() for name, enc in parts.items()}
+
+
+def _like(
+    decoded: dict[str, torch.Tensor], sent: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Decoded tensors in the shape and dtype of those sent (the simulation has both)."""
+    return {n: t.view_as(sent[n]).to(sent[n].dtype) for n, t in decoded.items()}
 
 
 def _lossless(chain: Chain | None) -> Chain:

@@ -16,26 +16,16 @@ import numpy as np
 import torch
 
 from .checks import equal, fields, integer
-from .codec import Sparsifier
-from .sparse import kept
+from .sparse import FractionSparsifier
 
 SEED_MAX = (1 << 63) - 1
 
 
-class RandK(Sparsifier):
+class RandK(FractionSparsifier):
     """``randk:<fraction>``: a random ``round(fraction * n)`` coordinates (at least one)."""
 
     name = "randk"
     usage = "randk:<fraction in (0, 1]>"
-
-    def __init__(self, fraction: float) -> None:
-        self.fraction = fraction
-
-    def spec(self) -> str:
-        return f"randk:{self.fraction!r}"
-
-    def count(self, n: int) -> int:
-        return kept(self.fraction, n)
 
     def select(
         self, x: torch.Tensor, generator: torch.Generator

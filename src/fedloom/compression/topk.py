@@ -16,26 +16,16 @@ import torch
 
 from ..errors import WireError
 from .checks import equal, fields, integer
-from .codec import Sparsifier
-from .sparse import kept
+from .sparse import FractionSparsifier
 
 WIDTHS = (1, 2, 4)
 
 
-class TopK(Sparsifier):
+class TopK(FractionSparsifier):
     """``topk:<fraction>``: keep ``round(fraction * n)`` coordinates (at least one)."""
 
     name = "topk"
     usage = "topk:<fraction in (0, 1]>"
-
-    def __init__(self, fraction: float) -> None:
-        self.fraction = fraction
-
-    def spec(self) -> str:
-        return f"topk:{self.fraction!r}"
-
-    def count(self, n: int) -> int:
-        return kept(self.fraction, n)
 
     def select(
         self, x: torch.Tensor, generator: torch.Generator

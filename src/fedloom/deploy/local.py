@@ -40,6 +40,7 @@ from torch import nn
 
 from ..algorithms.asynchronous import AsyncStrategy
 from ..algorithms.base import Strategy
+from ..compose.engines import no_compression
 from ..errors import ConfigError, FedloomError
 from ..experiment import Experiment
 from ..federation import Federation, RunResult
@@ -159,6 +160,7 @@ class LocalFederation:
         def backend(cfg: Any, task: Task) -> Callable[[ParamSpec], Handoff]:
             if cfg.topology is not None:
                 raise ConfigError("topology: a LocalFederation runs a flat federation")
+            no_compression(cfg, "a LocalFederation (the jobs of an own loop are not encoded)")
             kind, made_by = Handoff, STRATEGIES.get(cfg.strategy.name)
             if isinstance(made_by, type) and issubclass(made_by, AsyncStrategy):
                 kind = AsyncHandoff

@@ -19,7 +19,7 @@ import torch
 
 from .. import privacy as _privacy  # noqa: F401 - registers the privacy client parts
 from ..algorithms.asynchronous import AsyncStrategy
-from ..compose.engines import EngineBuilder
+from ..compose.engines import EngineBuilder, compression
 from ..compose.privacy import deployed_secagg
 from ..compose.strategy import build_strategy
 from ..compose.task import determinism, load_task
@@ -173,6 +173,7 @@ def aggregator(address: str | None = None) -> EngineBuilder:
                 tokens=tokens_for(rt, keys),
                 mode="async" if asynchronous else "sync",
                 secagg=secagg_settings(cfg, asynchronous),
+                compression=compression(cfg),
                 **server_options(rt),
             ).start()
 
@@ -327,5 +328,6 @@ def _run_client(
         retry_for=rt.retry_for,
         use_bulk=rt.bulk,
         noise=client_noise(cfg, noise_seed),
+        compression=compression(cfg),
     )
     return client.run()

@@ -55,7 +55,8 @@ class AsyncRounds:
         """Make ``version`` the model idle clients get; keep recent ones for stale uploads."""
         published = self.publisher.serialize(params, version + 1, version)
         with self.cv:
-            self.publisher.keep(published, params.detach().clone())
+            base = published.base if published.base is not None else params.detach().clone()
+            self.publisher.keep(published, base)
             self.publisher.current = published
             self.cv.notify_all()
 

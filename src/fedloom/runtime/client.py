@@ -20,13 +20,15 @@ from typing import Any
 import torch
 
 from ..algorithms.base import RoundPlan
+from ..compression.link import Compression
 from ..errors import FedloomError
 from ..params import ParamSpec
 from ..privacy.clientnoise import ClientNoise
 from ..simulation import InProcessClients
 from ..task import Task
-from ..wire import MAX_EXTRAS, decode_bundle, encode_bundle, encode_parts
+from ..wire import MAX_EXTRAS
 from .channel import RETRYABLE, ClientChannel, RefusedError, UnreachableError, log
+from .coding import ClientCoding
 from .proto import fedloom_pb2 as pb
 from .secagg_client import SecAggSession
 from .security import TLSConfig
@@ -52,6 +54,8 @@ class RuntimeClient(ClientChannel):
             ``client_id``; a relay announces its whole population).
         noise: this client's seed for local DP and DP-SGD noise and its check of the work's
             privacy parameters (default: a secret seed, whatever part the work names).
+        compression: the run's chains (``[compression]``, the aggregator's config): models
+            arrive and updates leave as their packets (:class:`~.coding.ClientCoding`).
     """
 
     #: what runs a secure round's stages (a test may stand in one that stops at a stage)
@@ -73,6 +77,7 @@ class RuntimeClient(ClientChannel):
         engine: Any = None,
         num_samples: int | None = None,
         noise: ClientNoise | None = None,
+        compression: Compression | None = None,
     ):
         super().__init__(
             server,
@@ -89,6 +94,7 @@ class RuntimeClient(ClientChannel):
         self.num_samples = num_samples
         self.noise = noise or ClientNoise()
         self.rounds_done = 0
+        self.coding = ClientCoding(self.client_id, compression)
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -113,7 +119,7 @@ class RuntimeClient(ClientChannel):
         data = self._fetch(ins, limit)
         if data is None:  # the round closed before we started
             return
-        params, tensors, _ = decode_bundle(data, self.engine.spec, copy=False)
+        params, tensors = self.coding.model(ins.round, data, self.engine.spec)
         # local DP / DP-SGD noise from this client's own seed, never the aggregator's
         config = self.noise.take(json.loads(ins.config_json or "{}"), self.client_id)
         plan = RoundPlan.from_wire(config, [self.client_id], tensors)
@@ -126,12 +132,7 @@ class RuntimeClient(ClientChannel):
             self._send_masked(ins, params, update.params, bool(update.extras.get("tensors")))
             self._trained(ins, metrics)
             return
-        meta = {"round": ins.round}
-        if update.extras.get("tensors"):  # e.g. SCAFFOLD's control-variate change
-            bundle = encode_bundle(update.params, self.engine.spec, update.extras["tensors"], meta)
-            parts = (bundle, memoryview(b""))
-        else:
-            parts = encode_parts(update.params, self.engine.spec, meta)
+        parts = self.coding.update(ins.round, self.engine, params, update)
         reply = self._send(ins, parts, update.num_samples, metrics)
         if not reply.accepted:
             log.warning(
@@ -184,6 +185,7 @@ class RuntimeClient(ClientChannel):
         return self.task.num_samples(self.client_id)
 
     def _on_check_in(self, reply: pb.CheckInReply, spec: ParamSpec) -> None:
+        self.coding.checked_in(reply.seed)
         if self.engine is None:
             self.engine = InProcessClients(self.task, reply.seed)
         elif self.engine.seed != reply.seed:

@@ -31,6 +31,7 @@ import torch
 
 from ..algorithms.base import RoundPlan
 from ..backend import BackendBase
+from ..compression.link import Compression
 from ..errors import FedloomError, QuorumError
 from ..params import ParamSpec
 from ..update import ClientUpdate
@@ -93,6 +94,9 @@ class AggregatorServer(BackendBase):
         keep_versions: async: how many recent versions stale uploads may still name.
         secagg: run sync rounds under secure aggregation (SecAgg+, :class:`SecAggRounds`):
             clients send masked deltas and the aggregator learns only their sum.
+        compression: the run's chains (``[compression]``): models are published as the down
+            chain's packets and uploads decoded with the up chain; ``round_stats`` then
+            reports the packet bytes served and received in that direction.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class AggregatorServer(BackendBase):
         bulk_port: int = 0,
         max_update_extras: int = 2,
         secagg: SecAggSettings | None = None,
+        compression: Compression | None = None,
     ):
         if min_clients < 1 or quorum < 1 or max_concurrent_uploads < 1 or max_samples < 1:
             raise ValueError(
@@ -132,6 +137,8 @@ class AggregatorServer(BackendBase):
             )
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+        if secagg is not None and compression is not None and compression.up is not None:
+            raise ValueError("secure aggregation quantises the uploads itself: no up chain")
         if secagg is not None and mode != "sync":
             raise ValueError("secure aggregation runs synchronous rounds only (mode = 'sync')")
         if not async_max_share > 1:  # at exactly 1 every client can be at its cap, idle: a wedge
@@ -146,7 +153,7 @@ class AggregatorServer(BackendBase):
         self.tally = Tally()
         self.watchdog = Watchdog(self.tally)
         self._cv = threading.Condition()  # the one lock of the aggregator's state
-        self.publisher = Publisher(spec, task_id, chunk_size, keep_versions)
+        self.publisher = Publisher(spec, task_id, chunk_size, keep_versions, compression)
         self.membership = Membership(
             self._cv,
             min_clients=min_clients,
@@ -196,6 +203,8 @@ class AggregatorServer(BackendBase):
             max_update_bytes=self.max_update_bytes,
             max_concurrent=max_concurrent_uploads,
             transfer_timeout=self.transfer_timeout,
+            publisher=self.publisher,
+            compression=compression,
         )
         self.rejections = self.uploads.rejections  # (round, client, reason) of each refusal
         self.service = AggregatorService(
@@ -315,9 +324,13 @@ class AggregatorServer(BackendBase):
         return self.rounds.base(version)
 
     def round_stats(self) -> dict[str, Any]:
-        """Refusals since the last round, by kind (unauthenticated calls, duplicates, ...)."""
+        """Refusals since the last round, by kind (unauthenticated calls, duplicates, ...),
+        and in a compressed direction the packet bytes that moved (they replace the loop's
+        wire-format sizes)."""
         refused = self.tally.take_round()
-        return {"refused": refused} if refused else {}
+        with self._cv:
+            moved = {**self.publisher.take_sent(), **self.uploads.take_received()}
+        return {**moved, "refused": refused} if refused else moved
 
     def state_dict(self) -> dict[str, Any]:
         return {}

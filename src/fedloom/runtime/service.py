@@ -167,6 +167,8 @@ class AggregatorService:
         except Refused as r:
             context.abort(r.code, r.reason)
         log.debug("client %d downloads round %d", cid, rnd)
+        with self.cv:
+            self.publisher.sent(published)  # counted as it starts: before the client can answer
         yield from published.chunks  # serialised once per version, sent as is to every client
 
     def Upload(self, request_iterator: Iterable[bytes], context: Any) -> pb.UploadReply:
@@ -214,6 +216,8 @@ class AggregatorService:
             return
         log.debug("client %d downloads round %d (bulk)", cid, rnd)
         send_header(conn, {"ok": True, "total_bytes": len(published.model), "round": rnd})
+        with self.cv:
+            self.publisher.sent(published)
         conn.settimeout(self.transfer_timeout)  # for the whole sendall
         conn.sendall(published.model)
 

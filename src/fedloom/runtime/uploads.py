@@ -9,6 +9,12 @@ metrics) and filed with the round service, which may still find the round closed
 
 A refused update whose client was asked for is filed as that client's (failed) answer, so the
 round counts it and stops waiting.
+
+With ``compression.up`` an upload's bytes are a packet of the up chain: it is decoded with the
+aggregator's own chain against the global of the version it names
+(:meth:`~fedloom.compression.link.Compression.unpack_update`, every field checked before use);
+one that does not decode is refused, counted as ``malformed`` and filed as the client's answer.
+The packets' bytes are counted as they arrive (``bytes_up``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
+from ..compression.link import Compression
+from ..compression.packet import MAGIC as PACKET
 from ..errors import WireError
 from ..params import ParamSpec
 from ..update import ClientUpdate, parse_metrics
@@ -33,6 +41,7 @@ from .fields import bad_fields
 from .gate import Tally
 from .membership import Membership
 from .proto import fedloom_pb2 as pb
+from .publish import Publisher
 from .rounds import RoundService
 from .transport import join_chunks, split_chunk
 
@@ -54,12 +63,19 @@ class Uploads:
         max_update_bytes: int,
         max_concurrent: int,
         transfer_timeout: float,
+        publisher: Publisher | None = None,
+        compression: Compression | None = None,
     ):
         self.cv, self.spec, self.task_id = cv, spec, task_id
         self.membership, self.rounds, self.tally = membership, rounds, tally
         self.max_update_bytes, self.transfer_timeout = max_update_bytes, transfer_timeout
         self.rejections: list[tuple[int, int, str]] = []
         self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.publisher = publisher
+        self.coded = compression if compression is not None and compression.up else None
+        if self.coded is not None and publisher is None:
+            raise ValueError("compressed uploads decode against the publisher's versions")
+        self._received = 0  # bytes of compressed uploads received since the last take
 
     def over_grpc(self, cid: int, stream: Iterable[bytes]) -> pb.UploadReply:
         """An ``Upload`` stream of serialised chunks from the authenticated client ``cid``."""
@@ -158,12 +174,24 @@ class Uploads:
     def _accept(self, cid: int, head: pb.Chunk, data: bytearray) -> pb.UploadReply:
         """Check an upload's bytes and metrics, then file it under its round, if still open."""
         try:
-            params, tensors, _ = decode_bundle(data, self.spec, copy=False)  # no second copy
+            if self.coded is not None:
+                decoded = self._unpack(cid, head, data)
+                if decoded is None:
+                    with self.cv:
+                        self.rounds.release(data)
+                    why = "update refused: its round closed"
+                    return self._reject(cid, head.round, why, record=False)
+                params, tensors = decoded
+            else:
+                params, tensors, _ = decode_bundle(data, self.spec, copy=False)  # no second copy
             metrics = parse_metrics(head.metrics_json)
         except (WireError, ValueError) as e:
             with self.cv:
                 self.rounds.release(data)
-            return self._reject(cid, head.round, str(e))
+            why = str(e)
+            if self.coded is None and data[: len(PACKET)] == PACKET:
+                why = "a compressed packet; this aggregator's config has no compression.up"
+            return self._reject(cid, head.round, why)
         update = ClientUpdate(cid, params, int(head.num_samples), metrics, head.round, head.version)
         if tensors:
             update.extras["tensors"] = tensors
@@ -174,6 +202,32 @@ class Uploads:
         if not filed:  # the round closed while the bytes came in
             return self._reject(cid, head.round, "update refused: its round closed", record=False)
         return pb.UploadReply(accepted=True)
+
+    def _unpack(
+        self, cid: int, head: pb.Chunk, data: bytearray
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """(model, extras) of a compressed upload, or None when the version it names is no
+        longer kept; a packet that does not decode is counted ``malformed`` (WireError)."""
+        assert self.coded is not None and self.publisher is not None
+        with self.cv:
+            self._received += len(data)
+            base = self.publisher.base(head.version)
+        if base is None:
+            return None
+        try:
+            params, tensors = self.coded.unpack_update(data, base)
+        except WireError as e:
+            self.tally.count("malformed", f"client {cid}: compressed upload: {e}")
+            raise
+        return params.to(self.spec.dtype), {n: t.to(self.spec.dtype) for n, t in tensors.items()}
+
+    def take_received(self) -> dict[str, int]:
+        """``{"bytes_up": ...}`` received since the last call (nothing without an up chain)."""
+        if self.coded is None:
+            return {}
+        with self.cv:
+            received, self._received = self._received, 0
+        return {"bytes_up": received}
 
     def _reject(self, cid: int, rnd: int, reason: str, record: bool = True) -> pb.UploadReply:
         """Refuse an upload; ``record`` files it as the client's (rejected) update of the
