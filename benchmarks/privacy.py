@@ -15,10 +15,14 @@
    Same z per epsilon (the accountant charges the noise in the sum, z sensitivities of
    ``C + sqrt(d) * step``); epsilon inf is SecAgg+ without noise. ``privacy.png``, next to
    the JSON, plots both accuracy curves against epsilon.
+5. ``secagg_cost``: SecAgg+ against plain FedAvg, 100 and 500 clients of a 1M-parameter
+   model with the same local training, in simulation and over a loopback aggregator with the
+   clients in a few client processes (``privacy_secagg_net.measure``; the target is at most
+   1.5x the plain round at 100 clients), and bytes per client.
 
 Writes ``benchmarks/results/privacy.json`` and prints headline lines. ``--quick`` runs the
 first two and 3 rounds of the others (a smoke check, not a result); ``--skip mnist`` (or
-``mnist_distributed``) skips those runs.
+``mnist_distributed``, ``secagg_cost``) skips those runs.
 
     .venv/bin/python benchmarks/privacy.py --skip mnist     # seconds
     .venv/bin/python benchmarks/privacy.py                  # MNIST: minutes on 1 thread
@@ -32,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import privacy_secagg_net
 import torch
 from common import BENCH_DIR, mnist_root, print_headlines, write_results
 
@@ -195,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                 str(eps): mnist_run(args, eps, z_of[str(eps)], key == "mnist_distributed")
                 for eps in EPSILONS
             }
+    cost_heads: dict[str, Any] = {}
+    if "secagg_cost" not in args.skip.split(","):
+        cost = privacy_secagg_net.measure(["--quick"] if args.quick else [])
+        results["secagg_cost"], cost_heads = cost["results"], cost["headlines"]
     path = write_results("privacy", results)
     if "mnist" in results or "mnist_distributed" in results:
         plot(results, path.with_suffix(".png"))
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for eps, row in results.get("mnist_distributed", {}).items():
         heads[f"mnist_distributed_accuracy_eps{eps}"] = row["final_accuracy"]
         heads[f"mnist_distributed_epsilon_spent_eps{eps}"] = row["epsilon_spent"]
+    heads.update(cost_heads)
     heads["results"] = str(path)
     print_headlines(heads)
     return 0
