@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import make_tiny_task
 
-from fedloom import Experiment
+from fedloom import Experiment, FedAvg, Federation
 from fedloom.compose.task import load_task
 from fedloom.config import load_config
 from fedloom.deploy.roles import aggregator
@@ -25,12 +25,13 @@ from fedloom.errors import CheckpointError, ConfigError
 from fedloom.privacy import Accountant
 from fedloom.privacy.clientdp import keyed_seed
 from fedloom.privacy.clientnoise import ClientNoise
-from fedloom.runtime import RuntimeClient
+from fedloom.runtime import AggregatorServer, RuntimeClient
 from fedloom.runtime.clientstate import KEYS, MAGIC, ClientStateFile
 from fedloom.runtime.coding import ClientCoding
 from fedloom.simulation.engine import InProcessClients
 
 from .conftest import (
+    ClientThreads,
     base_config,
     free_port,
     read_metrics,
@@ -167,6 +168,82 @@ def test_a_restarted_client_with_its_state_file_keeps_the_run_bit_for_bit(tmp_pa
     assert got == [{k: r[k] for k in keys} for r in sim.history]
 
 
+class Killed(Exception):
+    """What ends a client that "dies" between saving its state and sending its update."""
+
+
+class DiesBeforeUpload(RuntimeClient):
+    """A client whose process, to the aggregator, dies after it trained round ``DIES_AT`` and
+    saved its state, before the update leaves: the window the file's timing is about."""
+
+    DIES_AT = 2
+
+    def _send(self, ins, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if ins.round == self.DIES_AT:
+            raise Killed(f"client {self.client_id}: gone before round {ins.round}'s upload")
+        return super()._send(ins, *args, **kwargs)
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["as-saved", "without-before"])
+def test_a_round_saved_but_never_sent_is_sent_again_from_the_residual_before_it(
+    tmp_path, servers, before
+):
+    """Six clients, top-k with error feedback; client 0 dies after round 2's save, before its
+    upload, and a new client 0 starts from the file: the aggregator hands it round 2 again,
+    which it encodes from the residual it had *before* round 2 (kept in the file), so the run
+    is the simulation's bit for bit. Dropping that entry from the file (the control) encodes
+    the re-sent round from the residual after it, and the run differs."""
+    from .test_compression_net import chains, simulation
+
+    up, down, rounds = ("topk:0.1", "q8"), (), 4
+    sim, _ = simulation(up, down, rounds=rounds)
+    task = make_tiny_task()
+
+    def make(spec):
+        server = AggregatorServer(
+            spec,
+            address="127.0.0.1:0",
+            poll_interval=0.02,
+            min_clients=6,
+            compression=chains(up, down),
+            heartbeat_timeout=120.0,
+        )
+        servers.append(server)
+        return server.start()
+
+    fed = Federation(task, FedAvg(fraction=1.0), make, rounds=rounds, seed=0)
+    address = fed.backend.address  # type: ignore[attr-defined]
+
+    def state(cid: int) -> ClientStateFile:
+        return ClientStateFile(tmp_path / f"{cid}.state", task_id="fedloom", client_id=cid, run="t")
+
+    def client(cls: type[RuntimeClient], cid: int, f: ClientStateFile) -> RuntimeClient:
+        return cls(task, address, cid, compression=chains(up, down), state_file=f)
+
+    threads = ClientThreads()
+    first = client(DiesBeforeUpload, 0, state(0))
+    threads.start(first)
+    for cid in range(1, 6):
+        threads.start(client(RuntimeClient, cid, state(cid)))
+    result: dict[str, Any] = {}
+    loop = threading.Thread(target=lambda: result.update(r=fed.run()), daemon=True)
+    loop.start()
+    wait_until(lambda: 0 in threads.errors, 60, "client 0's death before its upload")
+    assert isinstance(threads.errors.pop(0), Killed)
+    again = state(0)
+    assert again.loaded is not None and again.loaded["round"] == 2
+    assert "codec" in again.loaded["state"] and again.loaded["before"] is not None
+    if not before:
+        again.loaded["before"] = None
+    threads.start(client(RuntimeClient, 0, again))
+    loop.join(120)
+    fed.backend.finish()  # type: ignore[attr-defined]
+    threads.join(60)
+    assert not threads.errors and "r" in result, threads.errors
+    assert [r["round"] for r in result["r"].history] == list(range(1, rounds + 1))
+    assert torch.equal(result["r"].params, sim.params) == before
+
+
 # -- (3) whose file, and damage ------------------------------------------------------------------
 def written_state(tmp_path: Path, client_id: int = 0, rnd: int = 3) -> tuple[Path, Any]:
     """A state file as a client writes it: a real engine whose client trained a round of a
@@ -221,7 +298,9 @@ def test_a_state_file_of_another_client_or_run_is_refused(tmp_path, who, named):
 def test_a_state_file_of_another_run_seed_is_refused_at_check_in(tmp_path):
     path, _ = written_state(tmp_path)
     f = ClientStateFile(path, task_id="task-a", client_id=0, run="run-a")
-    with pytest.raises(ConfigError, match=r"--state-file .* seed 5, this aggregator's run seed is 6"):
+    with pytest.raises(
+        ConfigError, match=r"--state-file .* seed 5, this aggregator's run seed is 6"
+    ):
         f.restore(InProcessClients(make_tiny_task(), 6), ClientCoding(0))
 
 
