@@ -19,6 +19,10 @@ and ``--noise-seed`` is given again on the command line. The format is the check
 framing (magic, version, sha256 of the payload, then ``torch.save`` bytes read back with
 ``weights_only=True``); it names the task id, client id, run name and run seed it belongs to,
 and a file of another client or run is refused, as is any damage, in one line naming the flag.
+
+``fedloom launch`` passes no state file: it ends every process when one fails, so its clients
+never restart alone. The flag is for clients started by hand or by a supervisor that restarts
+them (``fedloom client ... --state-file PATH``, :func:`fedloom.deploy.roles.run_client`).
 """
 
 from __future__ import annotations
