@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_cli.add_argument(
         "--device", help="where this client trains: auto, cpu, cuda, cuda:N (sets train.device)"
     )
+    p_cli.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep this client's state (privacy accountant, compression residual, strategy "
+        "state) in this file, written after every round, so a restarted client goes on from it",
+    )
     _set_option(p_cli)
 
     p_start = sub.add_parser(
@@ -438,6 +444,7 @@ def _runtime(args: argparse.Namespace) -> int:
         token=getattr(args, "token", None),
         noise_seed=getattr(args, "noise_seed", None),
         device=getattr(args, "device", None),
+        state_file=getattr(args, "state_file", None),
     )
     print(f"fedloom: client {client_id} done after {rounds} rounds")
     return 0

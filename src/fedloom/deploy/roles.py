@@ -33,6 +33,7 @@ from ..privacy.dpsgd import DPSGD
 from ..privacy.local import LocalDP
 from ..registry import STRATEGIES
 from ..runtime.client import RuntimeClient
+from ..runtime.clientstate import ClientStateFile
 from ..runtime.secagg_round import SecAggSettings
 from ..runtime.security import client_tls, server_tls
 from ..runtime.server import AggregatorServer
@@ -284,21 +285,36 @@ def run_client(
     token: str | None = None,
     noise_seed: int | None = None,
     device: str | None = None,
+    state_file: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run one data holder for a config until the aggregator says STOP. Local DP and DP-SGD
     noise comes from a secret seed of this process unless ``noise_seed`` (or
     ``$FEDLOOM_NOISE_SEED``) fixes it (:func:`client_noise`); ``device`` (``fedloom client
-    --device``) replaces ``train.device``: where this data holder trains."""
+    --device``) replaces ``train.device``: where this data holder trains. ``state_file``
+    (``--state-file``) keeps the client's state (its privacy accountant, compression
+    residual, strategy state) across a restart of this process
+    (:class:`~fedloom.runtime.clientstate.ClientStateFile`)."""
     extra = [f"train.device={device!r}"] if device is not None else []
     cfg = load_config(source, [*overrides, *extra])
     with determinism(cfg):
         return _run_client(
-            cfg, server=server, client_id=client_id, token=token, noise_seed=noise_seed
+            cfg,
+            server=server,
+            client_id=client_id,
+            token=token,
+            noise_seed=noise_seed,
+            state_file=state_file,
         )
 
 
 def _run_client(
-    cfg: Config, *, server: str | None, client_id: int, token: str | None, noise_seed: int | None
+    cfg: Config,
+    *,
+    server: str | None,
+    client_id: int,
+    token: str | None,
+    noise_seed: int | None,
+    state_file: str | os.PathLike[str] | None = None,
 ) -> int:
     task = load_task(cfg)
     strategy = build_strategy(cfg)
@@ -313,6 +329,11 @@ def _run_client(
         )
     rt = cfg.runtime
     check_tokens(cfg, task.num_clients)
+    kept = (
+        None
+        if state_file is None
+        else ClientStateFile(state_file, task_id=rt.task_id, client_id=client_id, run=cfg.name)
+    )
     token = (
         token
         if token is not None
@@ -329,5 +350,6 @@ def _run_client(
         use_bulk=rt.bulk,
         noise=client_noise(cfg, noise_seed),
         compression=compression(cfg),
+        state_file=kept,
     )
     return client.run()

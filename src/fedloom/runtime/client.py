@@ -28,6 +28,7 @@ from ..simulation import InProcessClients
 from ..task import Task
 from ..wire import MAX_EXTRAS
 from .channel import RETRYABLE, ClientChannel, RefusedError, UnreachableError, log
+from .clientstate import ClientStateFile
 from .coding import ClientCoding
 from .proto import fedloom_pb2 as pb
 from .secagg_client import SecAggSession
@@ -56,6 +57,9 @@ class RuntimeClient(ClientChannel):
             privacy parameters (default: a secret seed, whatever part the work names).
         compression: the run's chains (``[compression]``, the aggregator's config): models
             arrive and updates leave as their packets (:class:`~.coding.ClientCoding`).
+        state_file: where this client keeps its state across a restart of its process
+            (:class:`~.clientstate.ClientStateFile`): put into the engine at check-in, written
+            after each round trained, before its update is sent.
     """
 
     #: what runs a secure round's stages (a test may stand in one that stops at a stage)
@@ -78,6 +82,7 @@ class RuntimeClient(ClientChannel):
         num_samples: int | None = None,
         noise: ClientNoise | None = None,
         compression: Compression | None = None,
+        state_file: ClientStateFile | None = None,
     ):
         super().__init__(
             server,
@@ -95,6 +100,7 @@ class RuntimeClient(ClientChannel):
         self.noise = noise or ClientNoise()
         self.rounds_done = 0
         self.coding = ClientCoding(self.client_id, compression)
+        self.state_file = state_file
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -129,10 +135,12 @@ class RuntimeClient(ClientChannel):
             update = next(self.engine.collect())
         metrics = dict(update.metrics, seconds=time.perf_counter() - t0)
         if ins.HasField("secagg"):
+            self._keep_state(ins.round)
             self._send_masked(ins, params, update.params, bool(update.extras.get("tensors")))
             self._trained(ins, metrics)
             return
         parts = self.coding.update(ins.round, self.engine, params, update)
+        self._keep_state(ins.round)
         reply = self._send(ins, parts, update.num_samples, metrics)
         if not reply.accepted:
             log.warning(
@@ -165,6 +173,12 @@ class RuntimeClient(ClientChannel):
                 ins.round,
                 session.outcome,
             )
+
+    def _keep_state(self, rnd: int) -> None:
+        """Save the state before the update leaves: a crash before it arrives over-counts
+        the accountant, never under-counts it."""
+        if self.state_file is not None:
+            self.state_file.save(self.engine, self.coding, rnd)
 
     def _trained(self, ins: pb.Instruction, metrics: dict[str, float]) -> None:
         self.rounds_done += 1
@@ -200,3 +214,6 @@ class RuntimeClient(ClientChannel):
                 f"client {self.client_id}: the aggregator's model spec ({spec}) differs "
                 f"from this task's model ({self.engine.spec}); run the same task on both sides"
             )
+        restored = self.state_file and self.state_file.restore(self.engine, self.coding)
+        if restored is not None:
+            log.info("client %d: state after round %d restored", self.client_id, restored)
