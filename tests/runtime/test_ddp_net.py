@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedloom import FedAvg, Federation, FedloomError, ParamSpec
+from fedloom.privacy.clientnoise import ClientNoise
 from fedloom.privacy.ddp_noise import SkellamShares
 from fedloom.privacy.secagg import MaskedInput, SecAggConfig
-from fedloom.runtime import secagg_wire
+from fedloom.runtime import AggregatorServer, RuntimeClient, secagg_wire
 from fedloom.runtime.proto import fedloom_pb2 as pb
 from fedloom.runtime.secagg_client import SecAggSession, clip_l2
 from fedloom.runtime.secagg_round import SecAggSettings
@@ -171,3 +173,89 @@ def test_a_client_refuses_a_round_that_says_distributed_dp_without_noise(
     assert len(client_threads.errors) == 6
     assert all("noise_multiplier must be a finite number > 0" in str(e)
                for e in client_threads.errors.values())  # fmt: skip
+
+
+def own_config(z: float, clip: float = CLIP) -> dict[str, float]:
+    """What ``privacy.mode = "distributed"`` with ``z`` and ``clip`` fixes (defaults else)."""
+    from fedloom.config import load_config
+    from fedloom.deploy.roles import client_noise
+
+    privacy = {"mode": "distributed", "noise_multiplier": z, "clip_norm": clip}
+    cfg = load_config(with_changes(base_config("/tmp", "ddp-own"), privacy=privacy))
+    distributed = client_noise(cfg).distributed
+    assert distributed is not None
+    return distributed
+
+
+def test_a_client_refuses_parameters_its_own_config_does_not_name_before_sending():
+    """A client whose config says z = 1: parameters with z = 0.25, or without distributed
+    DP, are refused in one line naming the key before a message is sent."""
+    expected = own_config(Z)
+    assert expected == {
+        "noise_multiplier": Z, "clip_norm": CLIP, "dropout_tolerance": 0.0,
+        "clipping_range": CLIP, "quantization_range": 2**16, "modulus": 2**32,
+    }  # fmt: skip
+    good = dict(
+        num_clients=6, vector_length=10, num_shares=5, reconstruction_threshold=3,
+        clipping_range=CLIP, quantization_range=2**16, modulus=1 << 32, session=1,
+        graph_seed=7, index=0, stage_timeout_s=5.0, distributed_dp=True, dp_clip_norm=CLIP,
+        dp_noise_multiplier=Z, dp_dropout_tolerance=0.0,
+    )  # fmt: skip
+    sent: list[Any] = []
+    header = {"task_id": "t", "client_id": "3", "token": ""}
+    plain = {"distributed_dp": False, "dp_clip_norm": 0.0, "dp_noise_multiplier": 0.0}
+    for changes, line in (
+        ({"dp_noise_multiplier": 0.25}, r"noise_multiplier = 0\.25, this client's config 1\.0"),
+        ({"dp_clip_norm": 2.0}, r"clip_norm = 2\.0, this client's config 0\.5"),
+        ({"clipping_range": 4.0}, r"clipping_range = 4\.0, this client's config 0\.5"),
+        (plain, r"no distributed DP \(distributed_dp = false\)"),
+    ):
+        params = pb.SecAggParams(**{**good, **changes})
+        with pytest.raises(FedloomError, match=f"client 3: .*{line}"):
+            SecAggSession(sent.append, header, params, 10, expected=expected)
+    assert sent == []
+    session = SecAggSession(sent.append, header, pb.SecAggParams(**good), 10, expected=expected)
+    assert session.noise == SkellamShares(Z, CLIP)
+    plain_session = SecAggSession(sent.append, header, pb.SecAggParams(**{**good, **plain}), 10)
+    assert plain_session.noise is None  # a client without the mode takes a plain round
+
+
+@pytest.mark.parametrize("z,runs", [(Z, True), (0.25, False)])
+def test_a_client_whose_config_matches_runs_and_one_that_does_not_refuses(
+    servers, client_threads, z, runs
+):
+    """Six RuntimeClients carrying their config's expectation (ClientNoise.distributed): with
+    the aggregator's z the round runs; with z = 0.25 every client refuses, naming the key, and
+    the aggregator receives no stage message."""
+    task, rec = task_of(), Recorder()
+    noise = SkellamShares(z, CLIP)
+    settings = SecAggSettings(clipping_range=CLIP, stage_timeout=2, noise=noise)
+
+    def make(spec: ParamSpec) -> AggregatorServer:
+        server = AggregatorServer(
+            spec, address="127.0.0.1:0", poll_interval=0.02, min_clients=task.num_clients,
+            secagg=settings, round_timeout=3,
+        )  # fmt: skip
+        assert server.secagg is not None
+        server.secagg.on_message = lambda cid, m: rec.received.append((cid, m))
+        servers.append(server)
+        return server.start()
+
+    fed = Federation(task, FedAvg(fraction=1.0), make, rounds=1, seed=0, short_round="skip")
+    for cid in range(task.num_clients):
+        own = ClientNoise(100 + cid, distributed=own_config(Z))
+        client_threads.start(
+            RuntimeClient(task, fed.backend.address, cid, retry_for=10, noise=own)
+        )
+    fed.run()
+    fed.backend.finish()
+    client_threads.join(30)
+    errors = [str(e) for e in client_threads.errors.values()]
+    if runs:
+        assert not errors and "skipped" not in fed.history[0], errors
+        masked = [m for _, m in rec.received if isinstance(m, MaskedInput)]
+        assert len(masked) == task.num_clients  # every client's noised, masked input
+    else:
+        assert rec.received == [] and "skipped" in fed.history[0]
+        assert len(errors) == task.num_clients
+        assert all("noise_multiplier = 0.25, this client's config 1.0" in e for e in errors)

@@ -160,7 +160,7 @@ class LocalFederation:
         def backend(cfg: Any, task: Task) -> Callable[[ParamSpec], Handoff]:
             if cfg.topology is not None:
                 raise ConfigError("topology: a LocalFederation runs a flat federation")
-            no_compression(cfg, "a LocalFederation (the jobs of an own loop are not encoded)")
+            no_compression(cfg, "a LocalFederation (it hands its loop plain models)")
             kind, made_by = Handoff, STRATEGIES.get(cfg.strategy.name)
             if isinstance(made_by, type) and issubclass(made_by, AsyncStrategy):
                 kind = AsyncHandoff

@@ -264,6 +264,17 @@ def client_noise(cfg: Config, noise_seed: int | None = None) -> ClientNoise:
         except ValueError as e:
             raise ConfigError(f"privacy.mode = {p.mode!r}: {e}") from None
         expected = {"name": stage.part, **stage.options()}
+    distributed = None
+    if p is not None and p.mode == "distributed" and p.noise_multiplier is not None:
+        clipping = p.clip_norm if p.clipping_range is None else p.clipping_range
+        distributed = {
+            "noise_multiplier": p.noise_multiplier,
+            "clip_norm": p.clip_norm,
+            "dropout_tolerance": p.dropout_tolerance,
+            "clipping_range": clipping,
+            "quantization_range": p.quantization_range,
+            "modulus": p.modulus,
+        }
     if noise_seed is not None:
         log.warning(
             "local DP / DP-SGD noise from a fixed client seed (--noise-seed or %s): for tests "
@@ -271,7 +282,7 @@ def client_noise(cfg: Config, noise_seed: int | None = None) -> ClientNoise:
             NOISE_SEED_ENV,
         )
     try:
-        return ClientNoise(noise_seed, expected)
+        return ClientNoise(noise_seed, expected, distributed=distributed)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -39,13 +39,23 @@ class ClientNoise:
             an aggregator that learns it); None: a secret from :mod:`secrets`.
         expected: the part the client's own config asks for, ``{"name": "local_dp",
             "noise_multiplier": ..., ...}``; None: run whatever DP part the work names.
+        distributed: the ``[privacy]`` values of a ``mode = "distributed"`` config
+            (``{"noise_multiplier": ..., "clip_norm": ..., ...}``), which a secure round's
+            parameters must carry (:func:`fedloom.runtime.secagg_client.check_expected`).
     """
 
-    def __init__(self, seed: int | None = None, expected: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        seed: int | None = None,
+        expected: dict[str, Any] | None = None,
+        *,
+        distributed: dict[str, float] | None = None,
+    ):
         checked = check_noise_seed(seed)  # ValueError naming it
         self.fixed = checked is not None
         self._seed = secrets.randbits(63) if checked is None else checked
         self.expected = None if expected is None else dict(expected)
+        self.distributed = None if distributed is None else dict(distributed)
 
     def __repr__(self) -> str:  # never the seed: it may end up in a log
         return f"ClientNoise(fixed={self.fixed}, expected={self.expected})"

@@ -162,7 +162,11 @@ class RuntimeClient(ClientChannel):
             return
         delta = (after.double() - before.double()).numpy()
         session = self.secagg_session(
-            self._secagg_call, self._identity(), ins.secagg, delta.shape[0]
+            self._secagg_call,
+            self._identity(),
+            ins.secagg,
+            delta.shape[0],
+            expected=self.noise.distributed,
         )
         with self._heartbeats():
             done = session.run(delta)

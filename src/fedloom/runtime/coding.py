@@ -74,27 +74,55 @@ class ClientCoding:
         self, rnd: int, engine: Any, received: torch.Tensor, update: ClientUpdate
     ) -> tuple[bytes, memoryview]:
         """The bytes of ``update`` in two parts (a header and the values, sent one after the
-        other); ``received`` is the global the client trained from."""
+        other); ``received`` is the global the client trained from. The residual is kept in
+        ``engine.states`` for this client, beside its other state."""
+        cid = self.client_id
+        state = engine.states.get(cid, {})
         extras = update.extras.get("tensors") or {}
+        parts = self.encode(rnd, engine.spec, received, update.params, extras, state)
+        if STATE_KEY in state:
+            engine.states[cid] = state
+        return parts
+
+    def encode(
+        self,
+        rnd: int,
+        spec: ParamSpec,
+        received: torch.Tensor,
+        params: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+        state: dict[str, Any],
+    ) -> tuple[bytes, memoryview]:
+        """The bytes of a trained model ``params`` (and the strategy's ``extras``); ``state``
+        is this client's per-client state, where the error-feedback residual lives (an own
+        loop's :attr:`~fedloom.runtime.ownloop.Connection.client_state`)."""
         c, meta = self.compression, {"round": rnd}
         if c is None or c.up is None:
             if extras:  # e.g. SCAFFOLD's control-variate change
-                return encode_bundle(update.params, engine.spec, extras, meta), memoryview(b"")
-            return encode_parts(update.params, engine.spec, meta)
-        if not bool(torch.isfinite(update.params).all()):
+                return encode_bundle(params, spec, extras, meta), memoryview(b"")
+            return encode_parts(params, spec, meta)
+        if not bool(torch.isfinite(params).all()):
             # nothing to encode: the aggregator refuses the empty packet, the round goes on
             log.warning("client %d: round %d: the update is not finite", self.client_id, rnd)
             return b"", memoryview(b"")
-        cid = self.client_id
-        state = engine.states.get(cid, {})
         saved = state.get(STATE_KEY)
         if self._again and self._before is not None and rnd <= self._before[0]:
             saved = self._before[1]  # the aggregator lost that round: train it from before
         self._before, self._again = (rnd, saved), False
         codec = codec_state(saved)
-        flat = update.params.float()
-        data = c.pack_update(rnd, cid, flat, received.float(), codec, extras)
-        if len(codec):  # the residual, where the engine keeps this client's other state
+        data = c.pack_update(rnd, self.client_id, params.float(), received.float(), codec, extras)
+        if len(codec):  # the residual, where the client keeps its other state
             state[STATE_KEY] = codec.state_dict()
-            engine.states[cid] = state
         return data, memoryview(b"")
+
+    def refused(self, rnd: int, reason: str) -> None:
+        """Raise one clear line when the aggregator refused a plain upload because it expects
+        the up chain's packets (its config has ``compression.up``, this client's has none)."""
+        if (self.compression is None or self.compression.up is None) and reason.startswith(
+            "not a compressed packet"
+        ):
+            raise FedloomError(
+                f"client {self.client_id}: the aggregator expects round {rnd}'s update "
+                "compressed (compression.up) and this client's config has no compression.up; "
+                "run the same config on both sides"
+            )

@@ -24,6 +24,11 @@ announced, finite numeric metrics) before a byte is sent. A strategy with a clie
 on the user's optimizer as the engine does (:mod:`.clientpart`), a part that needs the task's
 data is refused at the first job, and an upload without the part applied is refused.
 
+With the run's ``[compression]`` (``connect(..., compression=...)``) models arrive and updates
+leave as the chains' packets (:class:`~.coding.ClientCoding`, ``fedloom client``'s own), the
+error-feedback residual kept in the connection's client state: the run equals its simulation
+bit for bit.
+
 The same loop runs against the in-process simulation with
 :class:`~fedloom.deploy.local.LocalFederation`, whose ``jobs()`` yields the jobs of every
 sampled client in turn.
@@ -34,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -42,15 +47,17 @@ import torch
 from torch import nn
 
 from ..algorithms.client import local_epochs
+from ..compression.link import Compression
 from ..errors import FedloomError, JobError
 from ..params import ParamSpec
 from ..privacy.clientnoise import ClientNoise
 from ..seeding import derive_seed
 from ..task import ClientContext
 from ..update import checked_metrics
-from ..wire import MAX_EXTRAS, check_finite_values, decode_bundle, encode_bundle, encode_parts
+from ..wire import MAX_EXTRAS, check_finite_values
 from .channel import ClientChannel, log
 from .clientpart import ClientPart, algorithm_name, check_supported, proximal_term
+from .coding import ClientCoding
 from .proto import fedloom_pb2
 from .security import TLSConfig
 
@@ -106,8 +113,8 @@ class Job:
             :meth:`regularizer`); an upload of a job whose part was not applied is refused,
             unless the loop applies it itself (``manual_client_part=True``).
         state: this client's state kept between its jobs (the engine's ``ctx.state``: e.g.
-            SCAFFOLD's ``c_i``): in memory for as long as a connection lives; a LocalFederation
-            checkpoints it with the run.
+            SCAFFOLD's ``c_i``; with ``compression.up``, the error-feedback residual): in
+            memory for as long as a connection lives; a LocalFederation checkpoints it.
         uploaded: whether :meth:`upload` ran.
     """
 
@@ -299,6 +306,8 @@ class Connection(ClientChannel):
 
     ``seed`` (the run seed) and ``spec`` (the aggregator's model spec) are known once
     checked in; ``rounds_done`` counts the jobs this connection handed out and saw through.
+    ``compression`` (the run's chains) goes to ``coding`` (:class:`~.coding.ClientCoding`,
+    as for ``fedloom client``): jobs start from the decoded global, uploads are its packets.
     """
 
     def __init__(
@@ -309,6 +318,7 @@ class Connection(ClientChannel):
         num_samples: int,
         personal_layers: tuple[str, ...] = (),
         manual_client_part: bool = False,
+        compression: Compression | None = None,
         **channel: Any,
     ):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -322,6 +332,8 @@ class Connection(ClientChannel):
         self.manual_client_part = manual_client_part
         self.client_state: dict[str, Any] = {}  # the strategy client part's, between jobs
         self.noise = ClientNoise()  # local DP noise: this client's secret seed
+        # [compression]: models decoded, uploads encoded (the residual in client_state)
+        self.coding = ClientCoding(client_id, compression)
         self._opened: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -378,8 +390,9 @@ class Connection(ClientChannel):
                     "([runtime.secagg]); an own loop cannot take part in it: run "
                     "`fedloom client` (RuntimeClient) instead"
                 )
-            params, tensors, _ = decode_bundle(data, self.spec, copy=True)
-            job = self._job(ins, params, tensors)
+            params, tensors = self.coding.model(int(ins.round), data, self.spec)
+            params = params.clone()  # the job's own: no view of the transfer's buffer
+            job = self._job(ins, params, {n: t.clone() for n, t in tensors.items()})
             with self._heartbeats():
                 yield job
             if not job.uploaded:
@@ -416,17 +429,17 @@ class Connection(ClientChannel):
     ) -> bool:
         assert self.spec is not None
         ins = pb.Instruction(round=job.round, version=job.version)
-        meta = {"round": job.round}
-        if extras:
-            parts = (encode_bundle(flat, self.spec, extras, meta), memoryview(b""))
-        else:
-            parts = encode_parts(flat, self.spec, meta)
+        # against the global the job decoded; the residual kept with the part's state
+        parts = self.coding.encode(
+            job.round, self.spec, job._params, flat, extras, self.client_state
+        )
         try:
             send: Callable[..., Any] = self._send
             reply = send(ins, parts, num_samples, metrics)
         except grpc.RpcError as e:
             raise self._unmendable(e) from None
         if not reply.accepted:
+            self.coding.refused(job.round, reply.reason)
             log.warning(
                 "client %d: round %d update refused: %s", self.client_id, job.round, reply.reason
             )
@@ -451,6 +464,7 @@ class Connection(ClientChannel):
                 f"-> {spec}) when it restarted; this connection cannot go on"
             )
         self.seed, self.spec = int(reply.seed), spec
+        self.coding.checked_in(self.seed)
 
 
 def connect(
@@ -467,6 +481,7 @@ def connect(
     personal_layers: tuple[str, ...] = (),
     model: nn.Module | None = None,
     manual_client_part: bool = False,
+    compression: Compression | Mapping[str, Sequence[str]] | Any = None,
 ) -> Connection:
     """Check in with the aggregator at ``server`` as ``client_id`` and return the
     :class:`Connection` whose ``jobs()`` drive the user's own training loop (use it in a
@@ -480,7 +495,13 @@ def connect(
     architecture fails here rather than at the first job. ``manual_client_part=True`` says
     the loop applies the strategy's client part itself (``job.algorithm``, ``job.tensors``):
     jobs are then neither refused for a part :meth:`Job.client_part` cannot run nor checked
-    for one at upload. A refused check-in raises
+    for one at upload. ``compression`` is the run's ``[compression]`` (the aggregator's):
+    the table as a mapping (``{"up": ["topk:0.1", "q8"], "down": ["fp16"]}``), a loaded
+    config's ``cfg.compression``, or a :class:`~fedloom.compression.link.Compression`; each
+    job's model is then decoded with the down chain and each upload encoded with the up chain,
+    its error-feedback residual kept in ``client_state``, as ``fedloom client`` does (without
+    it, an aggregator that compresses stops the loop with one line naming the key). A refused
+    check-in raises
     :class:`~fedloom.runtime.RefusedError`; an aggregator that does not answer for
     ``retry_for`` seconds, :class:`~fedloom.runtime.client.UnreachableError`.
     """
@@ -490,6 +511,7 @@ def connect(
         num_samples=num_samples,
         personal_layers=personal_layers,
         manual_client_part=manual_client_part,
+        compression=chains(compression),
         token=token,
         task_id=task_id,
         tls=tls,
@@ -506,3 +528,26 @@ def connect(
             conn.close()
             raise
     return conn
+
+
+def chains(compression: Compression | Mapping[str, Sequence[str]] | Any) -> Compression | None:
+    """The run's chains from what :func:`connect` was given (None: no compression): a
+    :class:`Compression`, the ``[compression]`` table, or anything with ``up`` and ``down``
+    (a loaded config's section). The seed is the run seed the aggregator sends at check-in."""
+    if compression is None or isinstance(compression, Compression):
+        return compression or None
+    if isinstance(compression, Mapping):
+        unknown = sorted(set(compression) - {"up", "down"})
+        if unknown:
+            raise ValueError(f"compression: unknown keys {unknown}; the table has up and down")
+        up, down = compression.get("up") or (), compression.get("down") or ()
+    else:
+        up, down = getattr(compression, "up", ()) or (), getattr(compression, "down", ()) or ()
+    for key, value in (("up", up), ("down", down)):
+        if isinstance(value, str):
+            raise ValueError(f"compression.{key} is a list of codecs, got the string {value!r}")
+    try:
+        made = Compression(list(up), list(down))
+    except ValueError as e:
+        raise ValueError(f"compression: {e}") from None
+    return made or None

@@ -13,7 +13,10 @@ Distributed DP: when the parameters say so (checked by
 :func:`~.secagg_wire.noise_from_proto`), the client clips its delta to L2 norm
 ``clip_norm`` and adds its Skellam share of the noise to the quantised delta before any
 mask. The share is drawn from this client's own secret randomness (``secrets``), never from
-the run seed, which the aggregator chooses and knows: the aggregator cannot subtract it.
+the run seed, which the aggregator chooses and knows: the aggregator cannot subtract it. A
+client whose own config says ``privacy.mode = "distributed"`` (``expected``) refuses, before
+sending anything, a round whose parameters do not say distributed DP with its config's values
+(:func:`check_expected`): the aggregator can neither switch the noise off nor shrink it.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import FedloomError
+from ..privacy.ddp_noise import SkellamShares
 from ..privacy.secagg import (
     ClientMessage,
     ForwardedShares,
@@ -64,6 +69,8 @@ class SecAggSession:
             deadlines end a stage long before that).
         noise_seed: tests only: a client-local seed of the distributed-DP noise (with the
             session and index); None, always in a deployment: secret randomness.
+        expected: the distributed-DP values this client's own config fixes (``[privacy]``
+            keys: :data:`EXPECTED`); None: whatever sane values the aggregator sends.
     """
 
     def __init__(
@@ -74,11 +81,13 @@ class SecAggSession:
         vector_length: int,
         give_up: float | None = None,
         noise_seed: int | None = None,
+        expected: Mapping[str, float] | None = None,
     ):
         self.call, self.header = call, header
         self.config: SecAggConfig
         self.config, self.index = params_from_proto(params, vector_length)
         self.noise = noise_from_proto(params, self.config)
+        check_expected(self.noise, self.config, expected, header.get("client_id", "?"))
         self.noise_seed = noise_seed
         self.give_up = give_up if give_up is not None else 4 * params.stage_timeout_s + 600.0
         self.outcome = ""  # "done", or why this client left the round
@@ -154,3 +163,40 @@ def clip_l2(delta: NDArray[np.floating], bound: float) -> NDArray[np.float64]:
     if norm > bound:
         out *= bound / norm
     return out
+
+
+#: the [privacy] keys a client's config fixes for distributed DP: on the noise or the protocol
+EXPECTED = {
+    "noise_multiplier": "noise",
+    "clip_norm": "noise",
+    "dropout_tolerance": "noise",
+    "clipping_range": "protocol",
+    "quantization_range": "protocol",
+    "modulus": "protocol",
+}
+
+
+def check_expected(
+    noise: SkellamShares | None,
+    config: SecAggConfig,
+    expected: Mapping[str, float] | None,
+    client: str,
+) -> None:
+    """Raise one line naming the key when a round's parameters are not those of this client's
+    own ``privacy.mode = "distributed"`` config (``expected``; None: nothing to compare)."""
+    if expected is None:
+        return
+    if noise is None:
+        raise FedloomError(
+            f"client {client}: this client's config says privacy.mode = 'distributed', but the "
+            "aggregator's secure round has no distributed DP (distributed_dp = false): not "
+            "sending an update without its noise"
+        )
+    for key in sorted(expected):
+        got = getattr(noise if EXPECTED[key] == "noise" else config, key)
+        if got != expected[key]:
+            raise FedloomError(
+                f"client {client}: the aggregator's secure round has {key} = {got!r}, this "
+                f"client's config {expected[key]!r} (privacy.{key}): run the same config on "
+                "both sides"
+            )
