@@ -259,3 +259,31 @@ def test_a_client_whose_config_matches_runs_and_one_that_does_not_refuses(
         assert rec.received == [] and "skipped" in fed.history[0]
         assert len(errors) == task.num_clients
         assert all("noise_multiplier = 0.25, this client's config 1.0" in e for e in errors)
+
+
+def test_a_distributed_dp_client_refuses_a_round_in_the_clear(servers, client_threads):
+    """An aggregator that simply skips secure aggregation would receive the update without its
+    noise share: a client whose config says distributed DP refuses such a round before
+    training, and the aggregator receives nothing from it."""
+    task = task_of()
+
+    def make(spec: ParamSpec) -> AggregatorServer:
+        server = AggregatorServer(
+            spec, address="127.0.0.1:0", poll_interval=0.02, min_clients=task.num_clients,
+            round_timeout=3,
+        )  # fmt: skip
+        servers.append(server)
+        return server.start()
+
+    fed = Federation(task, FedAvg(fraction=1.0), make, rounds=1, seed=0, short_round="skip")
+    for cid in range(task.num_clients):
+        own = ClientNoise(100 + cid, distributed=own_config(Z))
+        client_threads.start(
+            RuntimeClient(task, fed.backend.address, cid, retry_for=10, noise=own)
+        )
+    fed.run()
+    fed.backend.finish()
+    client_threads.join(30)
+    errors = [str(e) for e in client_threads.errors.values()]
+    assert "skipped" in fed.history[0] and len(errors) == task.num_clients
+    assert all("without secure aggregation" in e for e in errors), errors

@@ -121,6 +121,13 @@ class RuntimeClient(ClientChannel):
 
     def _train(self, ins: pb.Instruction) -> None:
         assert self.engine is not None
+        if self.noise.distributed is not None and not ins.HasField("secagg"):
+            # a round in the clear would carry this client's update without its noise share
+            raise FedloomError(
+                f"this client's config says privacy.mode = 'distributed', but the aggregator "
+                f"sent round {ins.round} without secure aggregation; run the same config on "
+                "both sides"
+            )
         limit = self.engine.spec.nbytes * (1 + MAX_EXTRAS) + (1 << 20)
         data = self._fetch(ins, limit)
         if data is None:  # the round closed before we started
