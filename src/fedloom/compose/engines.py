@@ -94,8 +94,8 @@ def no_compression(cfg: Config, engine: str | None = None) -> None:
         where = engine or f"simulation.engine = {cfg.simulation.engine!r}"
         raise ConfigError(
             f"{' and '.join(keys)} with {where}: compression runs in the 'sequential' engine "
-            "and between fedloom server and fedloom client (and an own loop's fedloom.connect; no topology); set "
-            "simulation.engine = 'sequential' or remove the chains"
+            "and between fedloom server and fedloom client or an own loop's fedloom.connect "
+            "(no topology); set simulation.engine = 'sequential' or remove the chains"
         )
 
 
