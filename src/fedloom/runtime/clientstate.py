@@ -66,13 +66,12 @@ class ClientStateFile:
     def save(self, engine: Any, coding: Any, rnd: int) -> None:
         """Write the engine's state for this client after round ``rnd`` (atomically)."""
         cid = self.identity["client_id"]
-        before = coding._before  # (round, residual before it): what a re-sent round needs
         payload = {
             **self.identity,
             "seed": int(engine.seed),
             "round": int(rnd),
             "state": dict(engine.states.get(cid, {})),
-            "before": None if before is None else [int(before[0]), before[1]],
+            "before": coding.state_dict()["before"],  # what a re-sent round needs
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -109,11 +108,9 @@ class ClientStateFile:
         self.loaded = None  # once: a later check-in (aggregator restart) keeps the live state
         if saved["state"]:
             engine.states[self.identity["client_id"]] = saved["state"]
-        before = saved["before"]
-        # as ClientCoding keeps it for a check-in after training: a restarted client asked for
-        # the round it saved last encodes it from the residual it had before that round
-        coding._before = None if before is None else (int(before[0]), before[1])
-        coding._again = before is not None
+        # a restarted client asked for the round it saved last encodes it from the residual it
+        # had before that round
+        coding.load_state_dict({"before": saved["before"]})
         return int(saved["round"])
 
     def _load(self) -> dict[str, Any]:

@@ -39,6 +39,19 @@ class ClientCoding:
         self._before: tuple[int, dict[str, torch.Tensor] | None] | None = None
         self._again = False  # checked in again since the last round trained
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a restarted client needs to re-encode the round it trained last: that round
+        and the residual it had before it (``before``; None before any round)."""
+        before = self._before
+        return {"before": None if before is None else [int(before[0]), before[1]]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s ``before``, as after a check-in that follows training:
+        asked again for that round, the client encodes it from the residual before it."""
+        before = state["before"]
+        self._before = None if before is None else (int(before[0]), before[1])
+        self._again = before is not None
+
     def checked_in(self, seed: int) -> None:
         """Draw as the aggregator's run seed says (sent at every check-in), as the simulation
         does; a check-in after training may mean the aggregator lost rounds."""
