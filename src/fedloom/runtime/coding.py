@@ -90,8 +90,11 @@ class ClientCoding:
         other); ``received`` is the global the client trained from. The residual is kept in
         ``engine.states`` for this client, beside its other state."""
         cid = self.client_id
-        state = engine.states.get(cid, {})
         extras = update.extras.get("tensors") or {}
+        if self.compression is None or self.compression.up is None:  # no residual to keep:
+            # a relay's EdgeLoop (compression is refused with a topology) has no client states
+            return self.encode(rnd, engine.spec, received, update.params, extras, {})
+        state = engine.states.get(cid, {})
         parts = self.encode(rnd, engine.spec, received, update.params, extras, state)
         if STATE_KEY in state:
             engine.states[cid] = state
