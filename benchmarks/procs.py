@@ -44,6 +44,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """Ctrl-C's default in the child: started from a background job of a non-interactive
+    shell (as CI may be), a process inherits SIGINT ignored, and a test's SIGINT would not
+    reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Proc:
     """A started process: its name, its ``Popen`` and the log file holding its output."""
@@ -65,6 +72,7 @@ class Proc:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_sigint,
             )
         return cls(name, popen, log)
 

@@ -115,7 +115,10 @@ def test_an_interrupted_client_is_not_told_to_resume(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env.update(RANK="1", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", FEDLOOM_PORT="1")
     cmd = [sys.executable, "-m", "fedloom", "start", str(path), "--set", "runtime.retry_for=60"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # SIGINT at its default even under a background shell job
+        cmd, env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
     for line in proc.stderr:  # its first retry: it is up and waiting for the aggregator
