@@ -220,24 +220,20 @@ def test_a_client_refuses_parameters_its_own_config_does_not_name_before_sending
     assert plain_session.noise is None  # a client without the mode takes a plain round
 
 
-@pytest.mark.parametrize("z,runs", [(Z, True), (0.25, False)])
-def test_a_client_whose_config_matches_runs_and_one_that_does_not_refuses(
-    servers, client_threads, z, runs
-):
-    """Six RuntimeClients carrying their config's expectation (ClientNoise.distributed): with
-    the aggregator's z the round runs; with z = 0.25 every client refuses, naming the key, and
-    the aggregator receives no stage message."""
-    task, rec = task_of(), Recorder()
-    noise = SkellamShares(z, CLIP)
-    settings = SecAggSettings(clipping_range=CLIP, stage_timeout=2, noise=noise)
+def one_round_of_configured_clients(
+    task, servers, client_threads, settings=None, rec=None
+) -> tuple[Federation, list[str]]:
+    """One round of an aggregator (secure when ``settings``) with six RuntimeClients whose
+    config says distributed DP at z = Z: (the federation, the clients' errors)."""
 
     def make(spec: ParamSpec) -> AggregatorServer:
         server = AggregatorServer(
             spec, address="127.0.0.1:0", poll_interval=0.02, min_clients=task.num_clients,
             secagg=settings, round_timeout=3,
         )  # fmt: skip
-        assert server.secagg is not None
-        server.secagg.on_message = lambda cid, m: rec.received.append((cid, m))
+        if rec is not None:
+            assert server.secagg is not None
+            server.secagg.on_message = lambda cid, m: rec.received.append((cid, m))
         servers.append(server)
         return server.start()
 
@@ -250,7 +246,19 @@ def test_a_client_whose_config_matches_runs_and_one_that_does_not_refuses(
     fed.run()
     fed.backend.finish()
     client_threads.join(30)
-    errors = [str(e) for e in client_threads.errors.values()]
+    return fed, [str(e) for e in client_threads.errors.values()]
+
+
+@pytest.mark.parametrize("z, runs", [(Z, True), (0.25, False)])
+def test_a_client_whose_config_matches_runs_and_one_that_does_not_refuses(
+    servers, client_threads, z, runs
+):
+    """Six RuntimeClients carrying their config's expectation (ClientNoise.distributed): with
+    the aggregator's z the round runs; with z = 0.25 every client refuses, naming the key, and
+    the aggregator receives no stage message."""
+    task, rec = task_of(), Recorder()
+    settings = SecAggSettings(clipping_range=CLIP, stage_timeout=2, noise=SkellamShares(z, CLIP))
+    fed, errors = one_round_of_configured_clients(task, servers, client_threads, settings, rec)
     if runs:
         assert not errors and "skipped" not in fed.history[0], errors
         masked = [m for _, m in rec.received if isinstance(m, MaskedInput)]
@@ -266,24 +274,6 @@ def test_a_distributed_dp_client_refuses_a_round_in_the_clear(servers, client_th
     noise share: a client whose config says distributed DP refuses such a round before
     training, and the aggregator receives nothing from it."""
     task = task_of()
-
-    def make(spec: ParamSpec) -> AggregatorServer:
-        server = AggregatorServer(
-            spec, address="127.0.0.1:0", poll_interval=0.02, min_clients=task.num_clients,
-            round_timeout=3,
-        )  # fmt: skip
-        servers.append(server)
-        return server.start()
-
-    fed = Federation(task, FedAvg(fraction=1.0), make, rounds=1, seed=0, short_round="skip")
-    for cid in range(task.num_clients):
-        own = ClientNoise(100 + cid, distributed=own_config(Z))
-        client_threads.start(
-            RuntimeClient(task, fed.backend.address, cid, retry_for=10, noise=own)
-        )
-    fed.run()
-    fed.backend.finish()
-    client_threads.join(30)
-    errors = [str(e) for e in client_threads.errors.values()]
+    fed, errors = one_round_of_configured_clients(task, servers, client_threads)
     assert "skipped" in fed.history[0] and len(errors) == task.num_clients
     assert all("without secure aggregation" in e for e in errors), errors
